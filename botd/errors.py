@@ -1,0 +1,132 @@
+"""The one error tree of botd.
+
+Every error that botd raises on purpose derives from :class:`BotdError`::
+
+    BotdError
+    ├── ConfigError            bad configuration: exit code 78, nothing starts
+    ├── StateDirError          the local state dir is corrupt or unwritable
+    ├── InvalidTransition      an illegal lifecycle transition (a bug)
+    ├── CircuitOpen            a call refused because its breaker is open
+    ├── JobError               a job handler failed
+    │   ├── PermanentError     ... and must not be retried
+    │   └── JobTimeout         ... because it outlived its timeout
+    └── ServerError            talking to the main server failed
+        ├── ServerUnavailable  retryable: network errors, timeouts, 429, 5xx
+        ├── ProtocolError      the server answered something we cannot read
+        ├── Unrecoverable      401/403: retrying will not help
+        └── RequestRejected    any other 4xx, carrying the server's error code
+            ├── UnknownBot         404 unknown_bot: register again
+            └── SessionSuperseded  409 session_superseded: register again
+
+Third-party exceptions (httpx, cattrs) are translated at one boundary each:
+:func:`botd.client.map_transport_errors` and :func:`botd.codec.structure`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BotdError",
+    "CircuitOpen",
+    "ConfigError",
+    "InvalidTransition",
+    "JobError",
+    "JobTimeout",
+    "PermanentError",
+    "ProtocolError",
+    "RequestRejected",
+    "ServerError",
+    "ServerUnavailable",
+    "SessionSuperseded",
+    "StateDirError",
+    "UnknownBot",
+    "Unrecoverable",
+]
+
+
+class BotdError(Exception):
+    """Raised by botd on purpose; the root of every botd error."""
+
+
+class ConfigError(BotdError):
+    """Raised when the configuration is invalid; ``problems`` has one line per problem."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class StateDirError(BotdError):
+    """Raised when the state dir (the outbox) is corrupt, unreadable or unwritable."""
+
+
+class InvalidTransition(BotdError):
+    """Raised when the lifecycle is asked for a transition that its table does not allow."""
+
+
+class CircuitOpen(BotdError):
+    """Raised when a call is refused because its circuit breaker is open."""
+
+    def __init__(self, breaker: str, retry_in: float) -> None:
+        self.breaker = breaker
+        self.retry_in = retry_in
+        super().__init__(f"circuit breaker {breaker!r} is open; next probe in {retry_in:.1f}s")
+
+
+class JobError(BotdError):
+    """Raised by a job handler when a job fails; retryable unless it is a PermanentError."""
+
+    retryable: bool = True
+    type: str = "error"
+
+
+class PermanentError(JobError):
+    """Raised by a job handler when the job failed and must not be retried."""
+
+    retryable = False
+    type = "permanent"
+
+
+class JobTimeout(JobError):
+    """Raised when a job outlived its timeout."""
+
+    type = "timeout"
+
+
+class ServerError(BotdError):
+    """Raised when a request to the main server fails."""
+
+    retryable: bool = False
+
+
+class ServerUnavailable(ServerError):
+    """Raised when the server cannot be reached or answers 429/5xx; retry with backoff."""
+
+    retryable = True
+
+
+class ProtocolError(ServerError):
+    """Raised when the server's answer is not JSON or not of the contracted shape."""
+
+    retryable = True
+
+
+class Unrecoverable(ServerError):
+    """Raised when the server answers 401/403: the token is wrong and retrying will not help."""
+
+
+class RequestRejected(ServerError):
+    """Raised when the server answers a 4xx other than 401/403; ``code`` is its error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"server rejected the request ({status} {code}): {message}")
+
+
+class UnknownBot(RequestRejected):
+    """Raised when the server does not know this bot (404 unknown_bot); register again."""
+
+
+class SessionSuperseded(RequestRejected):
+    """Raised when the bot's session was replaced (409 session_superseded); register again."""

@@ -1,0 +1,235 @@
+"""Protocol v1 messages, as frozen attrs classes.
+
+Every body that crosses the wire, in either direction, is one of these. They are turned
+into and out of JSON by the one converter in :mod:`botd.codec`; the validators here run
+on every decode, so a value out of range is rejected at the border, naming its field.
+See ``docs/protocol.md`` for the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from attrs import validators as v
+
+__all__ = [
+    "Ack",
+    "AckOutcome",
+    "AckResult",
+    "AckStatus",
+    "BotInfo",
+    "BotStatus",
+    "ClaimRequest",
+    "ClaimResponse",
+    "ClaimedJob",
+    "ErrorBody",
+    "ErrorDetail",
+    "FailureInfo",
+    "Health",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "JobList",
+    "JobStatus",
+    "JobSubmit",
+    "JobView",
+    "RegisterRequest",
+    "RegisterResponse",
+    "SingleAckResponse",
+    "Stats",
+    "BotList",
+]
+
+JobStatus = Literal["queued", "leased", "succeeded", "failed", "dead", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = ("queued", "leased", "succeeded", "failed", "dead", "cancelled")
+FINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "dead", "cancelled"})
+BotStatus = Literal["active", "gone", "deregistered"]
+AckOutcome = Literal["succeeded", "failed", "released"]
+AckStatus = Literal["recorded", "duplicate", "conflict", "lease_lost", "unknown_lease"]
+
+MAX_CLAIM_JOBS = 1000
+MAX_WAIT_S = 30.0
+
+
+def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise ValueError(f"'{attribute.name}' must not be empty")
+
+
+# --- bots -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RegisterRequest:
+    bot_id: str = attrs.field(validator=[_non_empty, v.max_len(200)])
+    version: str = ""
+    hostname: str = ""
+    pid: int = 0
+    capacity: int = attrs.field(default=1, validator=[v.ge(1), v.le(MAX_CLAIM_JOBS)])
+    labels: dict[str, str] = attrs.field(factory=dict)
+    active_leases: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class RegisterResponse:
+    bot_id: str
+    session_id: str
+    heartbeat_interval_s: float = attrs.field(validator=v.gt(0))
+    lease_ttl_s: float = attrs.field(validator=v.gt(0))
+    server_version: str
+
+
+@attrs.frozen
+class BotInfo:
+    bot_id: str
+    session_id: str
+    status: str
+    last_seen: str
+    capacity: int
+    active_leases: list[str]
+    state: str | None = None
+    hostname: str = ""
+    version: str = ""
+    labels: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class BotList:
+    bots: list[BotInfo]
+
+
+@attrs.frozen
+class HeartbeatRequest:
+    session_id: str = attrs.field(validator=_non_empty)
+    state: str = ""
+    active_leases: list[str] = attrs.field(factory=list)
+    stats: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class HeartbeatResponse:
+    lease_expires_at: str | None = None
+    cancel_leases: list[str] = attrs.field(factory=list)
+    lost_leases: list[str] = attrs.field(factory=list)
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class JobSubmit:
+    kind: str = attrs.field(validator=[_non_empty, v.max_len(200)])
+    payload: Any = None
+    max_attempts: int = attrs.field(default=3, validator=[v.ge(1), v.le(100)])
+    timeout_s: float | None = attrs.field(default=None, validator=v.optional(v.gt(0)))
+    priority: int = 0
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class FailureInfo:
+    """Why a job failed: ``type`` is a short snake_case class such as ``timeout``."""
+
+    type: str
+    message: str
+    retryable: bool = True
+
+
+@attrs.frozen
+class JobView:
+    job_id: str
+    kind: str
+    status: JobStatus
+    attempts: int
+    result: Any
+    error: FailureInfo | None
+    bot_id: str | None
+    created_at: str
+    finished_at: str | None
+    payload: Any = None
+    max_attempts: int = 3
+    priority: int = 0
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class JobList:
+    jobs: list[JobView]
+
+
+@attrs.frozen
+class Stats:
+    jobs: dict[str, int]
+    bots: dict[str, int]
+
+
+# --- work -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ack:
+    lease_id: str = attrs.field(validator=_non_empty)
+    outcome: AckOutcome
+    result: Any = None
+    error: FailureInfo | None = None
+
+
+@attrs.frozen
+class AckResult:
+    lease_id: str
+    status: AckStatus
+    message: str = ""
+
+
+@attrs.frozen
+class SingleAckResponse:
+    status: Literal["recorded", "duplicate"]
+
+
+@attrs.frozen
+class ClaimRequest:
+    bot_id: str = attrs.field(validator=_non_empty)
+    session_id: str = attrs.field(validator=_non_empty)
+    max_jobs: int = attrs.field(default=1, validator=[v.ge(0), v.le(MAX_CLAIM_JOBS)])
+    wait_s: float = attrs.field(default=0.0, validator=[v.ge(0), v.le(MAX_WAIT_S)])
+    kinds: list[str] | None = None
+    acks: list[Ack] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class ClaimedJob:
+    job_id: str
+    lease_id: str
+    kind: str
+    payload: Any
+    attempt: int
+    timeout_s: float | None
+    lease_expires_at: str
+
+
+@attrs.frozen
+class ClaimResponse:
+    jobs: list[ClaimedJob] = attrs.field(factory=list)
+    acks: list[AckResult] = attrs.field(factory=list)
+
+
+# --- health and errors ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Health:
+    status: Literal["ok", "degraded"]
+    database: str
+    version: str = ""
+
+
+@attrs.frozen
+class ErrorDetail:
+    code: str
+    message: str
+
+
+@attrs.frozen
+class ErrorBody:
+    error: ErrorDetail

@@ -1,0 +1,69 @@
+"""Sessions: ``nox`` runs lint, typecheck and tests; ``nox -s bench`` and ``nox -s soak`` on demand.
+
+The tests need a few real components. This file installs them, so that a fresh
+machine needs nothing but ``pip install nox && nox``:
+
+- promtool, from Debian's ``prometheus`` package (metrics and alert rules checks);
+- chromium, from Debian's ``chromium`` package (the dashboard's browser test);
+- supervisord, from PyPI (``supervisor``, in the test extra).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+DEBIAN_TOOLS = {"promtool": "prometheus", "chromium": "chromium"}
+
+
+def ensure_debian_tools(session: nox.Session, *tools: str) -> None:
+    """apt-get install the Debian packages behind ``tools`` that are not on PATH yet."""
+    missing = [DEBIAN_TOOLS[t] for t in tools if shutil.which(t) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        session.error(f"need {' '.join(missing)}: run as root, or apt-get install them first")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run(
+        "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
+        external=True, env=env,
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "botd", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "botd", "tests", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy", "--strict", "botd")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    ensure_debian_tools(session, "promtool", "chromium")
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.install("-e", ".[test,bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_chaos.py", "--soak", *session.posargs)
