@@ -1,0 +1,468 @@
+"""Logging: one loguru sink writing JSON lines (or readable text), stdlib logging routed into it.
+
+The pieces, in the order a record meets them:
+
+1. A stdlib :class:`logging.LogRecord` (httpx, hypercorn, trio, anything) reaches the
+   :class:`InterceptHandler` on the root logger and is re-emitted through loguru, with the
+   stdlib logger's name as ``logger`` and its ``extra=`` attributes as fields.
+2. The loguru patcher fills ``bot_id`` and ``state`` from the :class:`AgentLogContext` of the
+   current task (a :class:`contextvars.ContextVar`; Trio copies it into child tasks), or
+   ``None`` outside any agent. Several agents in one process each see their own.
+3. The one sink turns the record into one line: a flat JSON object, or a readable text line.
+4. Every registered secret, and every ``Bearer <token>``, is replaced by ``***`` in the final
+   line, whatever field it came from (message, fields, traceback).
+
+Stdlib logging is joined, not taken over: :func:`setup_logging` adds one handler to the root
+logger and sets the root level to the chosen level, so records below it are not even built.
+It does not call ``logging.basicConfig(force=True)``, does not remove handlers that others
+added, and does not touch other loggers' levels, handlers or ``propagate`` flags, with one
+exception: hypercorn's own stream handlers, which :func:`hypercorn_config_loggers` replaces
+(the issue asks for that). A library that sets ``propagate = False`` on its logger keeps its
+records to itself; that is its choice.
+
+Key events carry a stable ``event`` field; :func:`emit` is the helper and :class:`Event` lists
+the names. ``docs/operations.md`` documents the line format and every event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+import attrs
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+__all__ = [
+    "AgentLogContext",
+    "Event",
+    "InterceptHandler",
+    "LogFormat",
+    "add_secret",
+    "bind_agent",
+    "configure_hypercorn_logging",
+    "current_agent",
+    "emit",
+    "hypercorn_config_loggers",
+    "redact",
+    "setup_logging",
+    "teardown_logging",
+]
+
+LogFormat = Literal["auto", "json", "text"]
+REDACTED = "***"
+#: The core fields of every JSON line, in order; an extra field with one of these names is
+#: written as ``field_<name>`` instead of overwriting it.
+CORE_FIELDS = ("time", "level", "msg", "logger", "bot_id", "state")
+EXC_FIELDS = ("exc_type", "exc_message", "exc_traceback")
+_INTERNAL_PREFIX = "_botd_"
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"'\\,;]+")
+#: The names of environment variables whose values are secrets by default.
+_SECRET_ENV = re.compile(r".*_TOKEN\Z")
+#: Attributes every stdlib LogRecord has; anything else on a record came from ``extra=``.
+_STD_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_HYPERCORN_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
+
+
+class Event(StrEnum):
+    """The stable ``event`` names of key log lines (see ``docs/operations.md``)."""
+
+    STATE_TRANSITION = "state_transition"
+    REGISTERED = "registered"
+    HEARTBEAT_FAILED = "heartbeat_failed"
+    BREAKER_OPENED = "breaker_opened"
+    BREAKER_CLOSED = "breaker_closed"
+    JOB_STARTED = "job_started"
+    JOB_SUCCEEDED = "job_succeeded"
+    JOB_FAILED = "job_failed"
+    SHUTDOWN_STARTED = "shutdown_started"
+    SHUTDOWN_COMPLETE = "shutdown_complete"
+
+
+# --- per-agent context ------------------------------------------------------------------
+
+
+@attrs.frozen
+class AgentLogContext:
+    """Who is logging: the bot's id and a callable returning its current lifecycle state."""
+
+    bot_id: str
+    state: Callable[[], object]
+
+
+_agent: contextvars.ContextVar[AgentLogContext | None] = contextvars.ContextVar(
+    "botd_agent_log_context", default=None
+)
+
+
+def current_agent() -> AgentLogContext | None:
+    """Return the :class:`AgentLogContext` of the current task, or None outside any agent."""
+    return _agent.get()
+
+
+@contextlib.contextmanager
+def bind_agent(bot_id: str, state_fn: Callable[[], object]) -> Iterator[AgentLogContext]:
+    """Tag every log record emitted in this context with ``bot_id`` and the current state.
+
+    Open it around the agent's nursery: Trio copies the context into every task spawned under
+    it, so their records (and stdlib records they cause) carry this bot's id. ``state_fn`` is
+    called for every record; if it raises, ``state`` is ``None``. The previous context is
+    restored on exit, so agents nest and run side by side.
+    """
+    ctx = AgentLogContext(bot_id=bot_id, state=state_fn)
+    token = _agent.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _agent.reset(token)
+
+
+def _patch(record: Record) -> None:
+    """The loguru patcher: fill ``bot_id`` and ``state`` unless the record already has them."""
+    extra = record["extra"]
+    ctx = _agent.get()
+    if ctx is None:
+        extra.setdefault("bot_id", None)
+        extra.setdefault("state", None)
+        return
+    extra.setdefault("bot_id", ctx.bot_id)
+    if "state" not in extra:
+        try:
+            state = ctx.state()
+        except Exception:
+            state = None
+        extra["state"] = None if state is None else str(state)
+
+
+# --- redaction --------------------------------------------------------------------------
+
+
+class _Redactor:
+    """The registered secrets; replaces each, raw or JSON-escaped, and ``Bearer x`` by ***."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._forms: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, secret: str) -> None:
+        if not secret:
+            return
+        forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+        forms |= {repr(secret)[1:-1]}
+        with self._lock:
+            if forms <= self._forms:
+                return
+            self._forms |= forms
+            ordered = sorted(self._forms, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._forms.clear()
+            self._pattern = None
+
+    def __call__(self, text: str) -> str:
+        pattern = self._pattern
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        return _BEARER.sub(r"\g<1>" + REDACTED, text)
+
+
+_redactor = _Redactor()
+
+
+def add_secret(value: str) -> None:
+    """Register a secret: from now on it appears as ``***`` in every log line. Empty is ignored."""
+    _redactor.add(value)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every registered secret and ``Bearer <token>`` replaced by ``***``."""
+    return _redactor(text)
+
+
+def _env_secrets(environ: Mapping[str, str]) -> list[str]:
+    return [value for name, value in environ.items() if _SECRET_ENV.match(name) and value]
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """Return ``value`` as plain JSON data: unknown types, non-str keys and NaN become str."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _exc_type_name(exc_type: type[BaseException]) -> str:
+    if exc_type.__module__ == "builtins":
+        return exc_type.__qualname__
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+def _fields(record: Record) -> dict[str, Any]:
+    """The event fields of a record: its extras minus internals, with core-name clashes moved."""
+    out: dict[str, Any] = {}
+    for key, value in record["extra"].items():
+        if key.startswith(_INTERNAL_PREFIX) or key in ("bot_id", "state", "logger"):
+            continue
+        name = f"field_{key}" if key in CORE_FIELDS or key in EXC_FIELDS else key
+        out[name] = value
+    return out
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """Return the flat JSON object of one record (before redaction); see the module docstring."""
+    extra = record["extra"]
+    doc: dict[str, Any] = {
+        "time": record["time"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "level": record["level"].name,
+        "msg": record["message"],
+        "logger": extra.get("logger") or record["name"],
+        "bot_id": extra.get("bot_id"),
+        "state": extra.get("state"),
+    }
+    doc.update(_fields(record))
+    exc = record["exception"]
+    if exc is not None and exc.type is not None:
+        doc["exc_type"] = _exc_type_name(exc.type)
+        doc["exc_message"] = str(exc.value)
+        doc["exc_traceback"] = "".join(
+            traceback.format_exception(exc.type, exc.value, exc.traceback)
+        ).rstrip("\n")
+    return {k: _jsonable(v) for k, v in doc.items()}
+
+
+def _json_line(record: Record) -> str:
+    return json.dumps(record_to_dict(record), ensure_ascii=False, separators=(",", ":"))
+
+
+def _text_format(record: Record) -> str:
+    """The loguru format for text mode; fields go through ``extra`` so braces need no escaping."""
+    extra = record["extra"]
+    who = extra.get("bot_id") or "-"
+    state = extra.get("state") or "-"
+    fields = " ".join(
+        f"{k}={json.dumps(_jsonable(v), ensure_ascii=False)}" for k, v in _fields(record).items()
+    )
+    extra[f"{_INTERNAL_PREFIX}who"] = f"{who}/{state}"
+    extra[f"{_INTERNAL_PREFIX}logger"] = extra.get("logger") or record["name"]
+    extra[f"{_INTERNAL_PREFIX}fields"] = f"  {fields}" if fields else ""
+    return (
+        "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <8}</level> "
+        "<cyan>{extra[_botd_who]}</cyan> {extra[_botd_logger]}: <level>{message}</level>"
+        "<dim>{extra[_botd_fields]}</dim>\n{exception}"
+    )
+
+
+# --- stdlib logging ---------------------------------------------------------------------
+
+
+class InterceptHandler(logging.Handler):
+    """A stdlib handler that re-emits every record through loguru, keeping the logger name.
+
+    Errors while emitting go to :meth:`logging.Handler.handleError`, like any stdlib handler.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int
+            try:
+                level = logger.level(record.levelname).name
+            except ValueError:
+                level = record.levelno
+            frame, depth = inspect.currentframe(), 0
+            while frame is not None and (
+                depth == 0 or frame.f_code.co_filename == logging.__file__
+            ):
+                frame = frame.f_back
+                depth += 1
+            fields = {k: v for k, v in vars(record).items() if k not in _STD_RECORD_ATTRS}
+            fields["logger"] = record.name
+            logger.opt(depth=depth, exception=record.exc_info).bind(**fields).log(
+                level, record.getMessage()
+            )
+        except Exception:
+            self.handleError(record)
+
+
+def _stdlib_level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    no = logger.level(level.upper()).no
+    return max(no, 1)  # loguru TRACE (5) still means "everything" to stdlib
+
+
+def hypercorn_config_loggers(*, access_log: bool = True) -> dict[str, logging.Logger | None]:
+    """Return the ``errorlog`` and ``accesslog`` values for a hypercorn ``Config``.
+
+    Hypercorn uses a :class:`logging.Logger` given there as is, instead of building its own
+    stderr/stdout handlers; ours propagate to the root logger, hence into our sink. Handlers
+    that an earlier hypercorn ``Config`` installed on those loggers (a stream handler with
+    hypercorn's format) are removed and ``propagate`` is set again, so no hypercorn line
+    bypasses the sink. ``access_log=False`` turns the access log off (``None``).
+    """
+    loggers: dict[str, logging.Logger | None] = {}
+    for key, name in (("errorlog", "hypercorn.error"), ("accesslog", "hypercorn.access")):
+        lg = logging.getLogger(name)
+        lg.handlers = [h for h in lg.handlers if not _is_hypercorn_handler(h)]
+        lg.propagate = True
+        loggers[key] = lg
+    if not access_log:
+        loggers["accesslog"] = None
+    return loggers
+
+
+def configure_hypercorn_logging(config: Any, *, access_log: bool = True) -> None:
+    """Set ``config.errorlog`` / ``config.accesslog`` from :func:`hypercorn_config_loggers`."""
+    for key, value in hypercorn_config_loggers(access_log=access_log).items():
+        setattr(config, key, value)
+
+
+def _is_hypercorn_handler(handler: logging.Handler) -> bool:
+    fmt = handler.formatter._fmt if handler.formatter is not None else None
+    return isinstance(handler, logging.StreamHandler) and fmt == _HYPERCORN_FORMAT
+
+
+# --- setup ------------------------------------------------------------------------------
+
+
+class _State:
+    """What :func:`setup_logging` installed, so that calling it again replaces, not adds."""
+
+    handler_id: int | None = None
+    intercept: InterceptHandler | None = None
+
+
+_state = _State()
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def setup_logging(
+    *,
+    level: str | int = "INFO",
+    fmt: LogFormat = "auto",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+    env_secrets: bool = True,
+) -> None:
+    """Install the one sink; safe to call again (it replaces what the previous call installed).
+
+    Args:
+        level: the lowest level written, loguru's names (``TRACE``..``CRITICAL``) or a number.
+        fmt: ``json`` (one flat JSON object per line), ``text`` (one readable line, coloured
+            only on a TTY) or ``auto`` (text on a TTY, JSON otherwise).
+        stream: where lines go; ``sys.stdout`` (as it is now) by default.
+        secrets: values replaced by ``***`` in every line; :func:`add_secret` adds more later.
+        env_secrets: also register the value of every ``*_TOKEN`` environment variable.
+
+    Removes loguru's default stderr handler (and this function's previous sink), not sinks
+    added by others. Adds an :class:`InterceptHandler` to the root stdlib logger once and sets
+    the root level to ``level``. Raises ``ValueError`` for an unknown level or format.
+    """
+    if fmt not in ("auto", "json", "text"):
+        raise ValueError(f"log format must be auto, json or text, not {fmt!r}")
+    out = sys.stdout if stream is None else stream
+    for secret in secrets:
+        add_secret(secret)
+    if env_secrets:
+        for secret in _env_secrets(os.environ):
+            add_secret(secret)
+    if isinstance(level, str):
+        level = level.upper()
+    stdlib_level = _stdlib_level(level)  # raises ValueError for an unknown name
+    tty = _is_tty(out)
+    text = fmt == "text" or (fmt == "auto" and tty)
+
+    def write_json(message: Message) -> None:
+        out.write(_redactor(_json_line(message.record)) + "\n")
+        out.flush()
+
+    def write_text(message: Message) -> None:
+        out.write(_redactor(str(message)))
+        out.flush()
+
+    teardown_logging(stdlib=False)
+    with contextlib.suppress(ValueError):
+        logger.remove(0)  # loguru's default stderr handler; gone already after the first call
+    logger.configure(patcher=_patch)
+    if text:
+        _state.handler_id = logger.add(
+            write_text,
+            level=level,
+            format=_text_format,
+            colorize=tty,
+            backtrace=False,
+            diagnose=False,  # diagnose prints local variables: secrets
+        )
+    else:
+        _state.handler_id = logger.add(
+            write_json, level=level, format="{message}", backtrace=False, diagnose=False
+        )
+
+    root = logging.getLogger()
+    if _state.intercept is None or _state.intercept not in root.handlers:
+        _state.intercept = InterceptHandler()
+        root.addHandler(_state.intercept)
+    root.setLevel(stdlib_level)
+
+
+def teardown_logging(*, stdlib: bool = True) -> None:
+    """Remove what :func:`setup_logging` added: its sink and, with ``stdlib``, the root handler.
+
+    Loguru then has no sink of ours; records are dropped unless someone else added one.
+    For tests and for embedding; the daemon never needs it.
+    """
+    if _state.handler_id is not None:
+        with contextlib.suppress(ValueError):
+            logger.remove(_state.handler_id)
+        _state.handler_id = None
+    if stdlib and _state.intercept is not None:
+        logging.getLogger().removeHandler(_state.intercept)
+        _state.intercept = None
+
+
+def emit(
+    event: str,
+    msg: str,
+    level: str | int = "INFO",
+    *,
+    exc: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Log ``msg`` with a stable ``event`` name and ``fields`` (flattened into the JSON line).
+
+    ``msg`` is not a format string: braces are written as they are. ``exc`` attaches an
+    exception (``exc_type``, ``exc_message``, ``exc_traceback``). Never raises for a bad
+    field value: values that are not JSON become strings.
+    """
+    logger.opt(depth=1, exception=exc).bind(event=str(event), **fields).log(level, msg)
