@@ -1,0 +1,354 @@
+"""The ops endpoint: ``/healthz``, ``/readyz``, ``/metrics`` and ``/status`` for one bot.
+
+Served by hypercorn's trio worker inside the agent's nursery (:class:`OpsServer`); the routes
+are a small Starlette app (:func:`build_app`) that reads a :class:`StatusSource`, so it never
+imports the agent. Routes:
+
+- ``GET /healthz``: liveness. 200 ``{"status": "ok"}`` while the event loop is responsive
+  (:meth:`StatusSource.loop_lag` below the threshold) and the bot has not stopped; else 503
+  ``{"status": "unhealthy", "reason": ...}``. It never depends on the main server.
+- ``GET /readyz``: 200 ``{"ready": true, "state": ...}`` in ``ready`` or ``processing``, else
+  503 ``{"ready": false, "state": ...}``.
+- ``GET /metrics``: the Prometheus text exposition of the bot's registry.
+- ``GET /status``: the status document (:func:`build_status_document` has its keys).
+
+Every body passes through :func:`botd.logs.redact`, so a registered secret never appears on
+the page, whatever the source put in it. Hypercorn's loggers are routed into our log sink
+(:func:`botd.logs.hypercorn_config_loggers`): hypercorn writes nothing to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol, cast
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .logs import configure_hypercorn_logging, redact
+
+__all__ = [
+    "DEFAULT_LAG_THRESHOLD_S",
+    "DEFAULT_OPS_ADDR",
+    "READY_STATES",
+    "BreakerView",
+    "Canary",
+    "OpsServer",
+    "StatusSource",
+    "TransitionView",
+    "build_app",
+    "build_status_document",
+    "redact_config",
+]
+
+DEFAULT_OPS_ADDR = "127.0.0.1:9317"
+#: ``/healthz`` fails once the event-loop canary has not ticked for this long.
+DEFAULT_LAG_THRESHOLD_S = 5.0
+READY_STATES = frozenset({"ready", "processing"})
+DEFAULT_RECENT_TRANSITIONS = 20
+_SECRET_KEY = re.compile(r"(?i)(token|secret|password|passwd|credential|api_?key|auth)")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+@")
+
+
+class StatusSource(Protocol):
+    """What the ops endpoint reads from the bot (the agent implements it)."""
+
+    @property
+    def state(self) -> str:
+        """The current lifecycle state, lowercase (``"ready"``)."""
+        ...
+
+    @property
+    def stopped(self) -> bool:
+        """True once the bot has stopped for good: ``/healthz`` is then 503."""
+        ...
+
+    def status_document(self) -> dict[str, Any]:
+        """The ``/status`` document, as :func:`build_status_document` builds it."""
+        ...
+
+    def loop_lag(self) -> float:
+        """Seconds since the event-loop canary last ticked (:meth:`Canary.loop_lag`)."""
+        ...
+
+
+class BreakerView(Protocol):
+    """What the status document reads from a circuit breaker."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def failure_count(self) -> int: ...
+
+
+class TransitionView(Protocol):
+    """What the status document reads from a lifecycle transition.
+
+    ``at`` is Trio's clock; ``wall_time`` is for display (Unix seconds or an aware datetime);
+    ``duration_s`` is how long the bot was in ``from_state``.
+    """
+
+    @property
+    def from_state(self) -> str: ...
+
+    @property
+    def to_state(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def at(self) -> float: ...
+
+    @property
+    def wall_time(self) -> Any: ...
+
+    @property
+    def duration_s(self) -> float | None: ...
+
+
+# --- the status document ----------------------------------------------------------------
+
+
+def _rfc3339(wall_time: Any) -> str | None:
+    if wall_time is None:
+        return None
+    if isinstance(wall_time, int | float):
+        wall_time = datetime.fromtimestamp(wall_time, UTC)
+    if not isinstance(wall_time, datetime):
+        return str(wall_time)
+    dt: datetime = wall_time if wall_time.tzinfo is not None else wall_time.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``config`` fit for display: secret-looking keys and URL passwords become ``***``.
+
+    A key is secret when its name contains token, secret, password, credential, api_key or
+    auth; its value is replaced unless empty/None (so "not set" stays visible). Nested
+    mappings are redacted too; strings also pass through :func:`botd.logs.redact`.
+    """
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if _SECRET_KEY.search(str(key)) and value not in (None, "", b""):
+            out[str(key)] = "***"
+        elif isinstance(value, Mapping):
+            out[str(key)] = redact_config(value)
+        elif isinstance(value, str):
+            out[str(key)] = redact(_URL_USERINFO.sub(r"\g<1>***@", value))
+        else:
+            out[str(key)] = value
+    return out
+
+
+def build_status_document(
+    *,
+    bot_id: str,
+    state: str,
+    version: str,
+    uptime_seconds: float,
+    startup_attempts: int,
+    total_jobs_processed: int,
+    circuit_breakers: Mapping[str, BreakerView],
+    jobs_in_flight: int,
+    outbox_pending: int,
+    transitions: Iterable[TransitionView],
+    config: Mapping[str, Any],
+    recent: int = DEFAULT_RECENT_TRANSITIONS,
+) -> dict[str, Any]:
+    """Build the ``/status`` document: the seed's metrics document and more.
+
+    Keys: ``bot_id``, ``state``, ``uptime_seconds``, ``startup_attempts``,
+    ``total_jobs_processed``, ``circuit_breakers`` (``{name: {"state", "failure_count"}}``,
+    the seed's exact keys), ``jobs_in_flight``, ``outbox_pending``, ``transitions`` (the last
+    ``recent``, oldest first: ``{"from_state", "to_state", "reason", "at", "duration_s"}``
+    with ``at`` an RFC 3339 UTC wall time), ``config`` (through :func:`redact_config`) and
+    ``version``. Pure: no I/O, never raises for well-typed input.
+    """
+    last = list(transitions)[-recent:] if recent > 0 else []
+    return {
+        "bot_id": bot_id,
+        "state": str(state),
+        "uptime_seconds": round(float(uptime_seconds), 3),
+        "startup_attempts": int(startup_attempts),
+        "total_jobs_processed": int(total_jobs_processed),
+        "circuit_breakers": {
+            name: {"state": str(b.state), "failure_count": int(b.failure_count)}
+            for name, b in circuit_breakers.items()
+        },
+        "jobs_in_flight": int(jobs_in_flight),
+        "outbox_pending": int(outbox_pending),
+        "transitions": [
+            {
+                "from_state": str(t.from_state),
+                "to_state": str(t.to_state),
+                "reason": t.reason,
+                "at": _rfc3339(t.wall_time),
+                "duration_s": None if t.duration_s is None else round(t.duration_s, 6),
+            }
+            for t in last
+        ],
+        "config": redact_config(config),
+        "version": version,
+    }
+
+
+# --- the canary -------------------------------------------------------------------------
+
+
+class Canary:
+    """A task that ticks on Trio's clock so that ``/healthz`` can tell a stuck event loop.
+
+    :meth:`run` sleeps ``interval`` seconds in a loop and records each tick; when a tick comes
+    more than ``warn_after`` seconds late it logs "Event loop blocked or overloaded: delay=..."
+    (event ``event_loop_blocked``). Never returns unless cancelled; raises nothing.
+    """
+
+    def __init__(self, *, interval: float = 0.5, warn_after: float = 1.0) -> None:
+        if interval <= 0 or warn_after < 0:
+            raise ValueError("canary interval must be > 0 and warn_after >= 0")
+        self.interval = interval
+        self.warn_after = warn_after
+        self._last_tick: float | None = None
+
+    def loop_lag(self) -> float:
+        """Seconds since the last tick (0 before :meth:`run` started). Call it inside Trio."""
+        if self._last_tick is None:
+            return 0.0
+        return max(0.0, trio.current_time() - self._last_tick)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Tick every ``interval`` seconds until cancelled; see the class docstring."""
+        self._last_tick = trio.current_time()
+        task_status.started()
+        while True:
+            start = trio.current_time()
+            await trio.sleep(self.interval)
+            now = trio.current_time()
+            self._last_tick = now
+            delay = now - start - self.interval
+            if delay > self.warn_after:
+                logger.bind(event="event_loop_blocked", delay_s=round(delay, 3)).warning(
+                    f"Event loop blocked or overloaded: delay={delay:.3f}s"
+                )
+
+
+# --- the app ----------------------------------------------------------------------------
+
+
+def _json(doc: Mapping[str, Any], status_code: int = 200) -> Response:
+    body = redact(json.dumps(doc, ensure_ascii=False, default=str))
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
+def build_app(
+    source: StatusSource,
+    metrics_render: Callable[[], tuple[bytes, str]],
+    *,
+    lag_threshold: float = DEFAULT_LAG_THRESHOLD_S,
+) -> Starlette:
+    """Return the Starlette app of the ops endpoint (see the module docstring for the routes).
+
+    An exception in ``source`` or ``metrics_render`` becomes a 500 and is logged by the server.
+    """
+
+    async def healthz(request: Request) -> Response:
+        if source.stopped:
+            return _json({"status": "unhealthy", "reason": "stopped"}, 503)
+        lag = source.loop_lag()
+        if lag >= lag_threshold:
+            reason = f"event loop lag {lag:.1f}s >= {lag_threshold:.1f}s"
+            return _json({"status": "unhealthy", "reason": reason}, 503)
+        return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        state = str(source.state)
+        ready = state in READY_STATES
+        return _json({"ready": ready, "state": state}, 200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        # The process collector reads /proc: do it off the event loop.
+        body, content_type = await trio.to_thread.run_sync(metrics_render)
+        body = redact(body.decode("utf-8")).encode("utf-8")
+        return Response(body, headers={"content-type": content_type})
+
+    async def status(request: Request) -> Response:
+        return _json(source.status_document())
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/status", status, methods=["GET"]),
+        ]
+    )
+
+
+class OpsServer:
+    """The ops endpoint of one bot on ``addr`` (``host:port``; port 0 picks a free one).
+
+    Args:
+        addr: where to listen, e.g. ``127.0.0.1:9317`` or ``[::1]:0``.
+        source: the bot's :class:`StatusSource`.
+        metrics_render: returns ``(body, content_type)``, e.g. ``BotMetrics.render``.
+        lag_threshold: ``/healthz`` fails when the loop lag reaches this many seconds.
+        access_log: log every request (through our sink). Off by default: probes and
+            scrapes would flood the log.
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        source: StatusSource,
+        metrics_render: Callable[[], tuple[bytes, str]],
+        *,
+        lag_threshold: float = DEFAULT_LAG_THRESHOLD_S,
+        access_log: bool = False,
+        graceful_timeout: float = 1.0,
+    ) -> None:
+        self.addr = addr
+        self.app = build_app(source, metrics_render, lag_threshold=lag_threshold)
+        self.access_log = access_log
+        self.graceful_timeout = graceful_timeout
+        self.bound: str | None = None
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to close gracefully (in-flight requests get ``graceful_timeout``)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or :meth:`stop`; ``task_status.started("host:port")`` once bound.
+
+        Errors: ``OSError`` if the address cannot be bound (before ``started``). Hypercorn is
+        given a shutdown trigger, so it installs no signal handlers of its own. Owns the
+        listening socket and a nursery of connection tasks, all closed when it returns.
+        """
+        config = HypercornConfig()
+        config.bind = [self.addr]
+        config.graceful_timeout = self.graceful_timeout
+        configure_hypercorn_logging(config, access_log=self.access_log)
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                partial(
+                    serve,
+                    cast(Any, self.app),  # Starlette's ASGI types differ from hypercorn's
+                    config,
+                    shutdown_trigger=self._stop.wait,
+                    mode="asgi",
+                )
+            )
+            self.bound = binds[0].split("://", 1)[1]
+            task_status.started(self.bound)
