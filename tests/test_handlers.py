@@ -1,0 +1,393 @@
+"""Handlers: simulate and python on the virtual clock; exec with real processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from botd.errors import ConfigError, JobError, JobTimeout, PermanentError
+from botd.handlers import (
+    DEFAULT_OUTPUT_CAP,
+    ExecHandler,
+    ExitStatusError,
+    JobOutcome,
+    PythonHandler,
+    SimulatedFailure,
+    SimulateHandler,
+    build_handler,
+    cancelled_failure,
+    classify_failure,
+    run_job,
+    simulated_value,
+)
+from botd.models import Ack, ClaimedJob, FailureInfo
+from tests.support import jobs
+
+REPO = Path(__file__).resolve().parent.parent
+_ids = itertools.count(1)
+
+
+def make_job(
+    payload: Any = None, *, attempt: int = 1, timeout_s: float | None = None
+) -> ClaimedJob:
+    n = next(_ids)
+    return ClaimedJob(
+        job_id=f"job-{n}",
+        lease_id=f"lease-{n}",
+        kind="test",
+        payload=payload,
+        attempt=attempt,
+        timeout_s=timeout_s,
+        lease_expires_at="2030-01-01T00:00:00Z",
+    )
+
+
+# --- classify_failure ------------------------------------------------------------------
+
+
+class HTTPRequestFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (JobTimeout("too slow"), FailureInfo("timeout", "too slow", True)),
+        (PermanentError("no"), FailureInfo("permanent", "no", False)),
+        (SimulatedFailure("x"), FailureInfo("simulated_failure", "x", True)),
+        (JobError("plain"), FailureInfo("error", "plain", True)),
+        (ValueError("bad"), FailureInfo("value_error", "bad", True)),
+        (HTTPRequestFailed(), FailureInfo("http_request_failed", "HTTPRequestFailed", True)),
+        (OSError("disk"), FailureInfo("os_error", "disk", True)),
+        (ExceptionGroup("g", [PermanentError("inner")]), FailureInfo("permanent", "inner", False)),
+    ],
+)
+def test_classify_failure(exc: BaseException, expected: FailureInfo) -> None:
+    assert classify_failure(exc) == expected
+
+
+def test_classify_failure_truncates_long_messages() -> None:
+    info = classify_failure(RuntimeError("m" * 10_000))
+    assert info.type == "runtime_error"
+    assert len(info.message) == 2000
+
+
+def test_exit_status_error_names_code_and_signal() -> None:
+    assert "status 3" in str(ExitStatusError(3, "oops"))
+    assert "SIGKILL" in str(ExitStatusError(-9, ""))
+    assert classify_failure(ExitStatusError(3, "oops")).type == "exit_status"
+
+
+# --- simulate ---------------------------------------------------------------------------
+
+
+async def test_simulate_sleeps_on_trio_clock_and_is_deterministic(autojump_clock: Any) -> None:
+    handler = SimulateHandler(2000, 0.0)
+    start = trio.current_time()
+    first = await handler(make_job({"b": 1, "a": [1, 2]}))
+    assert trio.current_time() - start == pytest.approx(2.0)
+    second = await handler(make_job({"a": [1, 2], "b": 1}))
+    assert first == second == {"value": simulated_value({"a": [1, 2], "b": 1})}
+    assert 0 <= first["value"] < 1000
+    assert simulated_value(None) == simulated_value(None)
+
+
+async def test_simulate_failure_rate_follows_its_rng(autojump_clock: Any) -> None:
+    handler = SimulateHandler(0, 0.5, rng=random.Random(7))
+    failures = 0
+    for _ in range(400):
+        try:
+            await handler(make_job(None))
+        except SimulatedFailure:
+            failures += 1
+    assert 140 < failures < 260
+    always = SimulateHandler(0, 1.0)
+    with pytest.raises(SimulatedFailure):
+        await always(make_job({"x": 1}))
+
+
+async def test_simulate_payload_steers_the_job(autojump_clock: Any) -> None:
+    handler = SimulateHandler(2000, 0.0)
+    start = trio.current_time()
+    await handler(make_job({"duration_ms": 50}))
+    assert trio.current_time() - start == pytest.approx(0.05)
+    with pytest.raises(SimulatedFailure):
+        await handler(make_job({"fail": True}))
+    with pytest.raises(PermanentError):
+        await handler(make_job({"permanent": True}))
+    for attempt in (1, 2):
+        with pytest.raises(SimulatedFailure):
+            await handler(make_job({"fail_times": 2}, attempt=attempt))
+    assert "value" in await handler(make_job({"fail_times": 2}, attempt=3))
+    # fail_times wins over the failure rate: a fail_times job succeeds after K failures.
+    flaky = SimulateHandler(0, 1.0)
+    assert "value" in await flaky(make_job({"fail_times": 0}))
+
+
+def test_simulate_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="failure_rate"):
+        SimulateHandler(0, 2.0)
+    with pytest.raises(ValueError, match="duration_ms"):
+        SimulateHandler(-1, 0.0)
+
+
+# --- run_job ----------------------------------------------------------------------------
+
+
+async def test_run_job_success_and_ack(autojump_clock: Any) -> None:
+    job = make_job({"k": 1})
+    outcome = await run_job(SimulateHandler(1500, 0.0), job, timeout=10)
+    assert outcome == JobOutcome(
+        job.lease_id, job.job_id, "succeeded", {"value": simulated_value({"k": 1})}, None, 1.5
+    )
+    assert outcome.to_ack() == Ack(
+        lease_id=job.lease_id, outcome="succeeded", result=outcome.result
+    )
+
+
+async def test_run_job_timeout_is_a_retryable_failure(autojump_clock: Any) -> None:
+    job = make_job({"duration_ms": 60_000})
+    outcome = await run_job(SimulateHandler(0, 0.0), job, timeout=5)
+    assert outcome.outcome == "failed"
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("timeout", True)
+    assert outcome.duration_s == pytest.approx(5)
+    assert outcome.to_ack().error == outcome.error
+
+
+async def test_run_job_prefers_the_jobs_own_timeout(autojump_clock: Any) -> None:
+    job = make_job({"duration_ms": 60_000}, timeout_s=2)
+    outcome = await run_job(SimulateHandler(0, 0.0), job, timeout=100)
+    assert outcome.error is not None
+    assert outcome.error.type == "timeout"
+    assert outcome.duration_s == pytest.approx(2)
+
+
+async def test_run_job_classifies_handler_errors(autojump_clock: Any) -> None:
+    async def broken(job: ClaimedJob) -> Any:
+        raise KeyError("missing")
+
+    async def unjsonable(job: ClaimedJob) -> Any:
+        return {1, 2}
+
+    outcome = await run_job(broken, make_job(), timeout=1)
+    assert outcome.error is not None
+    assert outcome.error.type == "key_error"
+    outcome = await run_job(unjsonable, make_job(), timeout=1)
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("permanent", False)
+    assert "not JSON-serializable" in outcome.error.message
+
+
+async def test_run_job_lets_outer_cancellation_through(autojump_clock: Any) -> None:
+    reached_end = False
+    with trio.move_on_after(1) as outer:
+        await run_job(SimulateHandler(0, 0.0), make_job({"duration_ms": 60_000}), timeout=10)
+        reached_end = True
+    assert outer.cancelled_caught
+    assert not reached_end
+
+
+def test_cancelled_outcome() -> None:
+    job = make_job()
+    outcome = JobOutcome.failed(job, cancelled_failure(), duration_s=0.5)
+    ack = outcome.to_ack()
+    assert ack.outcome == "failed"
+    assert ack.error is not None
+    assert ack.error.type == "cancelled"
+
+
+# --- python -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def importable_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+
+
+async def test_python_handler_calls_the_function(importable_tests: None) -> None:
+    handler = PythonHandler("tests.support.jobs:echo")
+    job = make_job({"n": 3}, attempt=2)
+    assert await handler(job) == {"payload": {"n": 3}, "attempt": 2, "job_id": job.job_id}
+    with pytest.raises(PermanentError, match="cannot succeed"):
+        await PythonHandler("tests.support.jobs:permanent")(job)
+    with pytest.raises(PermanentError, match="result is not JSON-serializable"):
+        await PythonHandler("tests.support.jobs:not_json")(job)
+    outcome = await run_job(PythonHandler("tests.support.jobs:boom"), job, timeout=5)
+    assert outcome.error == FailureInfo("value_error", "boom", True)
+
+
+async def test_python_handler_times_out(importable_tests: None, autojump_clock: Any) -> None:
+    outcome = await run_job(PythonHandler("tests.support.jobs:slow"), make_job(), timeout=30)
+    assert outcome.error is not None
+    assert outcome.error.type == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("tests.support.jobs", "module:function"),
+        (":echo", "module:function"),
+        ("no_such_module_xyz:run", "cannot import"),
+        ("tests.support.jobs:missing", "has no"),
+        ("tests.support.jobs:NOT_CALLABLE", "not callable"),
+        ("tests.support.jobs:not_async", "not an async function"),
+    ],
+)
+def test_python_handler_bad_spec(importable_tests: None, spec: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PythonHandler(spec)
+    message = str(info.value)
+    assert "BOT_PYTHON_HANDLER" in message
+    assert problem in message
+    assert "set it to" in message
+
+
+def test_build_handler() -> None:
+    assert isinstance(build_handler("simulate"), SimulateHandler)
+    assert isinstance(build_handler("exec", exec_command=[sys.executable, "-V"]), ExecHandler)
+    with pytest.raises(ConfigError, match="BOT_HANDLER"):
+        build_handler("shell")
+    with pytest.raises(ConfigError, match="BOT_EXEC_COMMAND"):
+        build_handler("exec", exec_command=[])
+    with pytest.raises(ConfigError, match="BOT_EXEC_COMMAND"):
+        build_handler("exec", exec_command=["/no/such/program-xyz"])
+
+
+# --- exec (real processes, real time) ---------------------------------------------------
+
+
+def script(mode: str, **kwargs: Any) -> ExecHandler:
+    return ExecHandler([sys.executable, str(jobs.SCRIPT), mode], **kwargs)
+
+
+_markers = itertools.count()
+
+
+def marker() -> str:
+    """A unique argument for ``sleep``: it still sleeps ~1000 s, and /proc shows who it is."""
+    return f"1000.{os.getpid()}{next(_markers):04d}"
+
+
+async def wait_for_file(path: Path) -> dict[str, Any]:
+    with trio.fail_after(30):
+        while not path.exists():
+            await trio.sleep(0.01)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def assert_nothing_left(pgid: int, mark: str) -> None:
+    assert jobs.live_group_members(pgid) == []
+    assert jobs.live_with_arg(mark) == []
+
+
+async def test_exec_result_is_the_last_json_line() -> None:
+    job = make_job({"n": [1, 2]}, attempt=2)
+    result = await script("json")(job)
+    assert result == {
+        "payload": {"n": [1, 2]},
+        "env": {"BOTD_JOB_ID": job.job_id, "BOTD_LEASE_ID": job.lease_id, "BOTD_ATTEMPT": "2"},
+        "lease_id": job.lease_id,
+    }
+
+
+async def test_exec_plain_output_is_the_result() -> None:
+    assert await script("plain")(make_job()) == "hello\nworld\n"
+
+
+async def test_exec_output_is_capped() -> None:
+    result = await script("big")(make_job())
+    assert isinstance(result, str)
+    assert len(result) == DEFAULT_OUTPUT_CAP
+    assert set(result) == {"x"}
+
+
+async def test_exec_nonzero_exit_is_a_retryable_failure_with_stderr_tail() -> None:
+    with pytest.raises(ExitStatusError) as info:
+        await script("fail")(make_job())
+    err = info.value
+    assert err.returncode == 3
+    assert err.stderr_tail.endswith("the last words\n")
+    assert len(err.stderr_tail) <= 2048
+    failure = classify_failure(err)
+    assert (failure.type, failure.retryable) == ("exit_status", True)
+    assert "status 3" in failure.message
+
+
+async def test_exec_shell_mode_and_env() -> None:
+    handler = ExecHandler(["echo", "$BOTD_ATTEMPT", "|", "tr", "7", "8"], shell=True)
+    assert await handler(make_job(attempt=7)) == 8
+
+
+async def test_exec_cancel_sends_sigterm_then_sigkill_and_leaves_nothing(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids.json"
+    mark = marker()
+    handler = script("stubborn", kill_grace=0.5)
+    info: dict[str, Any] = {}
+    cancelled_at = 0.0
+    async with trio.open_nursery() as nursery:
+
+        async def run_it() -> None:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                await handler(make_job({"pidfile": str(pidfile), "marker": mark}))
+            assert scope.cancelled_caught
+
+        scopes: list[trio.CancelScope] = []
+        nursery.start_soon(run_it)
+        info.update(await wait_for_file(pidfile))
+        assert len(jobs.live_group_members(info["pgid"])) == 3  # the script and two sleeps
+        assert info["pgid"] == info["pid"]  # its own group
+        assert info["pgid"] != os.getpgid(0)
+        cancelled_at = trio.current_time()
+        scopes[0].cancel()
+    elapsed = trio.current_time() - cancelled_at
+    assert 0.5 <= elapsed < 10
+    assert (tmp_path / "pids.json.term").read_text() == "TERM\n"
+    assert_nothing_left(info["pgid"], mark)
+
+
+async def test_exec_cancel_of_a_polite_child_does_not_wait_for_the_grace(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids.json"
+    mark = marker()
+    handler = script("polite", kill_grace=60)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handler, make_job({"pidfile": str(pidfile), "marker": mark}))
+            info = await wait_for_file(pidfile)
+            started = trio.current_time()
+            scope.cancel()
+    assert trio.current_time() - started < 10
+    assert_nothing_left(info["pgid"], mark)
+
+
+async def test_exec_timeout_via_run_job_leaves_nothing(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids.json"
+    mark = marker()
+    job = make_job({"pidfile": str(pidfile), "marker": mark})
+    outcome = await run_job(script("stubborn", kill_grace=0.2), job, timeout=1.5)
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("timeout", True)
+    info = await wait_for_file(pidfile)
+    assert_nothing_left(info["pgid"], mark)
+
+
+async def test_exec_stops_what_the_command_left_behind(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids.json"
+    mark = marker()
+    with trio.fail_after(20):
+        result = await script("leave-behind", kill_grace=5)(
+            make_job({"pidfile": str(pidfile), "marker": mark})
+        )
+    assert result == {"left": 2}
+    info = await wait_for_file(pidfile)
+    assert_nothing_left(info["pgid"], mark)
