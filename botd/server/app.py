@@ -1,0 +1,543 @@
+"""The HTTP layer of the reference server: protocol v1 as a Starlette app.
+
+:func:`create_app` builds the app around a :class:`~botd.server.store.Store`; the
+:class:`ServerCore` it keeps in ``app.state.core`` holds what is not in the store: the long
+poll's wake-up event, the lease-expiry timer task and the Prometheus metrics. No SQL lives
+here.
+
+Errors: every error body is ``{"error": {"code", "message"}}``. Bad input is 400
+``invalid_request`` naming the field; a body over 1 MiB is 413 ``payload_too_large``; a
+missing or wrong token is 401 ``unauthorized``; an unknown route is 404 ``not_found``; a
+failing database is 503 ``store_unavailable`` (the server keeps running); anything
+unexpected is logged and answered 500 ``internal_error``. The token is never logged or
+returned.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+import trio
+from loguru import logger
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import codec
+from .._version import __version__
+from ..errors import BotdError
+from ..models import (
+    JOB_STATUSES,
+    MAX_CLAIM_JOBS,
+    Ack,
+    BotList,
+    ClaimRequest,
+    ClaimResponse,
+    ErrorBody,
+    ErrorDetail,
+    Health,
+    HeartbeatRequest,
+    JobList,
+    JobSubmit,
+    RegisterRequest,
+    RegisterResponse,
+)
+from .store import BOT_STATUSES, Store, StoreRejected, StoreUnavailable
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL_S",
+    "DEFAULT_LEASE_TTL_S",
+    "MAX_BODY_BYTES",
+    "HttpError",
+    "ServerCore",
+    "ServerMetrics",
+    "core_of",
+    "create_app",
+    "error_response",
+]
+
+T = TypeVar("T")
+
+DEFAULT_LEASE_TTL_S = 30.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_LIST_LIMIT = 100
+_TIMER_MAX_SLEEP_S = 1.0
+
+
+class HttpError(BotdError):
+    """Raised inside a route to answer with an error body (status, code, message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{status} {code}: {message}")
+
+
+class _InvalidRequest(BotdError):
+    """Raised by codec.structure on a bad request body; becomes 400 invalid_request."""
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """A JSON error body ``{"error": {"code", "message"}}`` with ``status``."""
+    body = codec.dumps(ErrorBody(ErrorDetail(code=code, message=message)))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(codec.dumps(obj), status_code=status, media_type="application/json")
+
+
+class ServerMetrics:
+    """The server's Prometheus metrics, on a registry of its own (``botd_server_`` prefix)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.claims = Counter("botd_server_claims_total", "Claim requests answered.", registry=r)
+        self.jobs_claimed = Counter(
+            "botd_server_jobs_claimed_total", "Jobs handed out under a lease.", registry=r
+        )
+        self.jobs_submitted = Counter(
+            "botd_server_jobs_submitted_total", "Jobs created by submit.", registry=r
+        )
+        self.acks = Counter(
+            "botd_server_acks_total", "Acks applied, by result.", ["status"], registry=r
+        )
+        self.lease_expiries = Counter(
+            "botd_server_lease_expiries_total",
+            "Leases ended without an ack (expired or dropped at re-registration).",
+            registry=r,
+        )
+        self.jobs = Gauge("botd_server_jobs", "Jobs by status.", ["status"], registry=r)
+        self.bots = Gauge("botd_server_bots", "Bots by status.", ["status"], registry=r)
+        self.store_up = Gauge(
+            "botd_server_store_up", "1 when the last store query succeeded.", registry=r
+        )
+        for status in ("recorded", "duplicate", "conflict", "lease_lost", "unknown_lease"):
+            self.acks.labels(status=status)
+
+    async def refresh(self, store: Store) -> None:
+        """Read the store's counts into the gauges; a failing store sets store_up 0."""
+        try:
+            stats = await store.stats()
+        except StoreUnavailable:
+            self.store_up.set(0)
+            return
+        self.store_up.set(1)
+        for status in JOB_STATUSES:
+            self.jobs.labels(status=status).set(stats.jobs.get(status, 0))
+        for status in BOT_STATUSES:
+            self.bots.labels(status=status).set(stats.bots.get(status, 0))
+
+
+class ServerCore:
+    """What the server keeps beside its store: long-poll wake-ups, the timer, metrics.
+
+    A waiting claim sleeps on :attr:`_available`, an event that is set (and replaced) by
+    every change that can make a job claimable: a submit, a release or failure ack, a lease
+    expiry, a retry becoming due, a deregistration. Waiters take the event *before* they
+    query the store, so a wake-up can never slip between their query and their wait.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        gone_after_s: float | None = None,
+    ) -> None:
+        if not lease_ttl_s > 0 or not heartbeat_interval_s > 0:
+            raise ValueError("lease_ttl_s and heartbeat_interval_s must be > 0")
+        self.store = store
+        self.lease_ttl_s = lease_ttl_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.gone_after_s = (
+            gone_after_s if gone_after_s is not None else max(lease_ttl_s, 3 * heartbeat_interval_s)
+        )
+        self.metrics = ServerMetrics()
+        self.closing = False
+        self._available = trio.Event()
+        self._schedule = trio.Event()
+
+    def jobs_may_be_available(self) -> None:
+        """Wake every waiting claim so it queries the store again."""
+        self._available.set()
+        self._available = trio.Event()
+
+    def schedule_changed(self) -> None:
+        """Wake the timer: a deadline earlier than the one it sleeps towards may exist."""
+        self._schedule.set()
+
+    def close(self) -> None:
+        """Stop long polls: waiting claims answer at once with what they have."""
+        self.closing = True
+        self.jobs_may_be_available()
+
+    def after_acks(self, acks: list[Ack]) -> None:
+        """Wake waiters and the timer when acks may have requeued a job."""
+        if any(a.outcome != "succeeded" for a in acks):
+            self.jobs_may_be_available()
+            self.schedule_changed()
+
+    async def claim(self, req: ClaimRequest) -> ClaimResponse:
+        """Apply the acks and claim; if nothing is due, wait up to wait_s for a job.
+
+        Ends when: jobs were leased, ``wait_s`` passed, or the server is closing.
+        Errors: StoreRejected/StoreUnavailable from the store, as they come.
+        """
+        deadline = trio.current_time() + req.wait_s
+        event = self._available
+        first = await self.store.claim(req, lease_ttl_s=self.lease_ttl_s)
+        self.after_acks(req.acks)
+        jobs = first.jobs
+        retry = attrs.evolve(req, acks=[])
+        while not jobs and req.max_jobs > 0 and not self.closing:
+            with trio.move_on_at(deadline) as scope:
+                await event.wait()
+            if scope.cancelled_caught or self.closing:
+                break
+            event = self._available
+            jobs = (await self.store.claim(retry, lease_ttl_s=self.lease_ttl_s)).jobs
+        self.metrics.claims.inc()
+        self.metrics.jobs_claimed.inc(len(jobs))
+        for result in first.acks:
+            self.metrics.acks.labels(status=result.status).inc()
+        return ClaimResponse(jobs=jobs, acks=first.acks)
+
+    async def run_timers(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Expire leases on time and wake waiters when a lease expires or a retry is due.
+
+        Sleeps until the store's next deadline (at most 1 s, so silent bots are marked gone),
+        or until :meth:`schedule_changed`. This function never returns unless cancelled.
+        Errors: a failing store is logged and retried after 1 s; nothing else is expected.
+        """
+        task_status.started()
+        while True:
+            self._schedule = trio.Event()
+            schedule = self._schedule
+            wake_at = trio.current_time() + _TIMER_MAX_SLEEP_S
+            try:
+                report = await self.store.expire(gone_after_s=self.gone_after_s)
+                if report.expired:
+                    self.metrics.lease_expiries.inc(report.expired)
+                    logger.bind(
+                        event="leases_expired",
+                        expired=report.expired,
+                        requeued=report.requeued,
+                        dead=report.dead,
+                    ).info("leases expired")
+                if report.requeued:
+                    self.jobs_may_be_available()
+                if report.gone:
+                    logger.bind(event="bots_gone", count=report.gone).info("bots went silent")
+                nxt = await self.store.next_deadline()
+                if nxt is not None:
+                    wake_at = min(wake_at, nxt)
+            except StoreUnavailable as exc:
+                logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
+                    "lease expiry skipped: the store is unavailable"
+                )
+            with trio.move_on_at(wake_at):
+                await schedule.wait()
+            if not schedule.is_set():
+                # A deadline passed: a retry may have become due.
+                self.jobs_may_be_available()
+
+
+def core_of(app: Starlette) -> ServerCore:
+    """The :class:`ServerCore` of an app made by :func:`create_app`."""
+    core = app.state.core
+    assert isinstance(core, ServerCore)
+    return core
+
+
+# --- request helpers --------------------------------------------------------------------
+
+
+async def _body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise HttpError(
+            413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send less"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HttpError(
+                413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send less"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _decode(request: Request, cls: type[T]) -> T:
+    raw = await _body(request)
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(
+            400, "invalid_request", f"the body is not valid JSON ({exc}); send a JSON object"
+        ) from None
+    if data is None:
+        raise HttpError(400, "invalid_request", f"the body is empty; send a {cls.__name__} object")
+    try:
+        return codec.structure(data, cls, error=_InvalidRequest, what=cls.__name__)
+    except _InvalidRequest as exc:
+        raise HttpError(400, "invalid_request", f"{exc}; fix the field and retry") from None
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise HttpError(
+            400, "invalid_request", f"query parameter {name!r} must be an integer {lo}..{hi}"
+        )
+    return value
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(
+    store: Store,
+    *,
+    token: str | None = None,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+    gone_after_s: float | None = None,
+) -> Starlette:
+    """Build the protocol v1 app around ``store``.
+
+    Args:
+        store: the job store (opened by the caller, or lazily on first use).
+        token: when set, every ``/v1`` route except ``GET /v1/health`` needs
+            ``Authorization: Bearer <token>``.
+        lease_ttl_s: how long a lease lives without a heartbeat.
+        heartbeat_interval_s: told to bots at registration.
+        gone_after_s: silence after which a bot shows as ``gone`` (default
+            ``max(lease_ttl_s, 3 * heartbeat_interval_s)``).
+
+    The lease-expiry timer is not started here: run ``core_of(app).run_timers`` in a
+    nursery (``botd.server.run.serve`` does). Errors: see the module docstring.
+    """
+    core = ServerCore(
+        store,
+        lease_ttl_s=lease_ttl_s,
+        heartbeat_interval_s=heartbeat_interval_s,
+        gone_after_s=gone_after_s,
+    )
+    expected = token.encode() if token else None
+
+    def check_auth(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise HttpError(
+                401,
+                "unauthorized",
+                "missing or wrong token; send 'Authorization: Bearer <token>' with the"
+                " server's token",
+            )
+
+    def endpoint(fn: Endpoint, *, auth: bool = True) -> Endpoint:
+        async def handle(request: Request) -> Response:
+            try:
+                if auth:
+                    check_auth(request)
+                return await fn(request)
+            except HttpError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except StoreRejected as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except StoreUnavailable as exc:
+                logger.bind(event="store_unavailable", path=request.url.path).warning(str(exc))
+                return error_response(
+                    503,
+                    "store_unavailable",
+                    f"the server's database failed ({exc}); retry later and tell its operator",
+                )
+            except Exception:
+                logger.bind(event="internal_error", path=request.url.path).exception(
+                    "request failed"
+                )
+                return error_response(
+                    500, "internal_error", "the server failed unexpectedly; retry later"
+                )
+
+        return handle
+
+    async def health(request: Request) -> Response:
+        try:
+            await store.health()
+        except StoreUnavailable as exc:
+            return _json(Health(status="degraded", database=str(exc), version=__version__), 503)
+        return _json(Health(status="ok", database="ok", version=__version__))
+
+    async def openapi(request: Request) -> Response:
+        from .openapi import openapi_document
+
+        return _json(openapi_document(__version__))
+
+    async def register(request: Request) -> Response:
+        req = await _decode(request, RegisterRequest)
+        session_id = await store.register(req, lease_ttl_s=core.lease_ttl_s)
+        core.jobs_may_be_available()
+        core.schedule_changed()
+        logger.bind(event="bot_registered", bot_id=req.bot_id, session_id=session_id).info(
+            "bot registered"
+        )
+        return _json(
+            RegisterResponse(
+                bot_id=req.bot_id,
+                session_id=session_id,
+                heartbeat_interval_s=core.heartbeat_interval_s,
+                lease_ttl_s=core.lease_ttl_s,
+                server_version=__version__,
+            )
+        )
+
+    async def list_bots(request: Request) -> Response:
+        return _json(BotList(bots=await store.list_bots()))
+
+    async def get_bot(request: Request) -> Response:
+        return _json(await store.get_bot(request.path_params["bot_id"]))
+
+    async def heartbeat(request: Request) -> Response:
+        req = await _decode(request, HeartbeatRequest)
+        bot_id = request.path_params["bot_id"]
+        return _json(await store.heartbeat(bot_id, req, lease_ttl_s=core.lease_ttl_s))
+
+    async def deregister(request: Request) -> Response:
+        bot_id = request.path_params["bot_id"]
+        session_id = request.query_params.get("session_id")
+        if not session_id:
+            raise HttpError(
+                400, "invalid_request", "query parameter 'session_id' is required; send yours"
+            )
+        requeued = await store.deregister(bot_id, session_id)
+        if requeued:
+            core.jobs_may_be_available()
+        logger.bind(event="bot_deregistered", bot_id=bot_id, requeued=requeued).info(
+            "bot deregistered"
+        )
+        return Response(status_code=204)
+
+    async def submit(request: Request) -> Response:
+        job = await _decode(request, JobSubmit)
+        view, created = await store.submit(job)
+        if created:
+            core.metrics.jobs_submitted.inc()
+            core.jobs_may_be_available()
+        return _json(view, 201 if created else 200)
+
+    async def list_jobs(request: Request) -> Response:
+        status = request.query_params.get("status") or None
+        if status is not None and status not in JOB_STATUSES:
+            raise HttpError(
+                400,
+                "invalid_request",
+                f"query parameter 'status' must be one of {', '.join(JOB_STATUSES)}",
+            )
+        limit = _int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_CLAIM_JOBS)
+        return _json(JobList(jobs=await store.list_jobs(status=status, limit=limit)))
+
+    async def get_job(request: Request) -> Response:
+        return _json(await store.get_job(request.path_params["job_id"]))
+
+    async def cancel_job(request: Request) -> Response:
+        view = await store.cancel_job(request.path_params["job_id"])
+        logger.bind(event="job_cancelled", job_id=view.job_id).info("job cancelled")
+        return _json(view)
+
+    async def stats(request: Request) -> Response:
+        return _json(await store.stats())
+
+    async def claim(request: Request) -> Response:
+        req = await _decode(request, ClaimRequest)
+        return _json(await core.claim(req))
+
+    async def ack(request: Request) -> Response:
+        body = await _decode(request, Ack)
+        lease_id = request.path_params["lease_id"]
+        if body.lease_id != lease_id:
+            raise HttpError(
+                400,
+                "invalid_request",
+                f"Ack: $.lease_id {body.lease_id!r} does not match the path's {lease_id!r}",
+            )
+        result = await store.ack(body)
+        core.metrics.acks.labels(status=result.status).inc()
+        if result.status == "recorded":
+            core.after_acks([body])
+        if result.status in ("recorded", "duplicate"):
+            return _json({"status": result.status})
+        status = 404 if result.status == "unknown_lease" else 409
+        return error_response(status, result.status, f"lease {lease_id!r}: {result.message}")
+
+    async def metrics(request: Request) -> Response:
+        await core.metrics.refresh(store)
+        return Response(generate_latest(core.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(
+                404, "not_found", f"no route {request.url.path!r}; see GET /v1/openapi.json"
+            )
+        if exc.status_code == 405:
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path!r};"
+                " see GET /v1/openapi.json",
+            )
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    routes = [
+        Route("/v1/health", endpoint(health, auth=False), methods=["GET"]),
+        Route("/v1/openapi.json", endpoint(openapi), methods=["GET"]),
+        Route("/v1/bots/register", endpoint(register), methods=["POST"]),
+        Route("/v1/bots", endpoint(list_bots), methods=["GET"]),
+        Route("/v1/bots/{bot_id}", endpoint(get_bot), methods=["GET"]),
+        Route("/v1/bots/{bot_id}", endpoint(deregister), methods=["DELETE"]),
+        Route("/v1/bots/{bot_id}/heartbeat", endpoint(heartbeat), methods=["POST"]),
+        Route("/v1/jobs/claim", endpoint(claim), methods=["POST"]),
+        Route("/v1/jobs", endpoint(submit), methods=["POST"]),
+        Route("/v1/jobs", endpoint(list_jobs), methods=["GET"]),
+        Route("/v1/jobs/{job_id}", endpoint(get_job), methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", endpoint(cancel_job), methods=["POST"]),
+        Route("/v1/stats", endpoint(stats), methods=["GET"]),
+        Route("/v1/leases/{lease_id}/ack", endpoint(ack), methods=["POST"]),
+        Route("/metrics", endpoint(metrics, auth=False), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.core = core
+    return app

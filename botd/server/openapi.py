@@ -1,0 +1,246 @@
+"""The OpenAPI 3.1 document of protocol v1, with JSON Schemas generated from botd.models.
+
+The schemas are derived from the attrs classes' fields and type hints (str, int, float,
+bool, Any, Literal, unions, lists, dicts and nested attrs classes), so they cannot drift
+from the models the server decodes with. The route table below is the one place that lists
+the routes for the document; ``tests/test_server_openapi.py`` checks it against the app.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any, Literal
+
+import attrs
+
+from .. import models
+from ..models import (
+    Ack,
+    BotInfo,
+    BotList,
+    ClaimRequest,
+    ClaimResponse,
+    ErrorBody,
+    Health,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobList,
+    JobSubmit,
+    JobView,
+    RegisterRequest,
+    RegisterResponse,
+    SingleAckResponse,
+    Stats,
+)
+
+__all__ = ["ROUTES", "openapi_document", "schema_for"]
+
+_NONE = type(None)
+_SCALARS: dict[Any, dict[str, Any]] = {
+    str: {"type": "string"},
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    bool: {"type": "boolean"},
+    _NONE: {"type": "null"},
+}
+
+
+def schema_for(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a type hint; attrs classes go into ``defs`` and are referenced."""
+    if tp is Any:
+        return {}
+    if tp in _SCALARS:
+        return dict(_SCALARS[tp])
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [schema_for(a, defs) for a in args]}
+    if origin is list:
+        return {"type": "array", "items": schema_for(args[0] if args else Any, defs)}
+    if origin is dict:
+        value = args[1] if len(args) == 2 else Any
+        return {"type": "object", "additionalProperties": schema_for(value, defs)}
+    if isinstance(tp, type) and attrs.has(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}  # placeholder against recursion
+            hints = typing.get_type_hints(tp, vars(models))
+            props: dict[str, Any] = {}
+            required: list[str] = []
+            for field in attrs.fields(tp):
+                props[field.name] = schema_for(hints[field.name], defs)
+                if field.default is attrs.NOTHING:
+                    required.append(field.name)
+            schema: dict[str, Any] = {"type": "object", "properties": props}
+            if required:
+                schema["required"] = required
+            if tp.__doc__ and not tp.__doc__.startswith(f"{name}("):
+                schema["description"] = tp.__doc__.strip()
+            defs[name] = schema
+        return {"$ref": f"#/components/schemas/{name}"}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+@attrs.frozen
+class RouteDoc:
+    """One route of the document: method, path, summary, request body and responses."""
+
+    method: str
+    path: str
+    summary: str
+    request: type | None = None
+    responses: dict[int, type | None] = attrs.field(factory=dict)
+    auth: bool = True
+    query: tuple[tuple[str, str, bool], ...] = ()  # (name, JSON type, required)
+
+
+ROUTES: tuple[RouteDoc, ...] = (
+    RouteDoc("get", "/v1/health", "Store health", None, {200: Health, 503: Health}, auth=False),
+    RouteDoc("get", "/v1/openapi.json", "This document", None, {200: None}),
+    RouteDoc(
+        "post",
+        "/v1/bots/register",
+        "Register a bot (a new session)",
+        RegisterRequest,
+        {200: RegisterResponse, 400: ErrorBody},
+    ),
+    RouteDoc("get", "/v1/bots", "List bots", None, {200: BotList}),
+    RouteDoc("get", "/v1/bots/{bot_id}", "One bot", None, {200: BotInfo, 404: ErrorBody}),
+    RouteDoc(
+        "delete",
+        "/v1/bots/{bot_id}",
+        "Deregister; its leases go back to the queue",
+        None,
+        {204: None, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+        query=(("session_id", "string", True),),
+    ),
+    RouteDoc(
+        "post",
+        "/v1/bots/{bot_id}/heartbeat",
+        "Heartbeat: extend leases, learn cancelled and lost ones",
+        HeartbeatRequest,
+        {200: HeartbeatResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+    ),
+    RouteDoc(
+        "post",
+        "/v1/jobs",
+        "Submit a job",
+        JobSubmit,
+        {201: JobView, 200: JobView, 400: ErrorBody},
+    ),
+    RouteDoc(
+        "get",
+        "/v1/jobs",
+        "List jobs, newest first",
+        None,
+        {200: JobList, 400: ErrorBody},
+        query=(("status", "string", False), ("limit", "integer", False)),
+    ),
+    RouteDoc(
+        "post",
+        "/v1/jobs/claim",
+        "Apply acks, then claim jobs (long poll up to wait_s)",
+        ClaimRequest,
+        {200: ClaimResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+    ),
+    RouteDoc("get", "/v1/jobs/{job_id}", "One job", None, {200: JobView, 404: ErrorBody}),
+    RouteDoc(
+        "post",
+        "/v1/jobs/{job_id}/cancel",
+        "Cancel a job",
+        None,
+        {200: JobView, 404: ErrorBody, 409: ErrorBody},
+    ),
+    RouteDoc("get", "/v1/stats", "Counts per status", None, {200: Stats}),
+    RouteDoc(
+        "post",
+        "/v1/leases/{lease_id}/ack",
+        "Ack one lease",
+        Ack,
+        {200: SingleAckResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+    ),
+)
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not found (unknown_bot, unknown_job, unknown_lease)",
+    409: "conflict (session_superseded, conflict, lease_lost, job_finished)",
+    503: "degraded / store_unavailable",
+}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+@functools.cache
+def _document(version: str) -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+    error_ref = schema_for(ErrorBody, defs)
+    for route in ROUTES:
+        op: dict[str, Any] = {"summary": route.summary, "responses": {}}
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_params(route.path)
+        ]
+        params += [
+            {"name": name, "in": "query", "required": req, "schema": {"type": kind}}
+            for name, kind, req in route.query
+        ]
+        if params:
+            op["parameters"] = params
+        if route.request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": _json_content(schema_for(route.request, defs)),
+            }
+        for status, model in route.responses.items():
+            resp: dict[str, Any] = {"description": _STATUS_TEXT.get(status, str(status))}
+            if model is not None:
+                resp["content"] = _json_content(schema_for(model, defs))
+            elif status != 204:
+                resp["content"] = _json_content({"type": "object"})
+            op["responses"][str(status)] = resp
+        if route.auth:
+            op["responses"]["401"] = {
+                "description": _STATUS_TEXT[401],
+                "content": _json_content(error_ref),
+            }
+        else:
+            op["security"] = []
+        op["responses"].setdefault(
+            "503", {"description": _STATUS_TEXT[503], "content": _json_content(error_ref)}
+        )
+        paths.setdefault(route.path, {})[route.method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "botd protocol v1",
+            "version": version,
+            "description": "The contract between bots and the main server; see docs/protocol.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for protocol v1 (built once per version)."""
+    return _document(version)

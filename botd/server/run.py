@@ -1,0 +1,203 @@
+"""Running the reference server: hypercorn's trio worker, the lease-expiry task, signals.
+
+``botd server`` is :func:`add_server_arguments` + :func:`run_server_from_args`;
+:func:`serve` is the async entry point for tests and embedding (port 0 is supported: it
+reports the real bound URL through ``task_status``). :func:`main` is a standalone entry
+point, ``python -c "from botd.server.run import main; ..."``, for process tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from loguru import logger
+
+from .app import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, core_of, create_app
+from .store import SqliteStore, StoreUnavailable
+
+__all__ = [
+    "ServerConfig",
+    "add_server_arguments",
+    "main",
+    "run_server_from_args",
+    "serve",
+]
+
+TOKEN_ENV = "BOTD_SERVER_TOKEN"
+GRACEFUL_TIMEOUT_S = 5.0
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class ServerConfig:
+    """How to run the reference server. The token is kept out of ``repr``."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=3001, validator=[attrs.validators.ge(0)])
+    db: str = ":memory:"
+    token: str | None = attrs.field(default=None, repr=False)
+    lease_ttl: float = attrs.field(default=DEFAULT_LEASE_TTL_S, validator=_positive)
+    heartbeat_interval: float = attrs.field(
+        default=DEFAULT_HEARTBEAT_INTERVAL_S, validator=_positive
+    )
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve protocol v1 until ``shutdown`` is set (or until cancelled).
+
+    Opens the store (a corrupt or unwritable database is logged and reported by
+    ``/v1/health``; the server still starts), then runs hypercorn and the lease-expiry timer
+    in one nursery and calls ``task_status.started(url)`` with the bound URL.
+    On ``shutdown``: long polls answer at once, hypercorn stops accepting and finishes
+    in-flight requests (at most 5 s), the timer stops and the store is closed.
+    Errors: a port that cannot be bound raises OSError before ``started``.
+    """
+    store = SqliteStore(config.db)
+    try:
+        await store.open(lease_ttl_s=config.lease_ttl)
+    except StoreUnavailable as exc:
+        logger.bind(event="store_open_failed", db=config.db, error=str(exc)).error(
+            "the job store failed to open; /v1/health reports degraded until it works"
+        )
+    app = create_app(
+        store,
+        token=config.token,
+        lease_ttl_s=config.lease_ttl,
+        heartbeat_interval_s=config.heartbeat_interval,
+    )
+    core = core_of(app)
+    hc = HypercornConfig()
+    hc.bind = [_bind(config.host, config.port)]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+    stop = shutdown if shutdown is not None else trio.Event()
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        logger.bind(event="server_stopping").info("server stopping")
+        core.close()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(core.run_timers)
+
+            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(
+                    app,  # type: ignore[arg-type]
+                    hc,
+                    shutdown_trigger=shutdown_trigger,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()
+
+            binds: list[str] = await nursery.start(http)
+            url = binds[0] if binds else f"http://{_bind(config.host, config.port)}"
+            logger.bind(event="server_listening", url=url, db=config.db).info("server listening")
+            task_status.started(url)
+    finally:
+        with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+            await store.aclose()
+    logger.bind(event="server_stopped").info("server stopped")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``botd server``'s flags to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=3001, help="port to bind, 0 for any (3001)")
+    parser.add_argument(
+        "--db", default=":memory:", help="SQLite file path, or :memory: (the default)"
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"require 'Authorization: Bearer TOKEN' on /v1 (default: env {TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds (30)"
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL_S,
+        help="heartbeat interval told to bots, in seconds (5)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of parsed ``botd server`` flags (token falls back to the env)."""
+    token = args.token if args.token else os.environ.get(TOKEN_ENV) or None
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        token=token,
+        lease_ttl=args.lease_ttl,
+        heartbeat_interval=args.heartbeat_interval,
+    )
+
+
+async def serve_until_signalled(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully; a second signal stops at once."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if stop.is_set():
+                        logger.bind(event="signal", signal=name).warning("stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    logger.bind(event="signal", signal=name).info("stopping gracefully")
+                    stop.set()
+
+            nursery.start_soon(watch)
+            await serve(config, shutdown=stop)
+            nursery.cancel_scope.cancel()
+
+
+def run_server_from_args(args: argparse.Namespace) -> int:
+    """Run ``botd server`` with parsed flags; returns the exit code (0 after a signal)."""
+    try:
+        config = config_from_args(args)
+    except (TypeError, ValueError) as exc:
+        print(f"botd server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(serve_until_signalled, config)
+    except OSError as exc:
+        print(f"botd server: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``botd server`` flags from ``argv`` and run the server."""
+    parser = argparse.ArgumentParser(prog="botd server", description="the reference main server")
+    add_server_arguments(parser)
+    return run_server_from_args(parser.parse_args(argv))

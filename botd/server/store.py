@@ -1,0 +1,1070 @@
+"""The job store of the reference server: the :class:`Store` interface and :class:`SqliteStore`.
+
+The HTTP layer (:mod:`botd.server.app`) talks to a :class:`Store` only; no SQL lives there,
+so a PostgreSQL store can come later. :class:`SqliteStore` is the embedded default:
+
+- every method is one transaction, so each request sees and leaves a consistent state;
+- ``:memory:`` runs inline on the Trio thread (there is no I/O to block on, and tests on
+  ``autojump_clock`` stay exact); a file database runs in WAL mode through
+  ``trio.to_thread.run_sync`` with a ``CapacityLimiter(1)`` around its one connection;
+- all lease and retry deadlines are on the injectable ``now`` clock (Trio's clock by
+  default); the wall clock ``wall`` is read only for RFC 3339 display timestamps.
+
+The SQL itself lives in :class:`SqliteBackend`, a synchronous object whose methods take the
+moment (``Moment``) as an argument; the Hypothesis state machine drives it directly.
+
+Errors: a failing database raises :class:`StoreUnavailable` (the HTTP layer answers
+503 ``store_unavailable``); a request the state does not allow raises
+:class:`StoreRejected` with its HTTP status and error code. Nothing else escapes.
+
+Invariant kept by every method: each job is in exactly one status; a succeeded job has
+exactly one recorded result; no job is ever lost (a lease ends by an ack, a release, an
+expiry or a re-registration, and each of those puts the job somewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import attrs
+import trio
+from loguru import logger
+
+from .. import codec
+from ..errors import BotdError
+from ..models import (
+    JOB_STATUSES,
+    Ack,
+    AckResult,
+    BotInfo,
+    ClaimedJob,
+    ClaimRequest,
+    ClaimResponse,
+    FailureInfo,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobSubmit,
+    JobView,
+    RegisterRequest,
+    Stats,
+)
+
+__all__ = [
+    "BOT_STATUSES",
+    "ExpiryReport",
+    "Moment",
+    "SqliteBackend",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreRejected",
+    "StoreUnavailable",
+    "retry_backoff",
+    "rfc3339",
+]
+
+T = TypeVar("T")
+
+BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
+MAX_RETRY_BACKOFF_S = 30.0
+_SQL_CHUNK = 500  # stay well below SQLite's host-parameter limit
+
+
+class StoreError(BotdError):
+    """Raised by a store; the root of the server's store errors."""
+
+
+class StoreUnavailable(StoreError):
+    """Raised when the database fails (corrupt, unwritable, gone); answer 503 and carry on."""
+
+
+class StoreRejected(StoreError):
+    """Raised when the state does not allow a request; carries the HTTP status and error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{status} {code}: {message}")
+
+
+def _unknown_bot(bot_id: str) -> StoreRejected:
+    return StoreRejected(404, "unknown_bot", f"bot {bot_id!r} is not registered; register it again")
+
+
+def _superseded(bot_id: str, why: str) -> StoreRejected:
+    return StoreRejected(
+        409, "session_superseded", f"bot {bot_id!r}: {why}; register again for a new session"
+    )
+
+
+def _unknown_job(job_id: str) -> StoreRejected:
+    return StoreRejected(404, "unknown_job", f"no job {job_id!r}; check the job_id")
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds a retryable failure waits before its job is claimable again."""
+    return float(min(MAX_RETRY_BACKOFF_S, 0.5 * 2 ** max(0, attempt - 1)))
+
+
+def rfc3339(wall: float) -> str:
+    """Format a wall-clock time (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
+    text = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+@attrs.frozen
+class Moment:
+    """One reading of both clocks: ``mono`` for deadlines, ``wall`` for display."""
+
+    mono: float
+    wall: float
+
+    def display(self, deadline: float) -> str:
+        """The RFC 3339 wall-clock time of a deadline on the ``mono`` clock."""
+        return rfc3339(self.wall + (deadline - self.mono))
+
+
+@attrs.frozen
+class ExpiryReport:
+    """What one expiry pass did: leases expired, jobs requeued or dead, bots marked gone."""
+
+    expired: int = 0
+    requeued: int = 0
+    dead: int = 0
+    gone: int = 0
+
+
+class Store(Protocol):
+    """What the HTTP layer needs from a job store. Every method is one transaction.
+
+    Every method raises :class:`StoreUnavailable` when the database fails and
+    :class:`StoreRejected` when the request is not allowed in the current state.
+    """
+
+    async def open(self, *, lease_ttl_s: float) -> None:
+        """Create the schema and rebase a previous run's deadlines on this run's clock."""
+
+    async def aclose(self) -> None:
+        """Close the database; further calls raise StoreUnavailable."""
+
+    async def health(self) -> None:
+        """Run a real read and write; raise StoreUnavailable if either fails."""
+
+    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> str:
+        """Start a new session for ``req.bot_id`` and return its session_id."""
+
+    async def get_bot(self, bot_id: str) -> BotInfo:
+        """The bot, or 404 unknown_bot."""
+
+    async def list_bots(self) -> list[BotInfo]:
+        """Every bot the store knows, in bot_id order."""
+
+    async def heartbeat(
+        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
+    ) -> HeartbeatResponse:
+        """Extend the listed leases the bot holds; report cancelled and lost leases."""
+
+    async def deregister(self, bot_id: str, session_id: str) -> int:
+        """End the session; its leases go back to the queue. Returns how many."""
+
+    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+        """Queue a job; returns (job, created). An existing idempotency_key gives created=False."""
+
+    async def get_job(self, job_id: str) -> JobView:
+        """The job, or 404 unknown_job."""
+
+    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
+        """The newest ``limit`` jobs, optionally of one status."""
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        """Cancel a queued or leased job (idempotent); 409 job_finished for a finished one."""
+
+    async def stats(self) -> Stats:
+        """Job counts per status and bot counts per status (every status present)."""
+
+    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
+        """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting)."""
+
+    async def ack(self, ack: Ack) -> AckResult:
+        """Apply one ack and say what happened to it."""
+
+    async def expire(self, *, gone_after_s: float) -> ExpiryReport:
+        """Expire leases past their deadline and mark silent bots gone."""
+
+    async def next_deadline(self) -> float | None:
+        """The earliest future lease expiry or retry time, on the ``now`` clock."""
+
+
+# --- the synchronous SQLite backend -----------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bots (
+    bot_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    state TEXT,
+    capacity INTEGER NOT NULL,
+    hostname TEXT NOT NULL,
+    version TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    last_seen REAL NOT NULL,
+    seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    timeout_s REAL,
+    idempotency_key TEXT UNIQUE,
+    result TEXT,
+    error TEXT,
+    bot_id TEXT,
+    lease_id TEXT,
+    not_before REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, not_before);
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    bot_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    expires REAL NOT NULL,
+    outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS leases_active ON leases (state, expires);
+CREATE INDEX IF NOT EXISTS leases_bot ON leases (bot_id, state);
+"""
+
+_JOB_COLUMNS = (
+    "job_id, kind, payload, status, priority, max_attempts, attempts, timeout_s,"
+    " idempotency_key, result, error, bot_id, created_at, finished_at"
+)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _failure_json(info: FailureInfo) -> str:
+    return json.dumps(codec.unstructure(info), separators=(",", ":"))
+
+
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), _SQL_CHUNK):
+        yield items[start : start + _SQL_CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+@attrs.define
+class _AckRow:
+    """One lease and its job, as read for applying acks (mutated as a batch is applied)."""
+
+    lease_id: str
+    job_id: str
+    lease_state: str
+    outcome: str | None
+    job_status: str
+    job_lease: str | None
+    attempts: int
+    max_attempts: int
+
+
+@attrs.frozen
+class _JobUpdate:
+    job_id: str
+    status: str
+    attempts: int
+    result: str | None
+    error: str | None
+    not_before: float
+    finished_at: float | None
+
+
+class SqliteBackend:
+    """The SQL of :class:`SqliteStore`: synchronous, one transaction per public method.
+
+    Not thread-safe by itself: the caller runs one method at a time (SqliteStore does so with
+    its capacity limiter, or inline on the Trio thread). The connection is opened lazily; on a
+    database error a file database drops its connection and reopens it on the next call, so a
+    repaired file is picked up. Every ``sqlite3.Error`` leaves as :class:`StoreUnavailable`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.memory = path == ":memory:" or path == ""
+        self._conn: sqlite3.Connection | None = None
+
+    # -- connection --------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        conn = sqlite3.connect(
+            self.path or ":memory:", isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+        try:
+            if not self.memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+        except sqlite3.Error as exc:
+            if not self.memory:
+                try:
+                    self.close()
+                except sqlite3.Error:
+                    self._conn = None
+            raise StoreUnavailable(f"database {self.path!r}: {exc}") from exc
+
+    # -- lifecycle and health ------------------------------------------------------------
+
+    def open(self, at: Moment, lease_ttl_s: float) -> None:
+        """Create the schema; give leases of a previous run a fresh TTL on this run's clock."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE leases SET expires = ? WHERE state = 'active'", (at.mono + lease_ttl_s,)
+            )
+            conn.execute("UPDATE jobs SET not_before = 0 WHERE status = 'queued'")
+            conn.execute("UPDATE bots SET seen_at = ?", (at.mono,))
+
+        self._tx(run)
+
+    def health(self, at: Moment) -> None:
+        """A real read and a real write; raises StoreUnavailable if either fails."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT count(*) FROM meta").fetchone()
+            conn.execute("SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1").fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('health_probe', ?)",
+                (rfc3339(at.wall),),
+            )
+
+        self._tx(run)
+
+    # -- bots ----------------------------------------------------------------------------
+
+    def _session(self, conn: sqlite3.Connection, bot_id: str, session_id: str) -> None:
+        row = conn.execute(
+            "SELECT session_id, status FROM bots WHERE bot_id = ?", (bot_id,)
+        ).fetchone()
+        if row is None:
+            raise _unknown_bot(bot_id)
+        if row[1] == "deregistered":
+            raise _superseded(bot_id, "the bot deregistered, which ended its session")
+        if row[0] != session_id:
+            raise _superseded(bot_id, f"session {session_id!r} was replaced by a newer one")
+
+    def _seen(self, conn: sqlite3.Connection, bot_id: str, at: Moment, state: str | None) -> None:
+        if state:
+            conn.execute(
+                "UPDATE bots SET last_seen = ?, seen_at = ?, status = 'active', state = ?"
+                " WHERE bot_id = ?",
+                (at.wall, at.mono, state, bot_id),
+            )
+        else:
+            conn.execute(
+                "UPDATE bots SET last_seen = ?, seen_at = ?, status = 'active' WHERE bot_id = ?",
+                (at.wall, at.mono, bot_id),
+            )
+
+    def _held(self, conn: sqlite3.Connection, bot_id: str) -> dict[str, str]:
+        """The bot's active leases -> the status of their job."""
+        rows = conn.execute(
+            "SELECT l.lease_id, j.status FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+            " WHERE l.bot_id = ? AND l.state = 'active'",
+            (bot_id,),
+        ).fetchall()
+        return {lease_id: status for lease_id, status in rows}
+
+    def _end_leases(
+        self, conn: sqlite3.Connection, lease_ids: Sequence[str], *, spend: bool, at: Moment
+    ) -> ExpiryReport:
+        """End active leases without an ack: requeue their jobs, or make them dead.
+
+        ``spend`` counts the attempt (an expiry or a bot that lost its work); without it the
+        attempt is given back (a release or a deregistration).
+        """
+        if not lease_ids:
+            return ExpiryReport()
+        rows: list[tuple[str, str, str, str | None, int, int]] = []
+        for part in _chunks(lease_ids):
+            rows += conn.execute(
+                "SELECT l.lease_id, l.job_id, j.status, j.lease_id, j.attempts, j.max_attempts"
+                " FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+                f" WHERE l.state = 'active' AND l.lease_id IN ({_marks(len(part))})",
+                tuple(part),
+            ).fetchall()
+        conn.executemany(
+            "UPDATE leases SET state = 'expired' WHERE lease_id = ?", [(r[0],) for r in rows]
+        )
+        requeue: list[tuple[int, str]] = []
+        dead: list[tuple[str, float, str]] = []
+        for lease_id, job_id, status, job_lease, attempts, max_attempts in rows:
+            if status != "leased" or job_lease != lease_id:
+                continue  # cancelled meanwhile: the job stays where it is
+            if not spend:
+                requeue.append((max(0, attempts - 1), job_id))
+            elif attempts >= max_attempts:
+                info = FailureInfo(
+                    "lease_expired",
+                    f"the lease expired on all {max_attempts} attempts without a result",
+                    retryable=False,
+                )
+                dead.append((_failure_json(info), at.wall, job_id))
+            else:
+                requeue.append((attempts, job_id))
+        conn.executemany(
+            "UPDATE jobs SET status = 'queued', attempts = ?, not_before = 0 WHERE job_id = ?",
+            requeue,
+        )
+        conn.executemany(
+            "UPDATE jobs SET status = 'dead', error = ?, finished_at = ? WHERE job_id = ?", dead
+        )
+        return ExpiryReport(expired=len(rows), requeued=len(requeue), dead=len(dead))
+
+    def register(self, req: RegisterRequest, at: Moment, lease_ttl_s: float) -> str:
+        """New session; listed held leases move to it, the bot's other leases end (spent)."""
+
+        def run(conn: sqlite3.Connection) -> str:
+            session_id = _new_id()
+            held = self._held(conn, req.bot_id)
+            listed = set(req.active_leases)
+            keep = [lease for lease in held if lease in listed]
+            drop = [lease for lease in held if lease not in listed]
+            conn.executemany(
+                "UPDATE leases SET session_id = ?, expires = ? WHERE lease_id = ?",
+                [(session_id, at.mono + lease_ttl_s, lease) for lease in keep],
+            )
+            self._end_leases(conn, drop, spend=True, at=at)
+            conn.execute(
+                "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
+                " version, pid, labels, last_seen, seen_at)"
+                " VALUES (?, ?, 'active', NULL, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (bot_id) DO UPDATE SET session_id = excluded.session_id,"
+                " status = 'active', state = NULL, capacity = excluded.capacity,"
+                " hostname = excluded.hostname, version = excluded.version, pid = excluded.pid,"
+                " labels = excluded.labels, last_seen = excluded.last_seen,"
+                " seen_at = excluded.seen_at",
+                (
+                    req.bot_id,
+                    session_id,
+                    req.capacity,
+                    req.hostname,
+                    req.version,
+                    req.pid,
+                    json.dumps(req.labels),
+                    at.wall,
+                    at.mono,
+                ),
+            )
+            return session_id
+
+        return self._tx(run)
+
+    def _bots(self, conn: sqlite3.Connection, bot_id: str | None) -> list[BotInfo]:
+        where = "WHERE bot_id = ?" if bot_id is not None else ""
+        args: tuple[str, ...] = (bot_id,) if bot_id is not None else ()
+        rows = conn.execute(
+            "SELECT bot_id, session_id, status, state, capacity, hostname, version, labels,"
+            f" last_seen FROM bots {where} ORDER BY bot_id",
+            args,
+        ).fetchall()
+        leases: dict[str, list[str]] = {}
+        lease_rows = conn.execute(
+            f"SELECT bot_id, lease_id FROM leases WHERE state = 'active'"
+            f"{' AND bot_id = ?' if bot_id is not None else ''} ORDER BY rowid",
+            args,
+        ).fetchall()
+        for owner, lease_id in lease_rows:
+            leases.setdefault(owner, []).append(lease_id)
+        return [
+            BotInfo(
+                bot_id=r[0],
+                session_id=r[1],
+                status=r[2],
+                state=r[3],
+                capacity=r[4],
+                hostname=r[5],
+                version=r[6],
+                labels=json.loads(r[7]),
+                last_seen=rfc3339(r[8]),
+                active_leases=leases.get(r[0], []),
+            )
+            for r in rows
+        ]
+
+    def get_bot(self, bot_id: str) -> BotInfo:
+        """The bot, or 404 unknown_bot."""
+        bots = self._tx(lambda conn: self._bots(conn, bot_id))
+        if not bots:
+            raise _unknown_bot(bot_id)
+        return bots[0]
+
+    def list_bots(self) -> list[BotInfo]:
+        """Every bot, in bot_id order."""
+        return self._tx(lambda conn: self._bots(conn, None))
+
+    def heartbeat(
+        self, bot_id: str, req: HeartbeatRequest, at: Moment, lease_ttl_s: float
+    ) -> HeartbeatResponse:
+        """Extend listed held leases; report cancelled (held) and lost (listed, not held)."""
+
+        def run(conn: sqlite3.Connection) -> HeartbeatResponse:
+            self._session(conn, bot_id, req.session_id)
+            self._seen(conn, bot_id, at, req.state)
+            held = self._held(conn, bot_id)
+            listed = list(dict.fromkeys(req.active_leases))
+            extend = [lease for lease in listed if lease in held]
+            lost = [lease for lease in listed if lease not in held]
+            cancel = [lease for lease, status in held.items() if status == "cancelled"]
+            expires = at.mono + lease_ttl_s
+            conn.executemany(
+                "UPDATE leases SET expires = ? WHERE lease_id = ?",
+                [(expires, lease) for lease in extend],
+            )
+            return HeartbeatResponse(
+                lease_expires_at=at.display(expires) if extend else None,
+                cancel_leases=cancel,
+                lost_leases=lost,
+            )
+
+        return self._tx(run)
+
+    def deregister(self, bot_id: str, session_id: str, at: Moment) -> int:
+        """End the session; its leases go back to the queue without spending an attempt."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            self._session(conn, bot_id, session_id)
+            report = self._end_leases(conn, list(self._held(conn, bot_id)), spend=False, at=at)
+            conn.execute(
+                "UPDATE bots SET status = 'deregistered', last_seen = ? WHERE bot_id = ?",
+                (at.wall, bot_id),
+            )
+            return report.requeued
+
+        return self._tx(run)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _view(row: Sequence[Any]) -> JobView:
+        error = _json_or_none(row[10])
+        return JobView(
+            job_id=row[0],
+            kind=row[1],
+            payload=json.loads(row[2]),
+            status=row[3],
+            priority=row[4],
+            max_attempts=row[5],
+            attempts=row[6],
+            timeout_s=row[7],
+            idempotency_key=row[8],
+            result=_json_or_none(row[9]),
+            error=None if error is None else codec.structure(error, FailureInfo),
+            bot_id=row[11],
+            created_at=rfc3339(row[12]),
+            finished_at=None if row[13] is None else rfc3339(row[13]),
+        )
+
+    def _job(self, conn: sqlite3.Connection, job_id: str) -> JobView:
+        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        found = row.fetchone()
+        if found is None:
+            raise _unknown_job(job_id)
+        return self._view(found)
+
+    def submit(self, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
+        """Queue a job; an idempotency_key seen before returns that job and False."""
+
+        def run(conn: sqlite3.Connection) -> tuple[JobView, bool]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT job_id FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return self._job(conn, row[0]), False
+            job_id = _new_id()
+            conn.execute(
+                "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
+                " attempts, timeout_s, idempotency_key, created_at)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?)",
+                (
+                    job_id,
+                    job.kind,
+                    json.dumps(job.payload),
+                    job.priority,
+                    job.max_attempts,
+                    job.timeout_s,
+                    job.idempotency_key,
+                    at.wall,
+                ),
+            )
+            return self._job(conn, job_id), True
+
+        return self._tx(run)
+
+    def get_job(self, job_id: str) -> JobView:
+        """The job, or 404 unknown_job."""
+        return self._tx(lambda conn: self._job(conn, job_id))
+
+    def list_jobs(self, status: str | None, limit: int) -> list[JobView]:
+        """The newest ``limit`` jobs, optionally of one status."""
+
+        def run(conn: sqlite3.Connection) -> list[JobView]:
+            if status is None:
+                cur = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                )
+            else:
+                cur = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?",
+                    (status, limit),
+                )
+            return [self._view(row) for row in cur.fetchall()]
+
+        return self._tx(run)
+
+    def cancel_job(self, job_id: str, at: Moment) -> JobView:
+        """Cancel a queued or leased job; a leased one is cancelled on its bot by heartbeat."""
+
+        def run(conn: sqlite3.Connection) -> JobView:
+            job = self._job(conn, job_id)
+            if job.status in ("queued", "leased"):
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE job_id = ?",
+                    (at.wall, job_id),
+                )
+                return self._job(conn, job_id)
+            if job.status == "cancelled":
+                return job
+            raise StoreRejected(
+                409,
+                "job_finished",
+                f"job {job_id!r} already ended as {job.status!r}; there is nothing to cancel",
+            )
+
+        return self._tx(run)
+
+    def stats(self) -> Stats:
+        """Counts per job status and per bot status, every status present."""
+
+        def run(conn: sqlite3.Connection) -> Stats:
+            jobs = dict.fromkeys(JOB_STATUSES, 0)
+            for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+                jobs[status] = n
+            bots = dict.fromkeys(BOT_STATUSES, 0)
+            for status, n in conn.execute("SELECT status, count(*) FROM bots GROUP BY status"):
+                bots[status] = n
+            return Stats(jobs=jobs, bots=bots)
+
+        return self._tx(run)
+
+    # -- work ----------------------------------------------------------------------------
+
+    def _apply_acks(
+        self, conn: sqlite3.Connection, acks: Sequence[Ack], at: Moment
+    ) -> list[AckResult]:
+        ids = list(dict.fromkeys(a.lease_id for a in acks))
+        rows: dict[str, _AckRow] = {}
+        for part in _chunks(ids):
+            for r in conn.execute(
+                "SELECT l.lease_id, l.job_id, l.state, l.outcome, j.status, j.lease_id,"
+                " j.attempts, j.max_attempts FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+                f" WHERE l.lease_id IN ({_marks(len(part))})",
+                tuple(part),
+            ):
+                rows[r[0]] = _AckRow(*r)
+        results: list[AckResult] = []
+        lease_updates: list[tuple[str, str]] = []
+        job_updates: dict[str, _JobUpdate] = {}
+        errors: dict[str, str | None] = {}
+        for ack in acks:
+            row = rows.get(ack.lease_id)
+            result, update = self._ack_one(ack, row, at, job_updates, errors, conn)
+            results.append(result)
+            if result.status == "recorded" and row is not None:
+                lease_updates.append((ack.outcome, ack.lease_id))
+                row.lease_state, row.outcome = "done", ack.outcome
+                if update is not None:
+                    job_updates[update.job_id] = update
+                    row.job_status = update.status
+        conn.executemany(
+            "UPDATE leases SET state = 'done', outcome = ? WHERE lease_id = ?", lease_updates
+        )
+        conn.executemany(
+            "UPDATE jobs SET status = ?, attempts = ?, result = ?, error = ?, not_before = ?,"
+            " finished_at = ? WHERE job_id = ?",
+            [
+                (u.status, u.attempts, u.result, u.error, u.not_before, u.finished_at, u.job_id)
+                for u in job_updates.values()
+            ],
+        )
+        return results
+
+    def _ack_one(
+        self,
+        ack: Ack,
+        row: _AckRow | None,
+        at: Moment,
+        pending: dict[str, _JobUpdate],
+        errors: dict[str, str | None],
+        conn: sqlite3.Connection,
+    ) -> tuple[AckResult, _JobUpdate | None]:
+        lease = ack.lease_id
+        if row is None:
+            return AckResult(lease, "unknown_lease", "no such lease; drop this ack"), None
+        if row.lease_state == "done":
+            if row.outcome == ack.outcome:
+                return AckResult(lease, "duplicate", "already recorded; nothing to do"), None
+            return AckResult(
+                lease,
+                "conflict",
+                f"this lease was already acked as {row.outcome!r}; the first ack stands",
+            ), None
+        if row.job_status == "cancelled":
+            return AckResult(lease, "recorded", "the job was cancelled; outcome noted"), None
+        late = row.lease_state != "active"
+        if row.job_lease != lease or (late and row.job_status != "queued"):
+            return AckResult(
+                lease,
+                "lease_lost",
+                f"the lease expired and job {row.job_id!r} is now {row.job_status!r}"
+                " elsewhere; drop this result",
+            ), None
+        # The job is ours: leased by this lease, or (late) requeued and not yet re-leased.
+        if row.job_id not in errors:
+            if row.job_id in pending:
+                errors[row.job_id] = pending[row.job_id].error
+            else:
+                found = conn.execute(
+                    "SELECT error FROM jobs WHERE job_id = ?", (row.job_id,)
+                ).fetchone()
+                errors[row.job_id] = found[0] if found else None
+        error_now = errors[row.job_id]
+        attempts = row.attempts
+
+        def update(
+            status: str,
+            *,
+            attempts: int = attempts,
+            result: str | None = None,
+            error: str | None = error_now,
+            not_before: float = 0.0,
+        ) -> _JobUpdate:
+            final = status not in ("queued", "leased")
+            return _JobUpdate(
+                row.job_id, status, attempts, result, error, not_before, at.wall if final else None
+            )
+
+        recorded = AckResult(lease, "recorded")
+        if ack.outcome == "succeeded":
+            return recorded, update("succeeded", result=json.dumps(ack.result), error=None)
+        if ack.outcome == "released":
+            if late:
+                return recorded, None
+            return recorded, update("queued", attempts=max(0, attempts - 1))
+        info = ack.error or FailureInfo("error", "the bot reported a failure without details")
+        failure = _failure_json(info)
+        errors[row.job_id] = failure
+        if not info.retryable or attempts >= row.max_attempts:
+            return recorded, update("failed", error=failure)
+        due = 0.0 if late else at.mono + retry_backoff(attempts)
+        return recorded, update("queued", error=failure, not_before=due)
+
+    def claim(self, req: ClaimRequest, at: Moment, lease_ttl_s: float) -> ClaimResponse:
+        """Apply the acks, then lease up to max_jobs due queued jobs: priority, then age."""
+
+        def run(conn: sqlite3.Connection) -> ClaimResponse:
+            self._session(conn, req.bot_id, req.session_id)
+            self._seen(conn, req.bot_id, at, None)
+            acks = self._apply_acks(conn, req.acks, at) if req.acks else []
+            if req.max_jobs <= 0:
+                return ClaimResponse(jobs=[], acks=acks)
+            args: list[Any] = [at.mono]
+            kinds = ""
+            if req.kinds is not None:
+                if not req.kinds:
+                    return ClaimResponse(jobs=[], acks=acks)
+                kinds = f" AND kind IN ({_marks(len(req.kinds))})"
+                args += req.kinds
+            args.append(req.max_jobs)
+            rows = conn.execute(
+                "SELECT seq, job_id, kind, payload, attempts, timeout_s FROM jobs"
+                f" WHERE status = 'queued' AND not_before <= ?{kinds}"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                args,
+            ).fetchall()
+            expires = at.mono + lease_ttl_s
+            shown = at.display(expires)
+            jobs: list[ClaimedJob] = []
+            job_rows: list[tuple[int, str, str, int]] = []
+            lease_rows: list[tuple[str, str, str, str, int, float]] = []
+            for seq, job_id, kind, payload, attempts, timeout_s in rows:
+                lease_id = _new_id()
+                attempt = attempts + 1
+                job_rows.append((attempt, req.bot_id, lease_id, seq))
+                lease_rows.append((lease_id, job_id, req.bot_id, req.session_id, attempt, expires))
+                jobs.append(
+                    ClaimedJob(
+                        job_id=job_id,
+                        lease_id=lease_id,
+                        kind=kind,
+                        payload=json.loads(payload),
+                        attempt=attempt,
+                        timeout_s=timeout_s,
+                        lease_expires_at=shown,
+                    )
+                )
+            conn.executemany(
+                "UPDATE jobs SET status = 'leased', attempts = ?, bot_id = ?, lease_id = ?"
+                " WHERE seq = ?",
+                job_rows,
+            )
+            conn.executemany(
+                "INSERT INTO leases (lease_id, job_id, bot_id, session_id, attempt, state,"
+                " expires) VALUES (?, ?, ?, ?, ?, 'active', ?)",
+                lease_rows,
+            )
+            return ClaimResponse(jobs=jobs, acks=acks)
+
+        return self._tx(run)
+
+    def ack(self, ack: Ack, at: Moment) -> AckResult:
+        """Apply one ack (see the protocol's ack semantics)."""
+        return self._tx(lambda conn: self._apply_acks(conn, [ack], at)[0])
+
+    def expire(self, at: Moment, gone_after_s: float) -> ExpiryReport:
+        """Expire active leases whose deadline passed; mark bots silent for gone_after_s gone."""
+
+        def run(conn: sqlite3.Connection) -> ExpiryReport:
+            due = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT lease_id FROM leases WHERE state = 'active' AND expires <= ?",
+                    (at.mono,),
+                )
+            ]
+            report = self._end_leases(conn, due, spend=True, at=at)
+            gone = conn.execute(
+                "UPDATE bots SET status = 'gone' WHERE status = 'active' AND seen_at <= ?",
+                (at.mono - gone_after_s,),
+            ).rowcount
+            return attrs.evolve(report, gone=gone)
+
+        return self._tx(run)
+
+    def next_deadline(self, at: Moment) -> float | None:
+        """The earliest lease expiry or future retry time, or None when there is none."""
+
+        def run(conn: sqlite3.Connection) -> float | None:
+            lease = conn.execute(
+                "SELECT min(expires) FROM leases WHERE state = 'active'"
+            ).fetchone()[0]
+            retry = conn.execute(
+                "SELECT min(not_before) FROM jobs WHERE status = 'queued' AND not_before > ?",
+                (at.mono,),
+            ).fetchone()[0]
+            times = [t for t in (lease, retry) if t is not None]
+            return min(times) if times else None
+
+        return self._tx(run)
+
+    def check_invariant(self) -> list[str]:
+        """Problems with the store's invariant (empty when it holds); for tests and audits."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            problems: list[str] = []
+            for job_id, status in conn.execute("SELECT job_id, status FROM jobs"):
+                if status not in JOB_STATUSES:
+                    problems.append(f"job {job_id} has unknown status {status!r}")
+            for (job_id,) in conn.execute(
+                "SELECT j.job_id FROM jobs j WHERE j.status = 'leased' AND NOT EXISTS"
+                " (SELECT 1 FROM leases l WHERE l.lease_id = j.lease_id AND l.state = 'active')"
+            ):
+                problems.append(f"leased job {job_id} has no active lease")
+            for (job_id,) in conn.execute(
+                "SELECT job_id FROM jobs WHERE status = 'succeeded' AND (result IS NULL OR"
+                " (SELECT count(*) FROM leases l WHERE l.job_id = jobs.job_id AND"
+                " l.outcome = 'succeeded' AND l.state = 'done') != 1)"
+            ):
+                problems.append(f"succeeded job {job_id} does not have exactly one recorded result")
+            for lease_id, job_id in conn.execute(
+                "SELECT l.lease_id, l.job_id FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+                " WHERE l.state = 'active' AND j.status NOT IN ('leased', 'cancelled')"
+            ):
+                problems.append(f"active lease {lease_id} on job {job_id} that is not leased")
+            return problems
+
+        return self._tx(run)
+
+
+# --- the async store --------------------------------------------------------------------
+
+
+class SqliteStore:
+    """The embedded :class:`Store`: SQLite, WAL mode for files, inline for ``:memory:``.
+
+    Args:
+        path: a file path, or ``":memory:"``.
+        now: the deadline clock (default ``trio.current_time``).
+        wall: the display clock (default ``time.time``).
+
+    Resource handling: one connection, closed by :meth:`aclose`. A file database runs each
+    transaction in a worker thread under a ``CapacityLimiter(1)``; cancellation waits for the
+    running transaction, so a request never leaves half a transaction behind.
+    Error handling: see :class:`Store`.
+    """
+
+    def __init__(
+        self,
+        path: str = ":memory:",
+        *,
+        now: Callable[[], float] = trio.current_time,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = SqliteBackend(path)
+        self._now = now
+        self._wall = wall
+        self._limiter = trio.CapacityLimiter(1)
+
+    def _moment(self) -> Moment:
+        return Moment(self._now(), self._wall())
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self.backend.memory:
+            await trio.lowlevel.checkpoint()
+            return fn()
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def open(self, *, lease_ttl_s: float) -> None:
+        """Create the schema; give a previous run's leases a fresh lease_ttl_s."""
+        at = self._moment()
+        await self._run(lambda: self.backend.open(at, lease_ttl_s))
+        logger.bind(event="store_opened", db=self.backend.path).info("job store opened")
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        await self._run(self.backend.close)
+
+    async def health(self) -> None:
+        """A real read and write; raises StoreUnavailable on failure."""
+        at = self._moment()
+        await self._run(lambda: self.backend.health(at))
+
+    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> str:
+        """See :meth:`Store.register`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.register(req, at, lease_ttl_s))
+
+    async def get_bot(self, bot_id: str) -> BotInfo:
+        """See :meth:`Store.get_bot`."""
+        return await self._run(lambda: self.backend.get_bot(bot_id))
+
+    async def list_bots(self) -> list[BotInfo]:
+        """See :meth:`Store.list_bots`."""
+        return await self._run(self.backend.list_bots)
+
+    async def heartbeat(
+        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
+    ) -> HeartbeatResponse:
+        """See :meth:`Store.heartbeat`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.heartbeat(bot_id, req, at, lease_ttl_s))
+
+    async def deregister(self, bot_id: str, session_id: str) -> int:
+        """See :meth:`Store.deregister`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.deregister(bot_id, session_id, at))
+
+    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+        """See :meth:`Store.submit`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.submit(job, at))
+
+    async def get_job(self, job_id: str) -> JobView:
+        """See :meth:`Store.get_job`."""
+        return await self._run(lambda: self.backend.get_job(job_id))
+
+    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
+        """See :meth:`Store.list_jobs`."""
+        return await self._run(lambda: self.backend.list_jobs(status, limit))
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        """See :meth:`Store.cancel_job`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.cancel_job(job_id, at))
+
+    async def stats(self) -> Stats:
+        """See :meth:`Store.stats`."""
+        return await self._run(self.backend.stats)
+
+    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
+        """See :meth:`Store.claim`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.claim(req, at, lease_ttl_s))
+
+    async def ack(self, ack: Ack) -> AckResult:
+        """See :meth:`Store.ack`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.ack(ack, at))
+
+    async def expire(self, *, gone_after_s: float) -> ExpiryReport:
+        """See :meth:`Store.expire`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.expire(at, gone_after_s))
+
+    async def next_deadline(self) -> float | None:
+        """See :meth:`Store.next_deadline`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.next_deadline(at))
