@@ -1,0 +1,598 @@
+"""The agent: the one place that wires botd's components and opens the nursery tree.
+
+::
+
+    root nursery (Agent.run)
+    ├── signals            first SIGTERM/SIGINT drains, second skips the drain, third exits now
+    ├── ops endpoint       /healthz /readyz /metrics /status (if BOT_OPS_ADDR is not "off")
+    ├── canary, watchdog   event-loop lag; systemd WATCHDOG=1
+    ├── jobs nursery       JobRunner: one cancel scope per job; survives a lost session
+    ├── result reporter    sends acks that no claim carried
+    └── lifecycle driver   REGISTERING -> HEALTH_CHECK -> READY, ERROR -> REGISTERING ...
+        └── session nursery   heartbeat, claimer, health monitor (cancelled on ERROR)
+
+Components do not import each other: they get what they need through their constructors
+here. Several agents can run in one Trio run (the demo does): nothing here is global.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from loguru import logger
+
+from . import logs
+from ._version import __version__
+from .backoff import Backoff
+from .breaker import BreakerState, CircuitBreaker
+from .claiming import Claimer
+from .client import ServerClient
+from .config import BotConfig, redacted
+from .errors import ConfigError, StateDirError, Unrecoverable
+from .exit_codes import ExitCode
+from .handlers import Handler, build_handler
+from .health import HealthMonitor
+from .heartbeat import Heartbeat
+from .lifecycle import TRANSITIONS, Lifecycle, State, Transition
+from .metrics import BotMetrics
+from .models import Ack, ClaimedJob, HeartbeatResponse
+from .outbox import Outbox
+from .registration import Registrar, StartupExhausted
+from .results import ResultReporter
+from .session import Session, SessionLost
+from .signals import watch_signals
+from .workers import JobRunner
+
+__all__ = ["Agent", "BREAKER_NAMES"]
+
+BREAKER_NAMES = ("registration", "heartbeat", "job_claim", "results")
+
+#: Cleanup after the drain (cancelling jobs, flushing acks, deregistering) gets this long.
+CLEANUP_BUDGET_S = 5.0
+#: Of that, deregistering gets at most this long.
+DEREGISTER_TIMEOUT_S = 2.0
+
+
+class Agent:
+    """One bot: its config, its components and its lifecycle.
+
+    Args:
+      config: the effective configuration.
+      transport: an httpx transport to reach the server with (tests, the demo).
+      handler: the job handler; built from the config when None.
+      outbox: the result outbox; opened from ``config.state_dir`` when None.
+      install_signals: watch SIGTERM/SIGINT (only the main thread can).
+      rng: the random source for jitter (seed it for reproducible tests).
+      notifier: a systemd notifier (``botd.sdnotify.Notifier``), or None.
+
+    :meth:`run` returns the process exit code. Call :meth:`request_shutdown` to drain
+    (what a signal does).
+    """
+
+    def __init__(
+        self,
+        config: BotConfig,
+        *,
+        transport: Any = None,
+        handler: Handler | None = None,
+        outbox: Outbox | None = None,
+        install_signals: bool = False,
+        rng: random.Random | None = None,
+        notifier: Any = None,
+    ) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self._install_signals = install_signals
+        self._notifier = notifier
+        self._outbox = outbox
+        self._handler = handler
+        self._transport = transport
+        self.started_wall = time.time()
+        self.lifecycle = Lifecycle(history=config.transition_history)
+        self.metrics = BotMetrics(
+            config.bot_id,
+            __version__,
+            transitions=[(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets],
+            breakers=BREAKER_NAMES,
+        )
+        self.metrics.set_state(self.lifecycle.state.value)
+        self.breakers = {
+            name: CircuitBreaker(
+                name,
+                threshold=config.circuit_breaker_threshold,
+                timeout=config.circuit_breaker_timeout,
+                rng=self._rng,
+                on_change=self._on_breaker_change,
+            )
+            for name in BREAKER_NAMES
+        }
+        token = config.token.reveal() if config.token is not None else None
+        if token:
+            logs.add_secret(token)
+        self.client = ServerClient(
+            config.main_server_url,
+            token=token,
+            connect_timeout=config.connect_timeout,
+            request_timeout=config.request_timeout,
+            claim_margin=config.claim_timeout_margin,
+            transport=transport,
+            observe=self._observe_request,
+        )
+        self.health = HealthMonitor(self.client, config.health_interval)
+        self.session: Session | None = None
+        self.exit_code: ExitCode = ExitCode.OK
+        self._shutdown = trio.Event()
+        self._skip_drain = trio.Event()
+        self._draining = False
+        self._root: trio.Nursery | None = None
+        self._canary_tick = 0.0
+        self.lifecycle.add_listener(self._on_transition)
+        # Built in run(), once the outbox and the handler exist.
+        self.runner: JobRunner
+        self.reporter: ResultReporter
+        self.registrar: Registrar
+
+    # --- public surface -----------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    @property
+    def stopped(self) -> bool:
+        return self.lifecycle.is_stopped
+
+    def request_shutdown(self, *, skip_drain: bool = False) -> None:
+        """Begin the drain (idempotent); ``skip_drain`` cancels running jobs at once."""
+        self._shutdown.set()
+        if skip_drain:
+            self._skip_drain.set()
+
+    def on_signal(self, count: int, name: str) -> None:
+        """First signal drains, second skips the drain, third stops everything now."""
+        if count == 1:
+            self.request_shutdown()
+        elif count == 2:
+            logger.bind(event="drain_skipped").warning("second {}: skipping the drain", name)
+            self.request_shutdown(skip_drain=True)
+        elif self._root is not None:
+            logger.bind(event="exit_now").error("third {}: exiting without cleanup", name)
+            self.exit_code = ExitCode.FAILURE
+            self._root.cancel_scope.cancel()
+
+    def loop_lag(self) -> float:
+        return max(0.0, trio.current_time() - self._canary_tick)
+
+    def status_document(self) -> dict[str, Any]:
+        """The seed's metrics document (exact keys first) and more, for ``/status``."""
+        runner = getattr(self, "runner", None)
+        outbox = self._outbox
+        return {
+            "bot_id": self.config.bot_id,
+            "state": self.state.value,
+            "uptime_seconds": round(time.time() - self.started_wall, 3),
+            "startup_attempts": self.registrar.attempts if hasattr(self, "registrar") else 0,
+            "total_jobs_processed": runner.total_processed if runner else 0,
+            "circuit_breakers": {name: b.snapshot() for name, b in self.breakers.items()},
+            "jobs_in_flight": len(runner.running) if runner else 0,
+            "outbox_pending": outbox.count if outbox is not None else 0,
+            "session_id": self.session.session_id if self.session else None,
+            "server_healthy": self.health.healthy.value,
+            "server_error": self.health.last_error,
+            "time_in_state_s": round(self.lifecycle.time_in_state(), 3),
+            "transitions": [t.as_dict() for t in self.lifecycle.history],
+            "config": redacted(self.config),
+            "version": __version__,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Run the bot until it stops; return the exit code.
+
+        Ends when: a drain completes (0), the server stayed unavailable for
+        MAX_STARTUP_ATTEMPTS (69), the state dir or the token is unusable (78), or a bug
+        in an infrastructure task (70, after releasing what it can).
+        """
+        with logs.bind_agent(self.config.bot_id, lambda: self.state.value):
+            try:
+                await self._open_resources()
+            except (StateDirError, ConfigError) as exc:
+                logger.bind(event="startup_failed", error=str(exc)).error("cannot start: {}", exc)
+                self.exit_code = ExitCode.CONFIG
+                self.lifecycle.transition(State.SHUTTING_DOWN, f"cannot start: {exc}")
+                self.lifecycle.transition(State.STOPPED, "nothing was started")
+                return int(self.exit_code)
+            try:
+                async with trio.open_nursery() as root:
+                    self._root = root
+                    await self._start_services(root)
+                    task_status.started()
+                    root.start_soon(self._guarded, "driver", self._drive)
+                    await self._shutdown.wait()
+                    await self._shut_down()
+                    root.cancel_scope.cancel()
+            finally:
+                await self._close_resources()
+        return int(self.exit_code)
+
+    # --- wiring -------------------------------------------------------------------------
+
+    async def _open_resources(self) -> None:
+        cfg = self.config
+        if self._handler is None:
+            self._handler = build_handler(
+                cfg.handler,
+                processing_duration_ms=cfg.processing_duration_ms,
+                failure_rate=cfg.failure_rate,
+                exec_command=cfg.exec_command,
+                exec_shell=cfg.exec_shell,
+                exec_kill_grace=cfg.exec_kill_grace,
+                python_handler=cfg.python_handler or "",
+            )
+        if self._outbox is None:
+            self._outbox = await Outbox.open(cfg.state_dir, max_pending=cfg.outbox_max)
+        backoff = Backoff(cfg.retry_base_delay, cfg.retry_max_delay, rng=self._rng)
+        self.runner = JobRunner(
+            handler=self._handler,
+            outbox=self._outbox,
+            concurrency=cfg.concurrency,
+            job_timeout=cfg.job_timeout,
+            on_finished=self._on_job_finished,
+        )
+        self.reporter = ResultReporter(
+            client=self.client,
+            outbox=self._outbox,
+            breaker=self.breakers["results"],
+            backoff=backoff,
+            on_lease_lost=self.metrics.outbox_lease_lost,
+        )
+        self.registrar = Registrar(
+            client=self.client,
+            breaker=self.breakers["registration"],
+            backoff=backoff,
+            bot_id=cfg.bot_id,
+            version=__version__,
+            capacity=cfg.concurrency,
+            labels=dict(cfg.labels),
+            max_startup_attempts=cfg.max_startup_attempts,
+            attempt_timeout=cfg.register_timeout,
+            on_attempt=self.metrics.registration_attempt,
+        )
+        self._backoff = backoff
+        self.metrics.set_outbox_pending(self._outbox.count)
+        if self._outbox.count:
+            logger.bind(event="outbox_recovered", pending=self._outbox.count).info(
+                "{} result(s) from an earlier run wait to be reported", self._outbox.count
+            )
+
+    async def _close_resources(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self.client.aclose()
+            if self._outbox is not None:
+                await self._outbox.close()
+
+    async def _start_services(self, root: trio.Nursery) -> None:
+        if self._install_signals:
+            await root.start(watch_signals, self.on_signal)
+        root.start_soon(self._canary)
+        if self.config.ops_addr != "off":
+            from .ops import OpsServer
+
+            ops = OpsServer(self.config.ops_addr, self, self.metrics.render)
+            await root.start(self._guarded_start, "ops", ops.run)
+        if self._notifier is not None:
+            root.start_soon(self._guarded, "watchdog", self._notifier.run_watchdog)
+        await root.start(self.runner.run)
+        root.start_soon(self._guarded, "results", self.reporter.run)
+        root.start_soon(self._watch_in_flight)
+
+    async def _guarded(self, name: str, fn: Callable[[], Any]) -> None:
+        """Run an infrastructure task; a bug in it is logged and stops the bot with exit 70."""
+        try:
+            await fn()
+        except Exception as exc:
+            self._crash(name, exc)
+
+    async def _guarded_start(
+        self, name: str, fn: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await fn(task_status=task_status)
+        except Exception as exc:
+            self._crash(name, exc)
+
+    def _crash(self, name: str, exc: BaseException) -> None:
+        logs.emit(
+            "internal_error",
+            f"internal error in the {name} task: {type(exc).__name__}: {exc}",
+            "CRITICAL",
+            exc=exc,
+            task=name,
+        )
+        if self.exit_code == ExitCode.OK:
+            self.exit_code = ExitCode.SOFTWARE
+        self.request_shutdown(skip_drain=True)
+
+    # --- the lifecycle driver -----------------------------------------------------------
+
+    def _transition(self, to: State, reason: str) -> None:
+        if self._draining:
+            return  # the shutdown owns the lifecycle now
+        self.lifecycle.transition(to, reason)
+
+    async def _drive(self) -> None:
+        """REGISTERING -> HEALTH_CHECK -> READY, and ERROR -> REGISTERING, until the drain."""
+        cfg = self.config
+        self._transition(State.REGISTERING, "starting")
+        ever_ready = False
+        errors = 0
+        while True:
+            leases = sorted(set(self.runner.leases()) | set(self._outbox_leases()))
+            try:
+                session = await self.registrar.register(leases, startup=not ever_ready)
+            except StartupExhausted as exc:
+                logs.emit("startup_exhausted", str(exc), "ERROR")
+                self.exit_code = ExitCode.UNAVAILABLE
+                self.request_shutdown()
+                return
+            except Unrecoverable as exc:
+                logs.emit("unrecoverable", f"the server refused this bot: {exc}", "ERROR")
+                self.exit_code = ExitCode.CONFIG
+                self.request_shutdown()
+                return
+            self.session = session
+            self._transition(State.HEALTH_CHECK, f"registered, session {session.session_id}")
+            with trio.move_on_after(cfg.health_check_timeout) as scope:
+                await self.health.wait_healthy()
+            if scope.cancelled_caught:
+                reason = f"health check timed out after {cfg.health_check_timeout:g}s"
+                reason += f": {self.health.last_error}" if self.health.last_error else ""
+            else:
+                ever_ready = True
+                errors = 0
+                self._transition(State.READY, "healthy")
+                self._sync_processing()
+                reason = await self._run_session(session)
+            errors += 1
+            self._transition(State.ERROR, reason)
+            # ERROR has a deadline too: recovery starts within BOT_ERROR_TIMEOUT.
+            await trio.sleep(min(self._backoff.delay(errors - 1), cfg.error_timeout))
+            self._transition(State.REGISTERING, "recovering from error")
+
+    async def _run_session(self, session: Session) -> str:
+        """Run the session nursery until the session is lost; return why."""
+        lost_reason = "session ended"
+        heartbeat = Heartbeat(
+            client=self.client,
+            breaker=self.breakers["heartbeat"],
+            interval=self.config.heartbeat_interval_ms / 1000,
+            leases=self._held_leases,
+            state=lambda: self.state.value,
+            stats=self._heartbeat_stats,
+            on_answer=self._on_heartbeat_answer,
+            on_beat=self.metrics.heartbeat,
+        )
+        claimer = Claimer(
+            client=self.client,
+            breaker=self.breakers["job_claim"],
+            backoff=self._backoff,
+            runner=self.runner,
+            reporter=self.reporter,
+            healthy=self.health.healthy,
+            outbox_full=self._outbox_full,
+            wait_s=self.config.claim_wait,
+            kinds=self.config.kinds or None,
+            on_orphans=self._release_orphans,
+            draining=lambda: self._draining,
+        )
+        self._claim_scope = trio.CancelScope()
+
+        async def claim() -> None:
+            with self._claim_scope:
+                await claimer.run(session)
+
+        try:
+            async with trio.open_nursery() as session_nursery:
+                session_nursery.start_soon(heartbeat.run, session)
+                session_nursery.start_soon(claim)
+                session_nursery.start_soon(self.health.run)
+        except* SessionLost as group:
+            lost_reason = str(group.exceptions[0])
+        if self._draining:
+            await trio.sleep_forever()  # the shutdown cancels the driver when it is done
+        return lost_reason
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    async def _shut_down(self) -> None:
+        """Drain, then clean up; bounded by BOT_SHUTDOWN_TIMEOUT + 5 s in all."""
+        cfg = self.config
+        deadline = trio.current_time() + cfg.shutdown_timeout + CLEANUP_BUDGET_S
+        reason = "signal" if self.exit_code == ExitCode.OK else f"exit code {int(self.exit_code)}"
+        self.lifecycle.transition(State.SHUTTING_DOWN, reason)
+        self._draining = True
+        logs.emit(
+            "shutdown_started",
+            f"shutting down ({reason}): claiming stopped, "
+            f"{len(self.runner.running)} job(s) get {cfg.shutdown_timeout:g}s to finish",
+            jobs_in_flight=len(self.runner.running),
+        )
+        if self._notifier is not None:
+            self._notifier.stopping()
+        claim_scope = getattr(self, "_claim_scope", None)
+        if claim_scope is not None:
+            claim_scope.cancel()
+        with trio.CancelScope(deadline=deadline) as whole:
+            # 1. The drain: running jobs get BOT_SHUTDOWN_TIMEOUT; a second signal ends it.
+            with trio.move_on_after(cfg.shutdown_timeout):
+                async with trio.open_nursery() as drain:
+                    drain.start_soon(_cancel_when, self._skip_drain, drain.cancel_scope)
+                    await self.runner.wait_idle()
+                    drain.cancel_scope.cancel()
+            # 2. What is still running is cancelled and released.
+            if self.runner.cancel_all("shutdown"):
+                await self.runner.wait_idle()
+            # 3. Report what we can, then leave the server.
+            with trio.move_on_after(max(0.5, deadline - trio.current_time() - DEREGISTER_TIMEOUT_S)):
+                await self.reporter.flush()
+            await self._deregister()
+        if whole.cancelled_caught:
+            logs.emit("shutdown_timeout", "shutdown ran out of time", "WARNING")
+        self.lifecycle.transition(State.STOPPED, "shutdown complete")
+        logs.emit(
+            "shutdown_complete",
+            "stopped",
+            exit_code=int(self.exit_code),
+            outbox_pending=self._outbox.count if self._outbox is not None else 0,
+        )
+
+    async def _deregister(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        if self._outbox is not None and self._outbox.count:
+            # Deregistering would hand these jobs to another bot: keep the leases, so that
+            # the next start reports them with attempt 1.
+            logger.bind(event="deregister_skipped", pending=self._outbox.count).warning(
+                "not deregistering: {} result(s) are still unreported", self._outbox.count
+            )
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(DEREGISTER_TIMEOUT_S):
+            try:
+                await self.client.deregister(session.bot_id, session.session_id)
+                logs.emit("deregistered", "deregistered from the server")
+            except Exception as exc:
+                logs.emit("deregister_failed", f"could not deregister: {exc}", "WARNING")
+
+    # --- callbacks the components call ---------------------------------------------------
+
+    def _outbox_leases(self) -> list[str]:
+        return self._outbox.leases() if self._outbox is not None else []
+
+    def _outbox_full(self) -> bool:
+        return self._outbox is not None and self._outbox.full
+
+    def _held_leases(self) -> list[str]:
+        return sorted(set(self.runner.leases()) | set(self._outbox_leases()))
+
+    def _heartbeat_stats(self) -> dict[str, Any]:
+        return {
+            "jobs_in_flight": len(self.runner.running),
+            "total_jobs_processed": self.runner.total_processed,
+            "outbox_pending": self._outbox.count if self._outbox is not None else 0,
+        }
+
+    def _on_heartbeat_answer(self, answer: HeartbeatResponse) -> None:
+        for lease_id in answer.cancel_leases:
+            if self.runner.cancel(lease_id, "cancelled"):
+                logs.emit("job_cancel_requested", "the server cancelled a job", lease_id=lease_id)
+        for lease_id in answer.lost_leases:
+            if self.runner.cancel(lease_id, "lost"):
+                logs.emit(
+                    "lease_lost",
+                    "the server gave this job to another bot; stopping it",
+                    "WARNING",
+                    lease_id=lease_id,
+                )
+
+    def _release_orphans(self, jobs: list[ClaimedJob]) -> None:
+        """Jobs a claim brought back that will not run here: release them through the outbox."""
+        assert self._root is not None
+        root = self._root
+        outbox = self._outbox
+        assert outbox is not None
+
+        async def release() -> None:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                for job in jobs:
+                    await outbox.put(job.job_id, Ack(lease_id=job.lease_id, outcome="released"))
+                    self.metrics.job_finished("released", None)
+            logs.emit("jobs_released", f"released {len(jobs)} job(s) not started", count=len(jobs))
+
+        root.start_soon(release)
+
+    def _on_job_finished(self, outcome: str, duration: float) -> None:
+        self.metrics.job_finished(outcome, duration)
+        if self._outbox is not None:
+            self.metrics.set_outbox_pending(self._outbox.count)
+
+    async def _watch_in_flight(self) -> None:
+        """READY <-> PROCESSING follows the number of running jobs."""
+        async for count in self.runner.in_flight.eventual_values():
+            self.metrics.set_in_flight(count)
+            if self._outbox is not None:
+                self.metrics.set_outbox_pending(self._outbox.count)
+            self._sync_processing()
+
+    def _sync_processing(self) -> None:
+        busy = bool(self.runner.running)
+        if busy and self.state is State.READY:
+            self._transition(State.PROCESSING, "job started")
+        elif not busy and self.state is State.PROCESSING:
+            self._transition(State.READY, "all jobs done")
+
+    def _on_transition(self, t: Transition) -> None:
+        self.metrics.on_transition(t.from_state.value, t.to_state.value)
+        self.metrics.set_state(t.to_state.value)
+        logs.emit(
+            "state_transition",
+            f"{t.from_state.value} -> {t.to_state.value}: {t.reason}",
+            "INFO" if t.to_state is not State.ERROR else "WARNING",
+            from_state=t.from_state.value,
+            to_state=t.to_state.value,
+            reason=t.reason,
+            duration_ms=round(t.duration_s * 1000, 3),
+        )
+        if self._notifier is not None:
+            self._notifier.on_transition(t.from_state.value, t.to_state.value)
+
+    def _on_breaker_change(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        self.metrics.set_breaker(name, new.value)
+        if new is BreakerState.OPEN:
+            breaker = self.breakers.get(name)
+            retry = breaker.open_for if breaker is not None else math.nan
+            logs.emit(
+                "breaker_opened",
+                f"circuit breaker {name} opened; next probe in {retry:.1f}s",
+                "WARNING",
+                breaker=name,
+                from_state=old.value,
+            )
+        elif new is BreakerState.CLOSED:
+            logs.emit("breaker_closed", f"circuit breaker {name} closed", breaker=name)
+        else:
+            logs.emit("breaker_half_open", f"circuit breaker {name} half-open", breaker=name)
+
+    def _observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self.metrics.observe_request(endpoint, outcome, seconds)
+        if outcome != "ok" and endpoint in _BREAKER_OF:
+            self.metrics.breaker_failure(_BREAKER_OF[endpoint])
+
+    async def _canary(self) -> None:
+        """Tick every 0.5 s; a late tick means the event loop was blocked."""
+        while True:
+            self._canary_tick = trio.current_time()
+            await trio.sleep(0.5)
+            lag = trio.current_time() - self._canary_tick - 0.5
+            if lag > 1.0:
+                logs.emit("loop_blocked", f"Event loop blocked or overloaded: delay={lag:.3f}s", "WARNING")
+
+
+_BREAKER_OF = {
+    "register": "registration",
+    "get_bot": "registration",
+    "heartbeat": "heartbeat",
+    "claim": "job_claim",
+    "ack": "results",
+}
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+

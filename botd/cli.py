@@ -1,0 +1,201 @@
+"""The ``botd`` command.
+
+Subcommands import what they need lazily, so ``botd run`` starts fast and pays for nothing
+it does not use. Exit codes (docs/operations.md): 0 clean stop, 69 the server stayed
+unavailable for MAX_STARTUP_ATTEMPTS, 70 internal error, 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .exit_codes import ExitCode
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+botd: a worker daemon. Bots register with a main server, heartbeat, claim jobs,
+run them and report the results, and never lose a job.
+
+quick start:
+  botd demo                     a server and 3 bots in one process, 200 jobs
+  botd server --db jobs.db      the reference main server on :3001
+  botd run                      one bot against MAIN_SERVER_URL (default http://localhost:3001)
+  botd submit --kind k --payload '{"n": 1}' --count 10
+  botd status                   the state of a running bot (its ops endpoint)
+"""
+
+EXIT_CODES = """\
+exit codes:
+  0   stopped cleanly (a signal, after the drain)
+  69  the main server stayed unavailable for MAX_STARTUP_ATTEMPTS registrations
+  70  internal error (a bug): the bot released what it could; restart it
+  78  bad configuration, unusable state dir, or a token the server rejects: fix it first
+"""
+
+
+def _run_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    from .config import ENV_VARS, flag_name
+
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text
+        + "\n\nEvery setting comes from, lowest to highest: its default, the TOML file "
+        "(--config, keys are the field names), the environment variable, the flag.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of settings")
+    group = parser.add_argument_group("settings (flag / environment variable)")
+    for field, (env, text) in ENV_VARS.items():
+        group.add_argument(
+            flag_name(field),
+            dest=f"set_{field}",
+            metavar="VALUE",
+            default=None,
+            help=f"{text} [env {env}]",
+        )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key[4:]: value
+        for key, value in vars(args).items()
+        if key.startswith("set_") and value is not None
+    }
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The effective config, or exit 78 with one line per problem."""
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        return load_config(env=os.environ, file=args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        _config_failed(exc.problems)
+        raise SystemExit(ExitCode.CONFIG) from None
+
+
+def _config_failed(problems: Sequence[str]) -> None:
+    from . import logs
+
+    fmt = os.environ.get("BOT_LOG_FORMAT", "auto").strip().lower()
+    logs.setup_logging(fmt=fmt if fmt in ("json", "text", "auto") else "auto")
+    for problem in problems:
+        logs.emit("config_error", f"bad configuration: {problem}", "ERROR", problem=problem)
+    print(
+        "botd: bad configuration, nothing started:\n"
+        + "".join(f"  {p}\n" for p in problems)
+        + "Fix the settings above (see `botd run --help`) and start again.",
+        file=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from . import logs
+    from .agent import Agent
+    from .sdnotify import Notifier
+
+    config = _load(args)
+    secrets = [config.token.reveal()] if config.token is not None else []
+    logs.setup_logging(level=config.log_level, fmt=config.log_format, secrets=secrets)
+    agent = Agent(config, install_signals=True, notifier=Notifier.from_env())
+    try:
+        code: int = trio.run(agent.run)
+    except Exception as exc:  # a bug that escaped every guard
+        logs.emit("internal_error", f"botd crashed: {type(exc).__name__}: {exc}", "CRITICAL", exc=exc)
+        return int(ExitCode.SOFTWARE)
+    return code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import redacted
+
+    config = _load(args)
+    print(json.dumps(redacted(config), indent=2, sort_keys=True, default=str))
+    return int(ExitCode.OK)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="botd",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"botd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = _run_parser(sub, "run", "run one bot until a signal stops it")
+    run.set_defaults(func=cmd_run)
+    check = _run_parser(sub, "check-config", "print the effective config (secrets redacted)")
+    check.set_defaults(func=cmd_check_config)
+
+    from .server.run import add_server_arguments, run_server_from_args
+
+    server = sub.add_parser(
+        "server",
+        help="run the reference main server",
+        description="The reference main server: protocol v1 over HTTP, SQLite store.",
+    )
+    add_server_arguments(server)
+    server.set_defaults(func=run_server_from_args)
+
+    from .server.submit import add_submit_arguments, run_submit_from_args
+
+    submit = sub.add_parser("submit", help="submit jobs to a server", description="Submit jobs.")
+    add_submit_arguments(submit)
+    submit.set_defaults(func=run_submit_from_args)
+
+    from .status import add_status_arguments, run_status_from_args
+
+    status = sub.add_parser(
+        "status",
+        help="show a running bot's state (exit 0 ready, 1 not ready, 2 unreachable)",
+        description="Show a running bot's status from its ops endpoint.",
+    )
+    add_status_arguments(status)
+    status.set_defaults(func=run_status_from_args)
+
+    try:
+        from .demo import add_demo_arguments, run_demo_from_args
+    except ImportError:
+        pass
+    else:
+        demo = sub.add_parser(
+            "demo",
+            help="a server and a fleet of bots in one process, with a live view",
+            description="Start the reference server and N bots in one Trio run, submit jobs, "
+            "and show them flow (and recover, with --chaos).",
+        )
+        add_demo_arguments(demo)
+        demo.set_defaults(func=run_demo_from_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

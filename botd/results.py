@@ -1,0 +1,170 @@
+"""Reporting results: the outbox is drained into acks, and each ack's answer is settled.
+
+Acks ride on the next claim when one is due (the claimer takes them with :meth:`take`), or
+go through ``POST /v1/leases/{id}/ack`` from :meth:`ResultReporter.run` when no claim is
+due. An entry leaves the outbox only when the server has answered for it:
+
+- ``recorded`` / ``duplicate``: done (a duplicate is a success: the first one landed);
+- ``lease_lost``: another bot has the job; this result must not be recorded; counted;
+- ``conflict`` / ``unknown_lease``: the server will never take it; logged as an error.
+
+Anything else (network errors, 5xx, a bad body) keeps the entry, behind the results breaker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import attrs
+import trio
+from loguru import logger
+
+from .backoff import Backoff
+from .breaker import CircuitBreaker
+from .client import ServerClient
+from .errors import RequestRejected, ServerError
+from .models import Ack, AckResult
+from .outbox import Outbox
+
+__all__ = ["ResultReporter"]
+
+#: How long a finished result waits for a claim to carry it before it is sent on its own.
+ACK_GRACE_S = 0.02
+#: Acks sent at once by the reporter.
+ACK_PARALLEL = 8
+#: Acks carried by one claim.
+ACKS_PER_CLAIM = 500
+
+SETTLED_OK = frozenset({"recorded", "duplicate"})
+
+
+@attrs.define
+class ResultReporter:
+    """Owns the sending side of the outbox. See the module docstring for the rules."""
+
+    client: ServerClient
+    outbox: Outbox
+    breaker: CircuitBreaker
+    backoff: Backoff
+    on_lease_lost: Callable[[], None] = lambda: None
+    sending: set[str] = attrs.field(factory=set)
+
+    def take(self, limit: int = ACKS_PER_CLAIM) -> list[Ack]:
+        """Mark up to ``limit`` pending acks as being sent and return them (for a claim)."""
+        acks: list[Ack] = []
+        for entry in self.outbox.pending():
+            if len(acks) >= limit:
+                break
+            if entry.lease_id not in self.sending:
+                self.sending.add(entry.lease_id)
+                acks.append(entry.ack)
+        return acks
+
+    def give_back(self, acks: Iterable[Ack]) -> None:
+        """The request that carried ``acks`` failed: they are pending again."""
+        for ack in acks:
+            self.sending.discard(ack.lease_id)
+
+    async def settle(self, results: Iterable[AckResult | tuple[str, str, str]]) -> None:
+        """Apply the server's answers (AckResults, or ``(lease_id, status, message)``):
+        remove what is final, keep the rest."""
+        done: list[str] = []
+        for result in results:
+            if isinstance(result, AckResult):
+                result = (result.lease_id, result.status, result.message)
+            lease_id, status, message = result
+            self.sending.discard(lease_id)
+            if self._is_final(lease_id, status, message):
+                done.append(lease_id)
+        if done:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self.outbox.remove(done)
+
+    async def run(self) -> None:
+        """Send what no claim carried. This function never returns unless cancelled.
+
+        Error handling: a failed send counts on the results breaker and is retried with backoff.
+        """
+        failures = 0
+        while True:
+            await self.outbox.wait_nonempty()
+            await trio.sleep(ACK_GRACE_S)
+            acks = self.take(ACK_PARALLEL * 8)
+            if not acks:
+                continue
+            await self.breaker.wait_ready()
+            ok = await self._send_all(acks)
+            if ok:
+                failures = 0
+            else:
+                failures += 1
+                await trio.sleep(self.backoff.delay(failures - 1))
+
+    async def flush(self) -> bool:
+        """Send every pending ack once (at shutdown). True when the outbox is empty.
+
+        The caller bounds it with a cancel scope.
+        """
+        while self.outbox.count:
+            acks = self.take(ACK_PARALLEL * 8)
+            if not acks:
+                await trio.sleep(ACK_GRACE_S)
+                continue
+            if not self.breaker.allow():
+                self.give_back(acks)
+                return False
+            if not await self._send_all(acks):
+                return False
+        return True
+
+    async def _send_all(self, acks: list[Ack]) -> bool:
+        failed = False
+        limiter = trio.CapacityLimiter(ACK_PARALLEL)
+
+        async def send(ack: Ack) -> None:
+            nonlocal failed
+            async with limiter:
+                if failed:
+                    self.sending.discard(ack.lease_id)
+                    return
+                status: str
+                try:
+                    answer = await self.client.ack(ack)
+                    status, message = answer.status, ""
+                except RequestRejected as exc:
+                    status, message = exc.code, exc.message
+                except ServerError as exc:
+                    failed = True
+                    self.sending.discard(ack.lease_id)
+                    self.breaker.record_failure()
+                    logger.bind(event="ack_failed", lease_id=ack.lease_id, error=str(exc)).warning(
+                        "ack failed; the result stays in the outbox: {}", exc
+                    )
+                    return
+                self.breaker.record_success()
+                await self.settle([(ack.lease_id, status, message)])
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for ack in acks:
+                    nursery.start_soon(send, ack)
+        finally:
+            self.give_back(acks)
+        return not failed
+
+    def _is_final(self, lease_id: str, status: str, message: str) -> bool:
+        log = logger.bind(lease_id=lease_id, ack_status=status)
+        if status in SETTLED_OK:
+            return True
+        if status == "lease_lost":
+            self.on_lease_lost()
+            log.bind(event="lease_lost").warning(
+                "lease {} was lost before its result arrived; the result is dropped", lease_id
+            )
+            return True
+        if status in ("conflict", "unknown_lease", "not_found"):
+            log.bind(event="ack_rejected", error=message).error(
+                "the server will never accept the result of lease {}: {}", lease_id, status
+            )
+            return True
+        return False  # an unknown status: keep it, and try again later

@@ -1,0 +1,146 @@
+"""PROCESSING: run claimed jobs, at most ``concurrency`` at once, and keep every outcome.
+
+Each job runs in its own cancel scope inside the jobs nursery, which the agent opens in the
+root nursery: a lost server session never cancels a running job. Cancelling a job is always a
+cancel of *its* scope with a reason, so the outcome can be told apart:
+
+- ``cancelled``: the server asked (heartbeat ``cancel_leases``) -> failed, type ``cancelled``;
+- ``shutdown``: the drain ran out, or a second signal -> ``released`` (no attempt spent);
+- ``lost``: the server says another bot holds the lease -> nothing is recorded.
+
+Every outcome is written durably to the outbox *before* the job counts as finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+import trio
+from loguru import logger
+from trio_util import AsyncValue
+
+from .handlers import Handler, run_job
+from .models import Ack, ClaimedJob, FailureInfo
+from .outbox import Outbox
+
+__all__ = ["CancelReason", "JobRunner", "RunningJob"]
+
+CancelReason = Literal["cancelled", "shutdown", "lost"]
+
+_EVENTS = {"succeeded": "job_succeeded", "released": "job_released", "lease_lost": "job_lease_lost"}
+
+#: How long the outbox write of one outcome may take once its job was cancelled.
+OUTCOME_WRITE_DEADLINE = 10.0
+
+
+@attrs.define(eq=False)
+class RunningJob:
+    job: ClaimedJob
+    scope: trio.CancelScope
+    started_at: float
+    reason: CancelReason | None = None
+
+
+@attrs.define
+class JobRunner:
+    """Starts jobs in the jobs nursery and tracks them by lease id.
+
+    ``in_flight`` (an AsyncValue of the number of running jobs) is what the claimer waits on
+    for free slots and what moves the lifecycle between READY and PROCESSING.
+    """
+
+    handler: Handler
+    outbox: Outbox
+    concurrency: int
+    job_timeout: float
+    on_finished: Callable[[str, float], None] = lambda outcome, seconds: None
+    running: dict[str, RunningJob] = attrs.field(factory=dict)
+    in_flight: AsyncValue[int] = attrs.field(factory=lambda: AsyncValue(0))
+    total_processed: int = 0
+    _nursery: trio.Nursery | None = None
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.concurrency - len(self.running))
+
+    def leases(self) -> list[str]:
+        return list(self.running)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the jobs nursery. Ends when cancelled, after every job in it has ended."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start(self, job: ClaimedJob) -> bool:
+        """Start ``job`` now (synchronously registered). False if it is already running."""
+        assert self._nursery is not None, "JobRunner.run() must be started first"
+        if job.lease_id in self.running:
+            return False
+        running = RunningJob(job=job, scope=trio.CancelScope(), started_at=trio.current_time())
+        self.running[job.lease_id] = running
+        self.in_flight.value = len(self.running)
+        self._nursery.start_soon(self._run_one, running, name=f"job {job.job_id}")
+        return True
+
+    def cancel(self, lease_id: str, reason: CancelReason) -> bool:
+        running = self.running.get(lease_id)
+        if running is None:
+            return False
+        if running.reason is None:
+            running.reason = reason
+        running.scope.cancel()
+        return True
+
+    def cancel_all(self, reason: CancelReason) -> int:
+        return sum(self.cancel(lease_id, reason) for lease_id in list(self.running))
+
+    async def wait_idle(self) -> None:
+        await self.in_flight.wait_value(0)
+
+    async def _run_one(self, running: RunningJob) -> None:
+        job = running.job
+        log = logger.bind(job_id=job.job_id, lease_id=job.lease_id, attempt=job.attempt)
+        log.bind(event="job_started", kind=job.kind).info("job {} started", job.job_id)
+        ack: Ack | None = None
+        outcome = "failed"
+        try:
+            with running.scope:
+                result = await run_job(self.handler, job, timeout=job.timeout_s or self.job_timeout)
+                ack = result.to_ack()
+                outcome = result.outcome
+                if result.error is not None and result.error.type == "timeout":
+                    outcome = "timeout"
+            if ack is None:  # our scope was cancelled
+                ack, outcome = self._cancelled_ack(running)
+            duration = trio.current_time() - running.started_at
+            if ack is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(OUTCOME_WRITE_DEADLINE):
+                    await self.outbox.put(job.job_id, ack)
+            self.total_processed += 1
+            self.on_finished(outcome, duration)
+            fields = {"event": _EVENTS.get(outcome, "job_failed")}
+            if ack is not None and ack.error is not None:
+                fields.update(error_type=ack.error.type, error=ack.error.message)
+            log.bind(**fields, outcome=outcome, duration_ms=round(duration * 1000, 3)).log(
+                "INFO" if outcome in ("succeeded", "released") else "WARNING",
+                "job {} {}",
+                job.job_id,
+                outcome,
+            )
+        finally:
+            self.running.pop(job.lease_id, None)
+            self.in_flight.value = len(self.running)
+
+    @staticmethod
+    def _cancelled_ack(running: RunningJob) -> tuple[Ack | None, str]:
+        lease = running.job.lease_id
+        if running.reason == "cancelled":
+            error = FailureInfo(type="cancelled", message="cancelled by the server", retryable=False)
+            return Ack(lease_id=lease, outcome="failed", error=error), "cancelled"
+        if running.reason == "lost":
+            return None, "lease_lost"
+        return Ack(lease_id=lease, outcome="released"), "released"

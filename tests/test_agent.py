@@ -1,0 +1,323 @@
+"""The daemon against the real reference server app, broken on command, on a virtual clock.
+
+Every test runs on ``autojump_clock``: minutes of backoff take milliseconds, nothing sleeps
+in real time. The server is the real Starlette app reached through ``httpx.ASGITransport``,
+wrapped in :class:`FaultyTransport` so a test can take it down, slow it or make it lie.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from botd.agent import Agent
+from botd.config import load_config
+from botd.exit_codes import ExitCode
+from botd.lifecycle import State
+from botd.models import ClaimedJob
+from botd.server.app import core_of, create_app
+from botd.server.store import SqliteStore
+
+from .support.faults import FaultyTransport
+
+
+@attrs.define
+class Env:
+    agent: Agent
+    transport: FaultyTransport
+    http: httpx.AsyncClient
+    nursery: trio.Nursery
+    exit_code: list[int]
+
+    async def submit(self, n: int = 1, **job: Any) -> list[str]:
+        ids = []
+        for i in range(n):
+            body = {"kind": "test", "payload": {"i": i}, **job}
+            r = await self.http.post("/v1/jobs", json=body)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["job_id"])
+        return ids
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        r = await self.http.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    async def wait_final(self, ids: list[str], timeout: float = 600) -> list[dict[str, Any]]:
+        with trio.fail_after(timeout):
+            while True:
+                jobs = [await self.job(i) for i in ids]
+                if all(j["status"] in ("succeeded", "failed", "dead", "cancelled") for j in jobs):
+                    return jobs
+                await trio.sleep(0.5)
+
+    def states(self) -> list[str]:
+        return [t.to_state.value for t in self.agent.lifecycle.history]
+
+    async def wait_state(self, *states: State, timeout: float = 600) -> None:
+        with trio.fail_after(timeout):
+            await self.agent.lifecycle.wait_for(*states)
+
+
+class Recorder:
+    """A handler that records what it ran; a payload can ask it to sleep."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, int]] = []
+
+    async def __call__(self, job: ClaimedJob) -> Any:
+        self.runs.append((job.job_id, job.attempt))
+        await trio.sleep(float((job.payload or {}).get("sleep", 0.1)))
+        return {"ok": job.job_id}
+
+
+@asynccontextmanager
+async def bot(
+    *,
+    lease_ttl: float = 30.0,
+    handler: Any = None,
+    start: bool = True,
+    **settings: Any,
+) -> AsyncIterator[Env]:
+    base: dict[str, Any] = {
+        "bot_id": "bot-1",
+        "ops_addr": "off",
+        "retry_base_delay": 0.5,
+        "retry_max_delay": 10.0,
+        "heartbeat_interval_ms": 1000,
+        "health_interval": 1.0,
+        "claim_wait": 5.0,
+        "shutdown_timeout": 10.0,
+        "max_startup_attempts": 1000,
+    }
+    base.update(settings)
+    config = load_config(env={}, overrides=base)
+    store = SqliteStore(":memory:")
+    app = create_app(store, lease_ttl_s=lease_ttl, heartbeat_interval_s=1.0)
+    transport = FaultyTransport(httpx.ASGITransport(app=app), hang_timeout=config.request_timeout)
+    agent = Agent(config, transport=transport, handler=handler or Recorder(), rng=random.Random(7))
+    await store.open(lease_ttl_s=lease_ttl)
+    exit_code: list[int] = []
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://server"
+    ) as http, trio.open_nursery() as nursery:
+        await nursery.start(core_of(app).run_timers)
+        env = Env(agent, transport, http, nursery, exit_code)
+
+        async def run_agent() -> None:
+            exit_code.append(await agent.run())
+
+        if start:
+            nursery.start_soon(run_agent)
+        yield env
+        if start:
+            agent.request_shutdown()
+            with trio.fail_after(60):
+                while not exit_code:
+                    await trio.sleep(0.1)
+        core_of(app).close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_happy_path_processes_jobs_through_the_lifecycle(autojump_clock: Any) -> None:
+    async with bot(concurrency=2) as env:
+        ids = await env.submit(20)
+        jobs = await env.wait_final(ids)
+        assert {j["status"] for j in jobs} == {"succeeded"}
+        assert all(j["attempts"] == 1 for j in jobs)
+        assert env.states()[:4] == ["registering", "health_check", "ready", "processing"]
+        assert env.agent.runner.total_processed == 20
+    assert env.exit_code == [0]
+    assert env.states()[-2:] == ["shutting_down", "stopped"]
+
+
+async def test_server_down_at_start_backs_off_with_jitter_and_opens_the_breaker(
+    autojump_clock: Any,
+) -> None:
+    async with bot(start=False, retry_base_delay=1.0, retry_max_delay=8.0) as env:
+        env.transport.default = "down"
+        code = []
+
+        async def run() -> None:
+            code.append(await env.agent.run())
+
+        env.nursery.start_soon(run)
+        # Threshold 5: five quick attempts, then the breaker holds the sixth for ~30 s.
+        with trio.fail_after(300):
+            while env.transport.count("/v1/bots/register") < 8:
+                await trio.sleep(0.1)
+        times = env.transport.times("/v1/bots/register")
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        for n, gap in enumerate(gaps[:4]):
+            assert 0 <= gap <= min(8.0, 1.0 * 2**n) + 1e-6, (n, gap)
+        # After the 5th failure the breaker is open: the 6th attempt waits for the probe.
+        assert 27.0 - 1e-6 <= gaps[4] <= 33.0 + 8.0, gaps
+        reg = env.agent.breakers["registration"]
+        assert reg.opened_count >= 1
+        assert env.agent.state is State.REGISTERING
+        # The server comes back: the bot gets ready by itself and jobs flow.
+        env.transport.default = "ok"
+        await env.wait_state(State.READY, State.PROCESSING)
+        ids = await env.submit(3)
+        assert {j["status"] for j in await env.wait_final(ids)} == {"succeeded"}
+        assert reg.state.value == "closed"
+
+
+async def test_attempts_run_out_exit_69(autojump_clock: Any) -> None:
+    async with bot(start=False, max_startup_attempts=3, retry_base_delay=0.1) as env:
+        env.transport.default = "down"
+        with trio.fail_after(60):
+            code = await env.agent.run()
+        assert code == ExitCode.UNAVAILABLE == 69
+        assert env.transport.count("/v1/bots/register") == 3
+        assert env.states()[-1] == "stopped"
+
+
+@pytest.mark.parametrize("fault", ["down", "dns", "hang", "500", "garbage", "wrong_shape"])
+async def test_claim_faults_are_counted_retried_and_survived(autojump_clock: Any, fault: str) -> None:
+    async with bot() as env:
+        await env.wait_state(State.READY)
+        env.transport.faults = {"/v1/jobs/claim": fault}
+        ids = await env.submit(2)
+        with trio.fail_after(300):
+            while env.transport.count("/v1/jobs/claim", fault) < 6:
+                await trio.sleep(0.5)
+        assert env.agent.breakers["job_claim"].total_failures >= 5
+        assert not env.agent.stopped
+        env.transport.faults = {}
+        jobs = await env.wait_final(ids)
+        assert {j["status"] for j in jobs} == {"succeeded"}
+
+
+@pytest.mark.parametrize("fault", ["down", "garbage", "wrong_shape", "hang"])
+async def test_registration_faults_never_crash(autojump_clock: Any, fault: str) -> None:
+    async with bot(start=False) as env:
+        env.transport.faults = {"/v1/bots": fault}
+        code: list[int] = []
+
+        async def run() -> None:
+            code.append(await env.agent.run())
+
+        env.nursery.start_soon(run)
+        with trio.fail_after(600):
+            while env.transport.count("/v1/bots", fault) < 4:
+                await trio.sleep(0.5)
+        assert env.agent.state is State.REGISTERING
+        env.transport.faults = {}
+        await env.wait_state(State.READY)
+
+
+async def test_heartbeat_409_goes_to_error_reregisters_and_the_running_job_survives(
+    autojump_clock: Any,
+) -> None:
+    recorder = Recorder()
+    async with bot(handler=recorder) as env:
+        await env.wait_state(State.READY)
+        [job_id] = await env.submit(1, payload={"sleep": 20})
+        await env.wait_state(State.PROCESSING)
+        old_session = env.agent.session
+        # Someone registers our bot id again: the server supersedes our session for real.
+        r = await env.http.post(
+            "/v1/bots/register", json={"bot_id": "bot-1", "active_leases": env.agent.runner.leases()}
+        )
+        assert r.status_code == 200
+        await env.wait_state(State.ERROR)
+        await env.wait_state(State.READY, State.PROCESSING)
+        assert env.agent.session is not None and env.agent.session != old_session
+        [job] = await env.wait_final([job_id])
+        assert job["status"] == "succeeded"
+        assert job["attempts"] == 1
+        assert recorder.runs == [(job_id, 1)]  # it ran once, and was not run again
+        assert "error" in env.states()
+
+
+async def test_degraded_server_pauses_claiming(autojump_clock: Any) -> None:
+    async with bot() as env:
+        await env.wait_state(State.READY)
+        env.transport.faults = {"/v1/health": "degraded"}
+        with trio.fail_after(60):
+            await env.agent.health.healthy.wait_value(False)
+        claims_before = env.transport.count("/v1/jobs/claim")
+        await env.submit(1)
+        await trio.sleep(30)
+        # At most the long poll that was already open when it degraded.
+        assert env.transport.count("/v1/jobs/claim") <= claims_before + 1
+        env.transport.faults = {}
+        with trio.fail_after(60):
+            await env.agent.health.healthy.wait_value(True)
+
+
+async def test_sigterm_with_a_job_in_flight_finishes_and_acks_it(autojump_clock: Any) -> None:
+    async with bot() as env:
+        await env.wait_state(State.READY)
+        [job_id] = await env.submit(1, payload={"sleep": 5})
+        await env.wait_state(State.PROCESSING)
+        env.agent.on_signal(1, "SIGTERM")
+        await env.wait_state(State.STOPPED)
+        await trio.sleep(1)
+        [job] = await env.wait_final([job_id])
+        assert job["status"] == "succeeded" and job["attempts"] == 1
+        bot_info = (await env.http.get("/v1/bots/bot-1")).json()
+        assert bot_info["status"] == "deregistered"
+    assert env.exit_code == [0]
+
+
+async def test_second_signal_cancels_and_releases_the_job(autojump_clock: Any) -> None:
+    async with bot() as env:
+        await env.wait_state(State.READY)
+        [job_id] = await env.submit(1, payload={"sleep": 1000})
+        await env.wait_state(State.PROCESSING)
+        env.agent.on_signal(1, "SIGTERM")
+        await trio.sleep(1)
+        env.agent.on_signal(2, "SIGTERM")
+        await env.wait_state(State.STOPPED)
+        job = await env.job(job_id)
+        assert job["status"] == "queued"  # released: back in the queue
+        assert job["attempts"] <= 1
+    assert env.exit_code == [0]
+
+
+async def test_shutdown_is_bounded_when_the_server_is_unreachable(autojump_clock: Any) -> None:
+    async with bot(shutdown_timeout=10.0) as env:
+        await env.wait_state(State.READY)
+        await env.submit(1, payload={"sleep": 1000})
+        await env.wait_state(State.PROCESSING)
+        env.transport.default = "hang"
+        started = trio.current_time()
+        env.agent.request_shutdown()
+        await env.wait_state(State.STOPPED)
+        assert trio.current_time() - started <= 10.0 + 5.0 + 0.1
+    assert env.exit_code == [0]
+    # The released result is still in the outbox: it was not dropped.
+    assert env.agent.status_document()["outbox_pending"] == 1
+
+
+async def test_a_bug_in_an_infrastructure_task_exits_70(autojump_clock: Any) -> None:
+    async with bot(start=False) as env:
+
+        async def broken() -> None:
+            await trio.sleep(3)
+            raise RuntimeError("boom")
+
+        code: list[int] = []
+
+        async def run() -> None:
+            code.append(await env.agent.run())
+
+        env.nursery.start_soon(run)
+        await env.wait_state(State.READY)
+        assert env.agent._root is not None
+        env.agent._root.start_soon(env.agent._guarded, "test", broken)
+        await env.wait_state(State.STOPPED)
+        with trio.fail_after(10):
+            while not code:
+                await trio.sleep(0.1)
+        assert code == [70]
