@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .errors import ConfigError
 from .logs import configure_hypercorn_logging, redact
 
 __all__ = [
@@ -332,7 +333,8 @@ class OpsServer:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or :meth:`stop`; ``task_status.started("host:port")`` once bound.
 
-        Errors: ``OSError`` if the address cannot be bound (before ``started``). Hypercorn is
+        Errors: :class:`~botd.errors.ConfigError` naming ``BOT_OPS_ADDR`` if the address cannot
+        be bound (before ``started``); anything else propagates as it is. Hypercorn is
         given a shutdown trigger, so it installs no signal handlers of its own. Owns the
         listening socket and a nursery of connection tasks, all closed when it returns.
         """
@@ -340,15 +342,40 @@ class OpsServer:
         config.bind = [self.addr]
         config.graceful_timeout = self.graceful_timeout
         configure_hypercorn_logging(config, access_log=self.access_log)
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                partial(
-                    serve,
-                    cast(Any, self.app),  # Starlette's ASGI types differ from hypercorn's
-                    config,
-                    shutdown_trigger=self._stop.wait,
-                    mode="asgi",
+        try:
+            async with trio.open_nursery() as nursery:
+                binds: list[str] = await nursery.start(
+                    partial(
+                        serve,
+                        cast(Any, self.app),  # Starlette's ASGI types differ from hypercorn's
+                        config,
+                        shutdown_trigger=self._stop.wait,
+                        mode="asgi",
+                    )
                 )
-            )
-            self.bound = binds[0].split("://", 1)[1]
-            task_status.started(self.bound)
+                self.bound = binds[0].split("://", 1)[1]
+                task_status.started(self.bound)
+        except BaseExceptionGroup as group:
+            bind_error = _bind_error(group) if self.bound is None else None
+            if bind_error is None:
+                raise
+            raise ConfigError(
+                f"BOT_OPS_ADDR={self.addr}: cannot listen: {bind_error.strerror or bind_error}"
+            ) from bind_error
+
+
+def _bind_error(group: BaseExceptionGroup[BaseException]) -> OSError | None:
+    """The OSError of a failed bind, when it is the only thing in ``group``; else None."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1 and isinstance(leaves[0], OSError):
+        return leaves[0]
+    return None
