@@ -100,14 +100,16 @@ async def test_register_get_list_bot(autojump_clock: trio.abc.Clock) -> None:
         info = codec.structure((await client.get("/v1/bots/bot-1")).json(), BotInfo)
         assert info.session_id == again
         assert info.status == "active"
-        assert info.capacity == 1 and info.active_leases == []
+        assert info.capacity == 1
+        assert info.active_leases == []
         assert info.last_seen.endswith("Z")
 
         listed = codec.structure((await client.get("/v1/bots")).json(), BotList)
         assert [b.bot_id for b in listed.bots] == ["bot-1"]
 
         resp = await client.get("/v1/bots/nobody")
-        assert resp.status_code == 404 and error_of(resp) == "unknown_bot"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_bot"
 
 
 @pytest.mark.parametrize(
@@ -163,9 +165,11 @@ async def test_unknown_route_and_method_are_json(autojump_clock: trio.abc.Clock)
     app, _ = make_app()
     async with asgi_client(app) as client:
         resp = await client.get("/v1/nothing/here")
-        assert resp.status_code == 404 and error_of(resp) == "not_found"
+        assert resp.status_code == 404
+        assert error_of(resp) == "not_found"
         resp = await client.put("/v1/jobs")
-        assert resp.status_code == 405 and error_of(resp) == "method_not_allowed"
+        assert resp.status_code == 405
+        assert error_of(resp) == "method_not_allowed"
 
 
 async def test_heartbeat_extends_cancels_and_reports_lost(autojump_clock: trio.abc.Clock) -> None:
@@ -178,7 +182,8 @@ async def test_heartbeat_extends_cancels_and_reports_lost(autojump_clock: trio.a
         assert set(leases) == {job_a.job_id, job_b.job_id}
 
         resp = await client.post(f"/v1/jobs/{job_b.job_id}/cancel")
-        assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+        assert resp.status_code == 200
+        assert resp.json()["status"] == "cancelled"
 
         # Heartbeat every 6 s for 30 s: leases outlive their 10 s TTL because they are renewed.
         for _ in range(5):
@@ -196,18 +201,23 @@ async def test_heartbeat_extends_cancels_and_reports_lost(autojump_clock: trio.a
             hb = codec.structure(resp.json(), HeartbeatResponse)
             assert hb.cancel_leases == [leases[job_b.job_id]]
             assert hb.lost_leases == ["stale-lease"]
-            assert hb.lease_expires_at is not None and hb.lease_expires_at.endswith("Z")
+            assert hb.lease_expires_at is not None
+            assert hb.lease_expires_at.endswith("Z")
         view = (await client.get(f"/v1/jobs/{job_a.job_id}")).json()
-        assert view["status"] == "leased" and view["attempts"] == 1
+        assert view["status"] == "leased"
+        assert view["attempts"] == 1
         info = (await client.get("/v1/bots/bot-1")).json()
         assert info["state"] == "processing"
 
         resp = await client.post("/v1/bots/nobody/heartbeat", json={"session_id": "x"})
-        assert resp.status_code == 404 and error_of(resp) == "unknown_bot"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_bot"
         resp = await client.post("/v1/bots/bot-1/heartbeat", json={"session_id": "old"})
-        assert resp.status_code == 409 and error_of(resp) == "session_superseded"
+        assert resp.status_code == 409
+        assert error_of(resp) == "session_superseded"
         resp = await client.post("/v1/bots/bot-1/heartbeat", json={"session_id": ""})
-        assert resp.status_code == 400 and "session_id" in resp.json()["error"]["message"]
+        assert resp.status_code == 400
+        assert "session_id" in resp.json()["error"]["message"]
 
 
 async def test_reregister_keeps_listed_leases_and_requeues_the_rest(
@@ -246,18 +256,23 @@ async def test_deregister(autojump_clock: trio.abc.Clock) -> None:
         job = await submit(client, max_attempts=1)
         await claim(client, "bot-1", session)
         resp = await client.delete("/v1/bots/bot-1")
-        assert resp.status_code == 400 and "session_id" in resp.json()["error"]["message"]
+        assert resp.status_code == 400
+        assert "session_id" in resp.json()["error"]["message"]
         resp = await client.delete("/v1/bots/bot-1", params={"session_id": "other"})
-        assert resp.status_code == 409 and error_of(resp) == "session_superseded"
+        assert resp.status_code == 409
+        assert error_of(resp) == "session_superseded"
         resp = await client.delete("/v1/bots/nobody", params={"session_id": "x"})
-        assert resp.status_code == 404 and error_of(resp) == "unknown_bot"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_bot"
         resp = await client.delete("/v1/bots/bot-1", params={"session_id": session})
-        assert resp.status_code == 204 and resp.content == b""
+        assert resp.status_code == 204
+        assert resp.content == b""
         view = (await client.get(f"/v1/jobs/{job.job_id}")).json()
-        assert view["status"] == "queued" and view["attempts"] == 0, "no attempt spent"
+        assert (view["status"], view["attempts"]) == ("queued", 0), "no attempt spent"
         assert (await client.get("/v1/bots/bot-1")).json()["status"] == "deregistered"
         resp = await client.post("/v1/bots/bot-1/heartbeat", json={"session_id": session})
-        assert resp.status_code == 409 and error_of(resp) == "session_superseded"
+        assert resp.status_code == 409
+        assert error_of(resp) == "session_superseded"
 
 
 async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -> None:
@@ -278,7 +293,8 @@ async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -
         job = codec.structure(resp.json(), JobView)
         assert (job.status, job.attempts, job.result, job.error) == ("queued", 0, None, None)
         assert (job.max_attempts, job.timeout_s, job.priority) == (5, 2.5, 3)
-        assert job.created_at.endswith("Z") and job.finished_at is None
+        assert job.created_at.endswith("Z")
+        assert job.finished_at is None
         resp = await client.post("/v1/jobs", json={"kind": "simulate", "idempotency_key": "once"})
         assert resp.status_code == 200
         assert resp.json()["job_id"] == job.job_id
@@ -286,7 +302,8 @@ async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -
         fetched = codec.structure((await client.get(f"/v1/jobs/{job.job_id}")).json(), JobView)
         assert fetched == job
         resp = await client.get("/v1/jobs/nope")
-        assert resp.status_code == 404 and error_of(resp) == "unknown_job"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_job"
 
         others = [await submit(client) for _ in range(3)]
         listed = codec.structure((await client.get("/v1/jobs")).json(), JobList)
@@ -297,7 +314,8 @@ async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -
         assert resp.json()["jobs"] == []
         for params in [{"status": "bogus"}, {"limit": "0"}, {"limit": "x"}, {"limit": "5000"}]:
             resp = await client.get("/v1/jobs", params=params)
-            assert resp.status_code == 400 and error_of(resp) == "invalid_request"
+            assert resp.status_code == 400
+            assert error_of(resp) == "invalid_request"
             assert next(iter(params)) in resp.json()["error"]["message"]
         for body, field in [
             ({"kind": "k", "max_attempts": 0}, "max_attempts"),
@@ -305,7 +323,8 @@ async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -
             ({"kind": "k", "priority": "high"}, "priority"),
         ]:
             resp = await client.post("/v1/jobs", json=body)
-            assert resp.status_code == 400 and field in resp.json()["error"]["message"]
+            assert resp.status_code == 400
+            assert field in resp.json()["error"]["message"]
 
 
 async def test_cancel(autojump_clock: trio.abc.Clock) -> None:
@@ -314,7 +333,8 @@ async def test_cancel(autojump_clock: trio.abc.Clock) -> None:
         session = await register(client)
         queued = await submit(client)
         resp = await client.post(f"/v1/jobs/{queued.job_id}/cancel")
-        assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+        assert resp.status_code == 200
+        assert resp.json()["status"] == "cancelled"
         assert resp.json()["finished_at"] is not None
         # Idempotent.
         assert (await client.post(f"/v1/jobs/{queued.job_id}/cancel")).status_code == 200
@@ -326,9 +346,11 @@ async def test_cancel(autojump_clock: trio.abc.Clock) -> None:
             f"/v1/leases/{lease}/ack", json={"lease_id": lease, "outcome": "succeeded"}
         )
         resp = await client.post(f"/v1/jobs/{done.job_id}/cancel")
-        assert resp.status_code == 409 and error_of(resp) == "job_finished"
+        assert resp.status_code == 409
+        assert error_of(resp) == "job_finished"
         resp = await client.post("/v1/jobs/nope/cancel")
-        assert resp.status_code == 404 and error_of(resp) == "unknown_job"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_job"
 
         # A leased job is cancelled; its bot's ack is still accepted and the job stays cancelled.
         leased = await submit(client)
@@ -378,9 +400,11 @@ async def test_claim_errors(autojump_clock: trio.abc.Clock) -> None:
     async with asgi_client(app) as client:
         session = await register(client)
         resp = await client.post("/v1/jobs/claim", json={"bot_id": "nobody", "session_id": "s"})
-        assert resp.status_code == 404 and error_of(resp) == "unknown_bot"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_bot"
         resp = await client.post("/v1/jobs/claim", json={"bot_id": "bot-1", "session_id": "s"})
-        assert resp.status_code == 409 and error_of(resp) == "session_superseded"
+        assert resp.status_code == 409
+        assert error_of(resp) == "session_superseded"
         for extra, field in [
             ({"max_jobs": 1001}, "max_jobs"),
             ({"wait_s": 31}, "wait_s"),
@@ -425,19 +449,24 @@ async def test_single_ack_statuses(autojump_clock: trio.abc.Clock) -> None:
             f"/v1/leases/{lease}/ack",
             json={"lease_id": lease, "outcome": "failed", "error": {"type": "x", "message": "m"}},
         )
-        assert other.status_code == 409 and error_of(other) == "conflict"
+        assert other.status_code == 409
+        assert error_of(other) == "conflict"
         view = (await client.get(f"/v1/jobs/{job.job_id}")).json()
-        assert view["status"] == "succeeded" and view["result"] == {"answer": 42}
-        assert view["finished_at"] is not None and view["bot_id"] == "bot-1"
+        assert view["status"] == "succeeded"
+        assert view["result"] == {"answer": 42}
+        assert view["finished_at"] is not None
+        assert view["bot_id"] == "bot-1"
 
         resp = await client.post(
             "/v1/leases/nope/ack", json={"lease_id": "nope", "outcome": "released"}
         )
-        assert resp.status_code == 404 and error_of(resp) == "unknown_lease"
+        assert resp.status_code == 404
+        assert error_of(resp) == "unknown_lease"
         resp = await client.post(
             f"/v1/leases/{lease}/ack", json={"lease_id": "x", "outcome": "released"}
         )
-        assert resp.status_code == 400 and "lease_id" in resp.json()["error"]["message"]
+        assert resp.status_code == 400
+        assert "lease_id" in resp.json()["error"]["message"]
 
 
 async def test_metrics(autojump_clock: trio.abc.Clock) -> None:

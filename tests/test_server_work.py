@@ -61,7 +61,8 @@ async def test_500_jobs_in_batches_with_piggybacked_acks(autojump_clock: trio.ab
         assert seen == ids
         assert round_trips == 9  # 8 batches of up to 64, then the last acks with an empty claim
         stats = (await client.get("/v1/stats")).json()
-        assert stats["jobs"]["succeeded"] == 500 and sum(stats["jobs"].values()) == 500
+        assert stats["jobs"]["succeeded"] == 500
+        assert sum(stats["jobs"].values()) == 500
         some = (await client.get("/v1/jobs", params={"limit": 1000})).json()["jobs"]
         assert all(j["status"] == "succeeded" and j["result"] == j["payload"] for j in some)
 
@@ -100,7 +101,8 @@ async def test_lease_lost_after_expiry_and_reclaim(autojump_clock: trio.abc.Cloc
         assert (second.job_id, second.attempt) == (job_id, 2)
         late = {"lease_id": first.lease_id, "outcome": "succeeded", "result": "late"}
         resp = await client.post(f"/v1/leases/{first.lease_id}/ack", json=late)
-        assert resp.status_code == 409 and resp.json()["error"]["code"] == "lease_lost"
+        assert resp.status_code == 409
+        assert resp.json()["error"]["code"] == "lease_lost"
         got = await claim(client, "bot-1", s1, acks=[late])
         assert got.acks[0].status == "lease_lost"
         hb = await client.post(
@@ -148,7 +150,8 @@ async def test_unrenewed_lease_requeues_on_time_then_dies(autojump_clock: trio.a
             if attempt < 3:
                 assert view["status"] == "queued", "requeued within the TTL plus a tick"
         assert view["status"] == "dead"
-        assert view["attempts"] == 3 and view["error"]["type"] == "lease_expired"
+        assert view["attempts"] == 3
+        assert view["error"]["type"] == "lease_expired"
         assert view["finished_at"] is not None
         assert (await claim(client, "bot-1", session)).jobs == []
         metrics = (await client.get("/metrics")).text
@@ -188,7 +191,8 @@ async def test_retryable_failure_backs_off_then_fails(autojump_clock: trio.abc.C
             assert (await claim(client, "bot-1", session, acks=[ack])).acks[0].status == "recorded"
             view = await job(client, job_id)
             assert view["error"] == error
-        assert view["status"] == "failed" and view["finished_at"] is not None
+        assert view["status"] == "failed"
+        assert view["finished_at"] is not None
 
 
 async def test_non_retryable_failure_fails_at_once(autojump_clock: trio.abc.Clock) -> None:
@@ -244,7 +248,8 @@ async def test_long_poll_is_woken_by_submit(autojump_clock: trio.abc.Clock) -> N
             submitted = trio.current_time()
         ((answered, got),) = results
         assert [j.job_id for j in got.jobs] == [job_id]
-        assert answered - submitted < 0.001 and submitted - start >= 7
+        assert answered - submitted < 0.001
+        assert submitted - start >= 7
 
 
 async def test_empty_long_poll_answers_after_wait_s(autojump_clock: trio.abc.Clock) -> None:
