@@ -294,7 +294,8 @@ class _Guard:
         elif _matches(exc, self._counts):
             breaker.record_failure()
         elif not _is_plain_error(exc):
-            breaker._release(self._token)
+            if self._token is not None:
+                breaker._release(self._token)
         else:
             breaker.record_success()
 
