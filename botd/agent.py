@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 from loguru import logger
 
@@ -42,6 +41,7 @@ from .heartbeat import Heartbeat
 from .lifecycle import TRANSITIONS, Lifecycle, State, Transition
 from .metrics import BotMetrics
 from .models import Ack, ClaimedJob, HeartbeatResponse
+from .ops import Canary, OpsServer, build_status_document
 from .outbox import Outbox
 from .registration import Registrar, StartupExhausted
 from .results import ResultReporter
@@ -49,13 +49,11 @@ from .session import Session, SessionLost
 from .signals import watch_signals
 from .workers import JobRunner
 
-__all__ = ["Agent", "BREAKER_NAMES"]
+__all__ = ["BREAKER_NAMES", "Agent"]
 
 BREAKER_NAMES = ("registration", "heartbeat", "job_claim", "results")
 
-#: Cleanup after the drain (cancelling jobs, flushing acks, deregistering) gets this long.
-CLEANUP_BUDGET_S = 5.0
-#: Of that, deregistering gets at most this long.
+#: Of the cleanup after the drain (BOT_CLEANUP_TIMEOUT), deregistering gets at most this long.
 DEREGISTER_TIMEOUT_S = 2.0
 
 
@@ -107,6 +105,7 @@ class Agent:
                 name,
                 threshold=config.circuit_breaker_threshold,
                 timeout=config.circuit_breaker_timeout,
+                jitter=config.circuit_breaker_jitter,
                 rng=self._rng,
                 on_change=self._on_breaker_change,
             )
@@ -131,7 +130,7 @@ class Agent:
         self._skip_drain = trio.Event()
         self._draining = False
         self._root: trio.Nursery | None = None
-        self._canary_tick = 0.0
+        self._canary = Canary()
         self.lifecycle.add_listener(self._on_transition)
         # Built in run(), once the outbox and the handler exist.
         self.runner: JobRunner
@@ -167,29 +166,32 @@ class Agent:
             self._root.cancel_scope.cancel()
 
     def loop_lag(self) -> float:
-        return max(0.0, trio.current_time() - self._canary_tick)
+        return self._canary.loop_lag()
 
     def status_document(self) -> dict[str, Any]:
         """The seed's metrics document (exact keys first) and more, for ``/status``."""
         runner = getattr(self, "runner", None)
         outbox = self._outbox
-        return {
-            "bot_id": self.config.bot_id,
-            "state": self.state.value,
-            "uptime_seconds": round(time.time() - self.started_wall, 3),
-            "startup_attempts": self.registrar.attempts if hasattr(self, "registrar") else 0,
-            "total_jobs_processed": runner.total_processed if runner else 0,
-            "circuit_breakers": {name: b.snapshot() for name, b in self.breakers.items()},
-            "jobs_in_flight": len(runner.running) if runner else 0,
-            "outbox_pending": outbox.count if outbox is not None else 0,
-            "session_id": self.session.session_id if self.session else None,
-            "server_healthy": self.health.healthy.value,
-            "server_error": self.health.last_error,
-            "time_in_state_s": round(self.lifecycle.time_in_state(), 3),
-            "transitions": [t.as_dict() for t in self.lifecycle.history],
-            "config": redacted(self.config),
-            "version": __version__,
-        }
+        doc = build_status_document(
+            bot_id=self.config.bot_id,
+            state=self.state.value,
+            version=__version__,
+            uptime_seconds=time.time() - self.started_wall,
+            startup_attempts=self.registrar.attempts if hasattr(self, "registrar") else 0,
+            total_jobs_processed=runner.total_processed if runner else 0,
+            circuit_breakers=self.breakers,
+            jobs_in_flight=len(runner.running) if runner else 0,
+            outbox_pending=outbox.count if outbox is not None else 0,
+            transitions=self.lifecycle.history,
+            config=redacted(self.config),
+        )
+        for name, breaker in self.breakers.items():
+            doc["circuit_breakers"][name] = breaker.snapshot()
+        doc["session_id"] = self.session.session_id if self.session else None
+        doc["server_healthy"] = self.health.healthy.value
+        doc["server_error"] = self.health.last_error
+        doc["time_in_state_s"] = round(self.lifecycle.time_in_state(), 3)
+        return doc
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         """Run the bot until it stops; return the exit code.
@@ -279,10 +281,8 @@ class Agent:
     async def _start_services(self, root: trio.Nursery) -> None:
         if self._install_signals:
             await root.start(watch_signals, self.on_signal)
-        root.start_soon(self._canary)
+        await root.start(self._canary.run)
         if self.config.ops_addr != "off":
-            from .ops import OpsServer
-
             ops = OpsServer(self.config.ops_addr, self, self.metrics.render)
             await root.start(self._guarded_start, "ops", ops.run)
         if self._notifier is not None:
@@ -385,6 +385,7 @@ class Agent:
             reporter=self.reporter,
             healthy=self.health.healthy,
             outbox_full=self._outbox_full,
+            outbox_not_full=self._outbox_not_full,
             wait_s=self.config.claim_wait,
             kinds=self.config.kinds or None,
             on_orphans=self._release_orphans,
@@ -412,7 +413,7 @@ class Agent:
     async def _shut_down(self) -> None:
         """Drain, then clean up; bounded by BOT_SHUTDOWN_TIMEOUT + 5 s in all."""
         cfg = self.config
-        deadline = trio.current_time() + cfg.shutdown_timeout + CLEANUP_BUDGET_S
+        deadline = trio.current_time() + cfg.shutdown_timeout + cfg.cleanup_timeout
         reason = "signal" if self.exit_code == ExitCode.OK else f"exit code {int(self.exit_code)}"
         self.lifecycle.transition(State.SHUTTING_DOWN, reason)
         self._draining = True
@@ -438,7 +439,9 @@ class Agent:
             if self.runner.cancel_all("shutdown"):
                 await self.runner.wait_idle()
             # 3. Report what we can, then leave the server.
-            with trio.move_on_after(max(0.5, deadline - trio.current_time() - DEREGISTER_TIMEOUT_S)):
+            with trio.move_on_after(
+                max(0.5, deadline - trio.current_time() - DEREGISTER_TIMEOUT_S)
+            ):
                 await self.reporter.flush()
             await self._deregister()
         if whole.cancelled_caught:
@@ -476,6 +479,10 @@ class Agent:
 
     def _outbox_full(self) -> bool:
         return self._outbox is not None and self._outbox.full
+
+    async def _outbox_not_full(self) -> None:
+        if self._outbox is not None:
+            await self._outbox.wait_not_full()
 
     def _held_leases(self) -> list[str]:
         return sorted(set(self.runner.leases()) | set(self._outbox_leases()))
@@ -573,15 +580,6 @@ class Agent:
         if outcome != "ok" and endpoint in _BREAKER_OF:
             self.metrics.breaker_failure(_BREAKER_OF[endpoint])
 
-    async def _canary(self) -> None:
-        """Tick every 0.5 s; a late tick means the event loop was blocked."""
-        while True:
-            self._canary_tick = trio.current_time()
-            await trio.sleep(0.5)
-            lag = trio.current_time() - self._canary_tick - 0.5
-            if lag > 1.0:
-                logs.emit("loop_blocked", f"Event loop blocked or overloaded: delay={lag:.3f}s", "WARNING")
-
 
 _BREAKER_OF = {
     "register": "registration",
@@ -595,4 +593,3 @@ _BREAKER_OF = {
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-

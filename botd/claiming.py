@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import trio
@@ -37,6 +37,7 @@ class Claimer:
     reporter: ResultReporter
     healthy: AsyncBool
     outbox_full: Callable[[], bool]
+    outbox_not_full: Callable[[], Awaitable[None]]
     wait_s: float
     kinds: Sequence[str] | None
     on_orphans: Callable[[list[ClaimedJob]], None]
@@ -53,8 +54,7 @@ class Claimer:
             await self.runner.in_flight.wait_value(lambda n: n < self.runner.concurrency)
             if self.outbox_full():
                 logger.bind(event="outbox_full").warning("outbox full: claiming paused")
-                while self.outbox_full():
-                    await trio.sleep(0.5)
+                await self.outbox_not_full()
             await self.breaker.wait_ready()
             if not self.breaker.allow():
                 continue
@@ -78,9 +78,9 @@ class Claimer:
                 self.breaker.record_failure()
                 failures += 1
                 delay = self.backoff.delay(failures - 1)
-                logger.bind(event="claim_failed", error_type=type(exc).__name__, error=str(exc)).warning(
-                    "claim failed, retrying in {:.2f}s: {}", delay, exc
-                )
+                logger.bind(
+                    event="claim_failed", error_type=type(exc).__name__, error=str(exc)
+                ).warning("claim failed, retrying in {:.2f}s: {}", delay, exc)
                 await trio.sleep(delay)
                 continue
             except BaseException:
@@ -92,7 +92,10 @@ class Claimer:
             await self.reporter.settle(answer.acks)
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
-        """Start what fits; release the rest. Synchronous: no checkpoint between answer and start."""
+        """Start what fits; release the rest.
+
+        Synchronous: there is no checkpoint between the answer and the start of its jobs.
+        """
         extra: list[ClaimedJob] = []
         for job in jobs:
             if self.draining() or self.runner.free_slots == 0 or not self.runner.start(job):

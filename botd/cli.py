@@ -89,7 +89,7 @@ def _config_failed(problems: Sequence[str]) -> None:
     from . import logs
 
     fmt = os.environ.get("BOT_LOG_FORMAT", "auto").strip().lower()
-    logs.setup_logging(fmt=fmt if fmt in ("json", "text", "auto") else "auto")
+    logs.setup_logging(fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto")
     for problem in problems:
         logs.emit("config_error", f"bad configuration: {problem}", "ERROR", problem=problem)
     print(
@@ -110,11 +110,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     secrets = [config.token.reveal()] if config.token is not None else []
     logs.setup_logging(level=config.log_level, fmt=config.log_format, secrets=secrets)
-    agent = Agent(config, install_signals=True, notifier=Notifier.from_env())
+
+    async def run() -> int:
+        agent = Agent(config, install_signals=True, notifier=Notifier.from_env())
+        return await agent.run()
+
     try:
-        code: int = trio.run(agent.run)
+        code: int = trio.run(run)
     except Exception as exc:  # a bug that escaped every guard
-        logs.emit("internal_error", f"botd crashed: {type(exc).__name__}: {exc}", "CRITICAL", exc=exc)
+        logs.emit(
+            "internal_error", f"botd crashed: {type(exc).__name__}: {exc}", "CRITICAL", exc=exc
+        )
         return int(ExitCode.SOFTWARE)
     return code
 

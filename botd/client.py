@@ -6,7 +6,8 @@ model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.Ser
 - network errors, timeouts, DNS failures, 429 and 5xx -> :class:`ServerUnavailable` (retryable);
 - a body that is not JSON, or JSON of the wrong shape -> :class:`ProtocolError` (retryable);
 - 401/403 -> :class:`Unrecoverable`;
-- 404 ``unknown_bot`` -> :class:`UnknownBot`; 409 ``session_superseded`` -> :class:`SessionSuperseded`;
+- 404 ``unknown_bot`` -> :class:`UnknownBot`;
+- 409 ``session_superseded`` -> :class:`SessionSuperseded`;
 - any other 4xx -> :class:`RequestRejected` with the server's error code.
 
 httpx exceptions are translated in :func:`map_transport_errors` and nowhere else.
@@ -114,7 +115,8 @@ class ServerClient:
       transport: an httpx transport to use instead of the network (tests).
       observe: called after every request with the endpoint, outcome and duration.
 
-    Resource handling: owns one ``httpx.AsyncClient``; close it with :meth:`aclose` or ``async with``.
+    Resource handling: owns one ``httpx.AsyncClient``; close it with :meth:`aclose`
+    or ``async with``.
     """
 
     base_url: str
@@ -183,7 +185,9 @@ class ServerClient:
             request.wait_s + self.claim_margin + self.request_timeout,
             connect=self.connect_timeout,
         )
-        response = await self._send("claim", "POST", "/v1/jobs/claim", body=request, timeout=timeout)
+        response = await self._send(
+            "claim", "POST", "/v1/jobs/claim", body=request, http_timeout=timeout
+        )
         return self._decode(response, ClaimResponse, "claim")
 
     async def ack(self, ack: Ack) -> SingleAckResponse:
@@ -201,7 +205,7 @@ class ServerClient:
         *,
         body: Any = None,
         params: dict[str, str] | None = None,
-        timeout: httpx.Timeout | None = None,
+        http_timeout: httpx.Timeout | None = None,
         ok: tuple[int, ...] = (200, 201),
     ) -> httpx.Response:
         started = trio.current_time()
@@ -216,7 +220,7 @@ class ServerClient:
                     content=content,
                     headers=headers,
                     params=params,
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                    timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             if response.status_code not in ok:
                 raise _error_of(response, endpoint)

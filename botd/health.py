@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import trio
 from loguru import logger
-from trio_util import AsyncBool
+from trio_util import AsyncBool, periodic
 
 from .client import ServerClient
 from .errors import ServerError
@@ -42,8 +42,9 @@ class HealthMonitor:
 
     async def wait_healthy(self) -> None:
         """HEALTH_CHECK: check until healthy. The caller's cancel scope is the state's deadline."""
-        while not await self.check():
-            await trio.sleep(min(1.0, self.interval))
+        async for _ in periodic(min(1.0, self.interval)):
+            if await self.check():
+                return
 
     async def run(self) -> None:
         """Monitor while the session lives. This function never returns unless cancelled."""

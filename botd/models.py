@@ -61,7 +61,7 @@ def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> No
 
 @attrs.frozen
 class RegisterRequest:
-    bot_id: str = attrs.field(validator=[_non_empty, v.max_len(200)])
+    bot_id: str = attrs.field(validator=v.and_(_non_empty, v.max_len(200)))
     version: str = ""
     hostname: str = ""
     pid: int = 0
@@ -118,7 +118,7 @@ class HeartbeatResponse:
 
 @attrs.frozen
 class JobSubmit:
-    kind: str = attrs.field(validator=[_non_empty, v.max_len(200)])
+    kind: str = attrs.field(validator=v.and_(_non_empty, v.max_len(200)))
     payload: Any = None
     max_attempts: int = attrs.field(default=3, validator=[v.ge(1), v.le(100)])
     timeout_s: float | None = attrs.field(default=None, validator=v.optional(v.gt(0)))

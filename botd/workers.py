@@ -139,7 +139,9 @@ class JobRunner:
     def _cancelled_ack(running: RunningJob) -> tuple[Ack | None, str]:
         lease = running.job.lease_id
         if running.reason == "cancelled":
-            error = FailureInfo(type="cancelled", message="cancelled by the server", retryable=False)
+            error = FailureInfo(
+                type="cancelled", message="cancelled by the server", retryable=False
+            )
             return Ack(lease_id=lease, outcome="failed", error=error), "cancelled"
         if running.reason == "lost":
             return None, "lease_lost"

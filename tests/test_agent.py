@@ -7,6 +7,7 @@ wrapped in :class:`FaultyTransport` so a test can take it down, slow it or make 
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -106,9 +107,10 @@ async def bot(
     agent = Agent(config, transport=transport, handler=handler or Recorder(), rng=random.Random(7))
     await store.open(lease_ttl_s=lease_ttl)
     exit_code: list[int] = []
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://server"
-    ) as http, trio.open_nursery() as nursery:
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as http,
+        trio.open_nursery() as nursery,
+    ):
         await nursery.start(core_of(app).run_timers)
         env = Env(agent, transport, http, nursery, exit_code)
 
@@ -155,7 +157,7 @@ async def test_server_down_at_start_backs_off_with_jitter_and_opens_the_breaker(
             while env.transport.count("/v1/bots/register") < 8:
                 await trio.sleep(0.1)
         times = env.transport.times("/v1/bots/register")
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         for n, gap in enumerate(gaps[:4]):
             assert 0 <= gap <= min(8.0, 1.0 * 2**n) + 1e-6, (n, gap)
         # After the 5th failure the breaker is open: the 6th attempt waits for the probe.
@@ -182,7 +184,9 @@ async def test_attempts_run_out_exit_69(autojump_clock: Any) -> None:
 
 
 @pytest.mark.parametrize("fault", ["down", "dns", "hang", "500", "garbage", "wrong_shape"])
-async def test_claim_faults_are_counted_retried_and_survived(autojump_clock: Any, fault: str) -> None:
+async def test_claim_faults_are_counted_retried_and_survived(
+    autojump_clock: Any, fault: str
+) -> None:
     async with bot() as env:
         await env.wait_state(State.READY)
         env.transport.faults = {"/v1/jobs/claim": fault}
@@ -226,12 +230,14 @@ async def test_heartbeat_409_goes_to_error_reregisters_and_the_running_job_survi
         old_session = env.agent.session
         # Someone registers our bot id again: the server supersedes our session for real.
         r = await env.http.post(
-            "/v1/bots/register", json={"bot_id": "bot-1", "active_leases": env.agent.runner.leases()}
+            "/v1/bots/register",
+            json={"bot_id": "bot-1", "active_leases": env.agent.runner.leases()},
         )
         assert r.status_code == 200
         await env.wait_state(State.ERROR)
         await env.wait_state(State.READY, State.PROCESSING)
-        assert env.agent.session is not None and env.agent.session != old_session
+        assert env.agent.session is not None
+        assert env.agent.session != old_session
         [job] = await env.wait_final([job_id])
         assert job["status"] == "succeeded"
         assert job["attempts"] == 1
@@ -264,7 +270,8 @@ async def test_sigterm_with_a_job_in_flight_finishes_and_acks_it(autojump_clock:
         await env.wait_state(State.STOPPED)
         await trio.sleep(1)
         [job] = await env.wait_final([job_id])
-        assert job["status"] == "succeeded" and job["attempts"] == 1
+        assert job["status"] == "succeeded"
+        assert job["attempts"] == 1
         bot_info = (await env.http.get("/v1/bots/bot-1")).json()
         assert bot_info["status"] == "deregistered"
     assert env.exit_code == [0]

@@ -71,9 +71,7 @@ class FaultyTransport(httpx.AsyncBaseTransport):
         if fault == "down":
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         if fault == "dns":
-            raise httpx.ConnectError(
-                "[Errno -2] Name or service not known", request=request
-            )
+            raise httpx.ConnectError("[Errno -2] Name or service not known", request=request)
         if fault == "hang":
             await trio.sleep(self.hang_timeout)
             raise httpx.ReadTimeout("timed out", request=request)
