@@ -53,6 +53,8 @@ __all__ = ["BREAKER_NAMES", "Agent"]
 
 BREAKER_NAMES = ("registration", "heartbeat", "job_claim", "results")
 
+#: How long a bot stays PROCESSING after its last job ended, waiting for the next one.
+IDLE_GRACE_S = 0.25
 #: Of the cleanup after the drain (BOT_CLEANUP_TIMEOUT), deregistering gets at most this long.
 DEREGISTER_TIMEOUT_S = 2.0
 
@@ -529,11 +531,18 @@ class Agent:
             self.metrics.set_outbox_pending(self._outbox.count)
 
     async def _watch_in_flight(self) -> None:
-        """READY <-> PROCESSING follows the number of running jobs."""
+        """READY <-> PROCESSING follows the number of running jobs.
+
+        Back to READY only once no job has run for IDLE_GRACE_S, so a busy bot does not
+        flap between the two states between one job and the next.
+        """
         async for count in self.runner.in_flight.eventual_values():
             self.metrics.set_in_flight(count)
             if self._outbox is not None:
                 self.metrics.set_outbox_pending(self._outbox.count)
+            if count == 0:
+                with trio.move_on_after(IDLE_GRACE_S):
+                    await self.runner.in_flight.wait_value(lambda n: n > 0)
             self._sync_processing()
 
     def _sync_processing(self) -> None:

@@ -8,6 +8,7 @@ unavailable for MAX_STARTUP_ATTEMPTS, 70 internal error, 78 bad configuration.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -110,6 +111,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     secrets = [config.token.reveal()] if config.token is not None else []
     logs.setup_logging(level=config.log_level, fmt=config.log_format, secrets=secrets)
+    if config.log_level not in ("TRACE", "DEBUG"):
+        # httpx logs every request at INFO: one line per heartbeat and claim is noise.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def run() -> int:
         agent = Agent(config, install_signals=True, notifier=Notifier.from_env())
