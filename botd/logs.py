@@ -9,8 +9,10 @@ The pieces, in the order a record meets them:
    current task (a :class:`contextvars.ContextVar`; Trio copies it into child tasks), or
    ``None`` outside any agent. Several agents in one process each see their own.
 3. The one sink turns the record into one line: a flat JSON object, or a readable text line.
-4. Every registered secret, and every ``Bearer <token>``, is replaced by ``***`` in the final
-   line, whatever field it came from (message, fields, traceback).
+4. Every registered secret, and every ``Bearer <token>``, is replaced by ``***`` in every
+   field of the final line (message, fields, keys, traceback). JSON lines are redacted value
+   by value before serializing, so a secret overlapping a JSON escape cannot break the line;
+   text lines are redacted as a whole.
 
 Stdlib logging is joined, not taken over: :func:`setup_logging` adds one handler to the root
 logger and sets the root level to the chosen level, so records below it are not even built.
@@ -60,6 +62,7 @@ __all__ = [
     "emit",
     "hypercorn_config_loggers",
     "redact",
+    "redact_value",
     "setup_logging",
     "teardown_logging",
 ]
@@ -76,6 +79,9 @@ _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"'\\,;]+")
 _SECRET_ENV = re.compile(r".*_TOKEN\Z")
 #: Attributes every stdlib LogRecord has; anything else on a record came from ``extra=``.
 _STD_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+#: Characters that JSON leaves raw but some line splitters (str.splitlines, JavaScript) break
+#: lines at; escaped so that one record is one line for every reader.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _HYPERCORN_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 
 
@@ -204,17 +210,39 @@ def _env_secrets(environ: Mapping[str, str]) -> list[str]:
 # --- formatting -------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Return ``value`` as plain JSON data: unknown types, non-str keys and NaN become str."""
-    if value is None or isinstance(value, bool | int | str):
+def _same(text: str) -> str:
+    return text
+
+
+def _jsonable(value: Any, clean: Callable[[str], str] = _same) -> Any:
+    """Return ``value`` as plain JSON data with ``clean`` applied to every string and key.
+
+    Unknown types, non-str keys and NaN become str; a number whose digits ``clean`` changes
+    becomes the cleaned string.
+    """
+    if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, int | float):
+        text = str(value)
+        cleaned = clean(text)
+        if cleaned != text or (isinstance(value, float) and not math.isfinite(value)):
+            return cleaned
+        return value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {clean(str(k)): _jsonable(v, clean) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    return str(value)
+        return [_jsonable(v, clean) for v in value]
+    return clean(str(value))
+
+
+def redact_value(value: Any) -> Any:
+    """Return ``value`` as plain JSON data with every string in it (keys too) redacted.
+
+    Redacting values rather than serialized text keeps the JSON valid whatever the secret.
+    """
+    return _jsonable(value, _redactor)
 
 
 def _exc_type_name(exc_type: type[BaseException]) -> str:
@@ -235,7 +263,7 @@ def _fields(record: Record) -> dict[str, Any]:
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
-    """Return the flat JSON object of one record (before redaction); see the module docstring."""
+    """Return the flat object of one record (before redaction); see the module docstring."""
     extra = record["extra"]
     doc: dict[str, Any] = {
         "time": record["time"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -253,11 +281,14 @@ def record_to_dict(record: Record) -> dict[str, Any]:
         doc["exc_traceback"] = "".join(
             traceback.format_exception(exc.type, exc.value, exc.traceback)
         ).rstrip("\n")
-    return {k: _jsonable(v) for k, v in doc.items()}
+    return doc
 
 
 def _json_line(record: Record) -> str:
-    return json.dumps(record_to_dict(record), ensure_ascii=False, separators=(",", ":"))
+    """The JSON line of a record, redacted value by value (so the line stays valid JSON)."""
+    doc = _jsonable(record_to_dict(record), _redactor)
+    line = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return line.translate(_LINE_BREAKS)
 
 
 def _text_format(record: Record) -> str:
@@ -355,6 +386,7 @@ class _State:
 
     handler_id: int | None = None
     intercept: InterceptHandler | None = None
+    root_level: int | None = None  # the root level before we changed it
 
 
 _state = _State()
@@ -404,7 +436,7 @@ def setup_logging(
     text = fmt == "text" or (fmt == "auto" and tty)
 
     def write_json(message: Message) -> None:
-        out.write(_redactor(_json_line(message.record)) + "\n")
+        out.write(_json_line(message.record) + "\n")
         out.flush()
 
     def write_text(message: Message) -> None:
@@ -433,11 +465,15 @@ def setup_logging(
     if _state.intercept is None or _state.intercept not in root.handlers:
         _state.intercept = InterceptHandler()
         root.addHandler(_state.intercept)
+    if _state.root_level is None:
+        _state.root_level = root.level
     root.setLevel(stdlib_level)
 
 
 def teardown_logging(*, stdlib: bool = True) -> None:
     """Remove what :func:`setup_logging` added: its sink and, with ``stdlib``, the root handler.
+
+    With ``stdlib`` it also puts back the root logger's level as it was before.
 
     Loguru then has no sink of ours; records are dropped unless someone else added one.
     For tests and for embedding; the daemon never needs it.
@@ -449,6 +485,9 @@ def teardown_logging(*, stdlib: bool = True) -> None:
     if stdlib and _state.intercept is not None:
         logging.getLogger().removeHandler(_state.intercept)
         _state.intercept = None
+    if stdlib and _state.root_level is not None:
+        logging.getLogger().setLevel(_state.root_level)
+        _state.root_level = None
 
 
 def emit(

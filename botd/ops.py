@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import ConfigError
-from .logs import configure_hypercorn_logging, redact
+from .logs import configure_hypercorn_logging, redact, redact_value
 
 __all__ = [
     "DEFAULT_LAG_THRESHOLD_S",
@@ -249,7 +249,7 @@ class Canary:
 
 
 def _json(doc: Mapping[str, Any], status_code: int = 200) -> Response:
-    body = redact(json.dumps(doc, ensure_ascii=False, default=str))
+    body = json.dumps(redact_value(doc), ensure_ascii=False)
     return Response(body, status_code=status_code, media_type="application/json")
 
 

@@ -198,10 +198,16 @@ def test_exactly_one_state_is_current(sequence: list[str]) -> None:
     for state in sequence:
         m.on_transition(previous, state)
         previous = state
-    current = {s: value(m, "botd_state", state=s) for s in STATES}
-    assert sum(current.values()) == 1
+    get = m.registry.get_sample_value
+    current = {s: get("botd_state", {"state": s}) for s in STATES}
+    assert sum(v or 0 for v in current.values()) == 1
     assert current[sequence[-1]] == 1
-    total = sum(v for (name, _), v in samples(m).items() if name == "botd_state_transitions_total")
+    total = sum(
+        s.value
+        for family in m.state_transitions.collect()
+        for s in family.samples
+        if s.name == "botd_state_transitions_total"
+    )
     assert total == len(sequence)
 
 
@@ -214,7 +220,10 @@ def test_exactly_one_breaker_state_is_current(changes: list[tuple[str, str]]) ->
         expected[name] = state
     for name in BREAKERS:
         row = {
-            s: value(m, "botd_circuit_breaker_state", breaker=name, state=s) for s in BREAKER_STATES
+            s: m.registry.get_sample_value(
+                "botd_circuit_breaker_state", {"breaker": name, "state": s}
+            )
+            for s in BREAKER_STATES
         }
         assert row == {s: float(s == expected[name]) for s in BREAKER_STATES}
 
