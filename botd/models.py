@@ -19,6 +19,7 @@ __all__ = [
     "AckResult",
     "AckStatus",
     "BotInfo",
+    "BotList",
     "BotStatus",
     "ClaimRequest",
     "ClaimResponse",
@@ -37,7 +38,6 @@ __all__ = [
     "RegisterResponse",
     "SingleAckResponse",
     "Stats",
-    "BotList",
 ]
 
 JobStatus = Literal["queued", "leased", "succeeded", "failed", "dead", "cancelled"]
