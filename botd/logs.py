@@ -387,6 +387,8 @@ class _State:
     handler_id: int | None = None
     intercept: InterceptHandler | None = None
     root_level: int | None = None  # the root level before we changed it
+    default_id: int = 0  # loguru's default stderr handler (put back by teardown_logging)
+    removed_default: bool = False  # we removed it
 
 
 _state = _State()
@@ -444,8 +446,11 @@ def setup_logging(
         out.flush()
 
     teardown_logging(stdlib=False)
-    with contextlib.suppress(ValueError):
-        logger.remove(0)  # loguru's default stderr handler; gone already after the first call
+    try:
+        logger.remove(_state.default_id)  # gone already after the first call
+        _state.removed_default = True
+    except ValueError:
+        pass
     logger.configure(patcher=_patch)
     if text:
         _state.handler_id = logger.add(
@@ -473,7 +478,8 @@ def setup_logging(
 def teardown_logging(*, stdlib: bool = True) -> None:
     """Remove what :func:`setup_logging` added: its sink and, with ``stdlib``, the root handler.
 
-    With ``stdlib`` it also puts back the root logger's level as it was before.
+    With ``stdlib`` it also puts back the root logger's level and loguru's default stderr
+    handler as they were before.
 
     Loguru then has no sink of ours; records are dropped unless someone else added one.
     For tests and for embedding; the daemon never needs it.
@@ -488,6 +494,9 @@ def teardown_logging(*, stdlib: bool = True) -> None:
     if stdlib and _state.root_level is not None:
         logging.getLogger().setLevel(_state.root_level)
         _state.root_level = None
+    if stdlib and _state.removed_default:
+        _state.default_id = logger.add(sys.stderr)  # loguru's default, as before setup_logging
+        _state.removed_default = False
 
 
 def emit(

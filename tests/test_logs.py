@@ -309,6 +309,19 @@ def test_setup_is_idempotent_and_keeps_other_handlers() -> None:
         root.removeHandler(user)
 
 
+def test_teardown_puts_back_what_setup_changed(capfd: pytest.CaptureFixture[str]) -> None:
+    for _ in range(2):
+        out = Sink()
+        logs.setup_logging(fmt="json", stream=out, env_secrets=False)
+        logger.info("to the sink only")
+        logs.teardown_logging()
+        logger.info("to loguru's default stderr handler")
+    captured = capfd.readouterr()
+    assert captured.err.count("to loguru's default stderr handler") == 2
+    assert "to the sink only" not in captured.err
+    assert "to the sink only" in out.getvalue()
+
+
 def test_text_mode_is_one_readable_line_coloured_only_on_a_tty() -> None:
     plain = Sink()
     logs.setup_logging(fmt="text", stream=plain, env_secrets=False)
