@@ -444,9 +444,28 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def _hide_password(value: Any) -> Any:
+    """A URL with its password (if any) shown as ``***``; anything else unchanged."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return re.sub(r":[^:@/]*@", f":{REDACTED}@", value)
+    if parts.password is None:
+        return value
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _show(value: Any, spec: _Spec) -> str:
     if spec.secret:
         return REDACTED
+    if spec.env == "MAIN_SERVER_URL":
+        value = _hide_password(value)
     if isinstance(value, Path):
         return repr(str(value))
     if isinstance(value, tuple):
@@ -805,8 +824,13 @@ def _plain(value: Any) -> Any:
 
 
 def redacted(config: BotConfig) -> dict[str, Any]:
-    """The effective config as JSON-able data, field by field, with secrets shown as ``***``."""
-    return {f.name: _plain(getattr(config, f.name)) for f in attrs.fields(BotConfig)}
+    """The effective config as JSON-able data, field by field, with secrets shown as ``***``.
+
+    Secrets are the token and the password of a ``main_server_url`` (``https://u:***@host``).
+    """
+    data = {f.name: _plain(getattr(config, f.name)) for f in attrs.fields(BotConfig)}
+    data["main_server_url"] = _hide_password(config.main_server_url)
+    return data
 
 
 def _env_text(name: str, value: Any) -> str:
