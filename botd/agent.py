@@ -305,6 +305,11 @@ class Agent:
     ) -> None:
         try:
             await fn(task_status=task_status)
+        except ConfigError as exc:  # e.g. BOT_OPS_ADDR cannot be bound
+            logs.emit("startup_failed", f"cannot start: {exc}", "ERROR", task=name)
+            self.exit_code = ExitCode.CONFIG
+            self.request_shutdown(skip_drain=True)
+            task_status.started()
         except Exception as exc:
             self._crash(name, exc)
 
@@ -554,7 +559,6 @@ class Agent:
 
     def _on_transition(self, t: Transition) -> None:
         self.metrics.on_transition(t.from_state.value, t.to_state.value)
-        self.metrics.set_state(t.to_state.value)
         logs.emit(
             "state_transition",
             f"{t.from_state.value} -> {t.to_state.value}: {t.reason}",

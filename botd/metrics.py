@@ -43,8 +43,6 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from .errors import ProtocolError, RequestRejected, ServerUnavailable, Unrecoverable
-
 __all__ = [
     "BREAKERS",
     "BREAKER_STATES",
@@ -53,7 +51,6 @@ __all__ = [
     "REQUEST_OUTCOMES",
     "STATES",
     "BotMetrics",
-    "request_outcome",
 ]
 
 #: The lifecycle states, as their lowercase values.
@@ -84,19 +81,6 @@ REQUEST_OUTCOMES: tuple[str, ...] = ("ok", "unavailable", "rejected", "protocol_
 
 JOB_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-def request_outcome(exc: BaseException | None) -> str:
-    """Return the ``outcome`` label of a server request that raised ``exc`` (None: it worked)."""
-    if exc is None:
-        return "ok"
-    if isinstance(exc, ServerUnavailable):
-        return "unavailable"
-    if isinstance(exc, RequestRejected | Unrecoverable):
-        return "rejected"
-    if isinstance(exc, ProtocolError):
-        return "protocol_error"
-    return "error"
 
 
 def _check(what: str, value: str, allowed: Iterable[str]) -> str:
@@ -261,7 +245,7 @@ class BotMetrics:
         self.jobs_in_flight.set(n)
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
-        """Observe one server request; ``outcome`` from :func:`request_outcome`."""
+        """Observe one server request; ``outcome`` from :func:`botd.client.outcome_of`."""
         outcome = _check("request outcome", outcome, REQUEST_OUTCOMES)
         self.request_duration.labels(endpoint=endpoint, outcome=outcome).observe(max(0.0, seconds))
 

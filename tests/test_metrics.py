@@ -24,9 +24,9 @@ from botd.metrics import (
     BREAKERS,
     HEARTBEAT_OUTCOMES,
     JOB_OUTCOMES,
+    REQUEST_OUTCOMES,
     STATES,
     BotMetrics,
-    request_outcome,
 )
 
 ISSUE_METRICS = {
@@ -240,7 +240,10 @@ def test_exactly_one_breaker_state_is_current(changes: list[tuple[str, str]]) ->
     ],
 )
 def test_request_outcome(exc: BaseException | None, outcome: str) -> None:
-    assert request_outcome(exc) == outcome
+    from botd.client import OUTCOMES, outcome_of
+
+    assert (outcome_of(exc) if exc is not None else "ok") == outcome
+    assert set(OUTCOMES) == set(REQUEST_OUTCOMES)
 
 
 def test_every_metric_is_documented() -> None:
