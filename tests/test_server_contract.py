@@ -405,13 +405,14 @@ async def test_claim_errors(autojump_clock: trio.abc.Clock) -> None:
         resp = await client.post("/v1/jobs/claim", json={"bot_id": "bot-1", "session_id": "s"})
         assert resp.status_code == 409
         assert error_of(resp) == "session_superseded"
-        for extra, field in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"max_jobs": 1001}, "max_jobs"),
             ({"wait_s": 31}, "wait_s"),
             ({"wait_s": -1}, "wait_s"),
             ({"acks": [{"lease_id": "x", "outcome": "maybe"}]}, "outcome"),
             ({"kinds": [1]}, "kinds"),
-        ]:
+        ]
+        for extra, field in cases:
             body = {"bot_id": "bot-1", "session_id": session, **extra}
             resp = await client.post("/v1/jobs/claim", json=body)
             assert resp.status_code == 400, extra

@@ -24,6 +24,7 @@ expiry or a re-registration, and each of those puts the job somewhere).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -73,6 +74,7 @@ T = TypeVar("T")
 
 BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
 MAX_RETRY_BACKOFF_S = 30.0
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQL_CHUNK = 500  # stay well below SQLite's host-parameter limit
 
 
@@ -339,13 +341,39 @@ class SqliteBackend:
         self._conn = conn
         return conn
 
+    def _check_file(self) -> None:
+        """Refuse to work on a file that no longer holds a SQLite database.
+
+        SQLite in WAL mode serves reads from its cache and the WAL, so a file overwritten
+        with garbage would go unnoticed (and closing the connection would checkpoint the WAL
+        over the evidence). Reading the 16-byte header first is cheap; the connection is
+        left alone, and the store answers again once the file is restored.
+        """
+        if self.memory:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            if self._conn is None:
+                return  # a new database: connect() creates it
+            raise StoreUnavailable(f"database {self.path!r}: the file is gone") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"database {self.path!r}: cannot read it: {exc}") from exc
+        if head and head != _SQLITE_MAGIC:
+            raise StoreUnavailable(
+                f"database {self.path!r}: file is not a database (its header is corrupt)"
+            )
+
     def close(self) -> None:
         """Close the connection (a later call reopens it)."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_file()
         try:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
@@ -359,10 +387,7 @@ class SqliteBackend:
             return out
         except sqlite3.Error as exc:
             if not self.memory:
-                try:
-                    self.close()
-                except sqlite3.Error:
-                    self._conn = None
+                self.close()
             raise StoreUnavailable(f"database {self.path!r}: {exc}") from exc
 
     # -- lifecycle and health ------------------------------------------------------------

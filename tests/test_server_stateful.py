@@ -1,0 +1,261 @@
+"""Hypothesis state machine over the store: any interleaving keeps the invariant.
+
+It drives :class:`SqliteBackend` (the synchronous SQL of the store) with a fake clock, so
+it is exact and fast: submit, claim (with piggybacked acks), single acks, heartbeats,
+re-registrations, deregistrations, cancels and the passing of time (then expiry).
+After every step: every job is in exactly one known status and none is lost; a leased job
+has exactly one active lease; a succeeded job has exactly one recorded result, and it came
+from a lease of that job whose success was recorded; final statuses never change; an ack
+repeated is ``duplicate`` and a different outcome for an acked lease is ``conflict``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from botd.models import (
+    FINAL_JOB_STATUSES,
+    JOB_STATUSES,
+    Ack,
+    ClaimRequest,
+    FailureInfo,
+    HeartbeatRequest,
+    JobSubmit,
+    RegisterRequest,
+)
+from botd.server.store import Moment, SqliteBackend, StoreRejected
+
+BOTS = ("bot-a", "bot-b", "bot-c")
+TTL = 2.0
+outcomes = st.sampled_from(["succeeded", "failed", "released"])
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = SqliteBackend(":memory:")
+        self.mono = 1000.0
+        self.jobs: set[str] = set()
+        self.job_order: list[str] = []  # insertion order: draws must not depend on random ids
+        self.final: dict[str, str] = {}
+        self.sessions: dict[str, str] = {}
+        self.leases: dict[str, str] = {}  # lease -> job
+        self.lease_bot: dict[str, str] = {}
+        self.acked: dict[str, str] = {}  # lease -> first recorded outcome
+        self.succeeded_by: dict[str, str] = {}  # lease -> job, success recorded on a live job
+        self.keys: dict[str, str] = {}
+
+    def add_job(self, job_id: str) -> None:
+        if job_id not in self.jobs:
+            self.jobs.add(job_id)
+            self.job_order.append(job_id)
+
+    def at(self) -> Moment:
+        return Moment(self.mono, 1_700_000_000.0 + self.mono)
+
+    def make_ack(self, lease: str, outcome: str, retryable: bool) -> Ack:
+        error = FailureInfo("boom", "it broke", retryable) if outcome == "failed" else None
+        result = {"lease": lease} if outcome == "succeeded" else None
+        return Ack(lease_id=lease, outcome=outcome, result=result, error=error)  # type: ignore[arg-type]
+
+    def check_ack(self, ack: Ack, status: str, job_before: str) -> None:
+        lease = ack.lease_id
+        if lease in self.acked:
+            expected = "duplicate" if self.acked[lease] == ack.outcome else "conflict"
+            assert status == expected, (lease, status, expected)
+            return
+        assert status in ("recorded", "lease_lost"), status
+        if status == "recorded":
+            self.acked[lease] = ack.outcome
+            if ack.outcome == "succeeded" and job_before != "cancelled":
+                self.succeeded_by[lease] = self.leases[lease]
+
+    def status_of(self, job_id: str) -> str:
+        return self.store.get_job(job_id).status
+
+    # -- rules -----------------------------------------------------------------------
+
+    @initialize(n=st.integers(1, 4))
+    def start(self, n: int) -> None:
+        for bot in BOTS[:2]:
+            self.sessions[bot] = self.store.register(RegisterRequest(bot_id=bot), self.at(), TTL)
+        for _ in range(n):
+            view, _ = self.store.submit(JobSubmit(kind="k", max_attempts=2), self.at())
+            self.add_job(view.job_id)
+
+    @rule(
+        max_attempts=st.integers(1, 3),
+        priority=st.integers(0, 2),
+        key=st.none() | st.sampled_from(["k1", "k2"]),
+    )
+    def submit(self, max_attempts: int, priority: int, key: str | None) -> None:
+        job = JobSubmit(
+            kind="k",
+            payload=None,
+            max_attempts=max_attempts,
+            priority=priority,
+            idempotency_key=key,
+        )
+        view, created = self.store.submit(job, self.at())
+        if key is not None and key in self.keys:
+            assert not created
+            assert view.job_id == self.keys[key]
+        else:
+            assert created
+            assert view.status == "queued"
+            if key is not None:
+                self.keys[key] = view.job_id
+        self.add_job(view.job_id)
+
+    @rule(bot=st.sampled_from(BOTS), data=st.data())
+    def register(self, bot: str, data: st.DataObject) -> None:
+        held = [lease for lease, owner in self.lease_bot.items() if owner == bot]
+        keep = data.draw(st.lists(st.sampled_from(held), unique=True)) if held else []
+        session = self.store.register(
+            RegisterRequest(bot_id=bot, active_leases=keep), self.at(), TTL
+        )
+        assert session != self.sessions.get(bot)
+        self.sessions[bot] = session
+        info = self.store.get_bot(bot)
+        assert set(info.active_leases) <= set(keep)
+
+    @precondition(lambda self: bool(self.sessions))
+    @rule(
+        data=st.data(),
+        max_jobs=st.integers(0, 3),
+        stale=st.integers(0, 9).map(lambda n: n == 0),
+        n_acks=st.integers(0, 3),
+        retryable=st.booleans(),
+    )
+    def claim(
+        self, data: st.DataObject, max_jobs: int, stale: bool, n_acks: int, retryable: bool
+    ) -> None:
+        bot = data.draw(st.sampled_from(sorted(self.sessions)))
+        session = "stale" if stale else self.sessions[bot]
+        acks = []
+        if self.leases and n_acks:
+            for _ in range(n_acks):
+                lease = data.draw(st.sampled_from(list(self.leases)))
+                acks.append(self.make_ack(lease, data.draw(outcomes), retryable))
+        req = ClaimRequest(bot_id=bot, session_id=session, max_jobs=max_jobs, acks=acks)
+        before = {a.lease_id: self.status_of(self.leases[a.lease_id]) for a in acks}
+        try:
+            got = self.store.claim(req, self.at(), TTL)
+        except StoreRejected as exc:
+            assert exc.code == "session_superseded"
+            assert stale or self.store.get_bot(bot).status == "deregistered"
+            return
+        assert not stale
+        assert len(got.acks) == len(acks)
+        for ack, result in zip(acks, got.acks, strict=True):
+            assert result.lease_id == ack.lease_id
+            self.check_ack(ack, result.status, before[ack.lease_id])
+        assert len(got.jobs) <= max_jobs
+        for job in got.jobs:
+            assert job.job_id in self.jobs
+            assert job.lease_id not in self.leases
+            self.leases[job.lease_id] = job.job_id
+            self.lease_bot[job.lease_id] = bot
+
+    @precondition(lambda self: bool(self.leases))
+    @rule(data=st.data(), outcome=outcomes, retryable=st.booleans())
+    def ack(self, data: st.DataObject, outcome: str, retryable: bool) -> None:
+        lease = data.draw(st.sampled_from(list(self.leases)))
+        ack = self.make_ack(lease, outcome, retryable)
+        before = self.status_of(self.leases[lease])
+        result = self.store.ack(ack, self.at())
+        self.check_ack(ack, result.status, before)
+
+    @precondition(lambda self: bool(self.sessions))
+    @rule(data=st.data())
+    def heartbeat(self, data: st.DataObject) -> None:
+        bot = data.draw(st.sampled_from(sorted(self.sessions)))
+        listed = data.draw(st.lists(st.sampled_from(list(self.leases) or ["none"]), unique=True))
+        req = HeartbeatRequest(session_id=self.sessions[bot], active_leases=listed)
+        try:
+            resp = self.store.heartbeat(bot, req, self.at(), TTL)
+        except StoreRejected as exc:
+            assert exc.code == "session_superseded"
+            assert self.store.get_bot(bot).status == "deregistered"
+            return
+        held = set(self.store.get_bot(bot).active_leases)
+        assert set(resp.lost_leases) == set(listed) - held
+        for lease in resp.cancel_leases:
+            assert self.status_of(self.leases[lease]) == "cancelled"
+
+    @precondition(lambda self: bool(self.sessions))
+    @rule(data=st.data())
+    def deregister(self, data: st.DataObject) -> None:
+        bot = data.draw(st.sampled_from(sorted(self.sessions)))
+        try:
+            self.store.deregister(bot, self.sessions[bot], self.at())
+        except StoreRejected as exc:
+            assert exc.code == "session_superseded"
+            return
+        assert self.store.get_bot(bot).active_leases == []
+
+    @precondition(lambda self: bool(self.jobs))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self.job_order))
+        before = self.status_of(job_id)
+        try:
+            view = self.store.cancel_job(job_id, self.at())
+        except StoreRejected as exc:
+            assert exc.code == "job_finished"
+            assert before in FINAL_JOB_STATUSES - {"cancelled"}
+            return
+        assert view.status == "cancelled"
+
+    @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 2.5, 10.0]))
+    def advance_and_expire(self, dt: float) -> None:
+        self.mono += dt
+        self.store.expire(self.at(), gone_after_s=5.0)
+        nxt = self.store.next_deadline(self.at())
+        assert nxt is None or nxt > self.mono
+
+    # -- the invariant ---------------------------------------------------------------
+
+    @invariant()
+    def invariant_holds(self) -> None:
+        assert self.store.check_invariant() == []
+        views = {j.job_id: j for j in self.store.list_jobs(None, 1000)}
+        assert set(views) == self.jobs, "no job lost, none invented"
+        stats = self.store.stats()
+        assert sum(stats.jobs.values()) == len(self.jobs)
+        for job_id, view in views.items():
+            assert view.status in JOB_STATUSES
+            assert 0 <= view.attempts <= view.max_attempts
+            if job_id in self.final:
+                assert view.status == self.final[job_id], "a final status never changes"
+            elif view.status in FINAL_JOB_STATUSES:
+                self.final[job_id] = view.status
+            if view.status == "succeeded":
+                result: Any = view.result
+                assert isinstance(result, dict)
+                lease = result["lease"]
+                assert self.succeeded_by.get(lease) == job_id
+                others = [
+                    other
+                    for other, job in self.succeeded_by.items()
+                    if job == job_id and other != lease
+                ]
+                assert others == [], "exactly one recorded result"
+            if view.status == "leased":
+                assert view.attempts >= 1
+            if view.status == "queued":
+                assert view.attempts < view.max_attempts, "out of attempts must be final"
+
+
+StoreMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+TestStoreMachine = StoreMachine.TestCase
