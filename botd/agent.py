@@ -339,6 +339,8 @@ class Agent:
         ever_ready = False
         errors = 0
         while True:
+            if self._draining:
+                await trio.sleep_forever()  # no new session once the drain began
             leases = sorted(set(self.runner.leases()) | set(self._outbox_leases()))
             try:
                 session = await self.registrar.register(leases, startup=not ever_ready)
@@ -356,6 +358,8 @@ class Agent:
             self._transition(State.HEALTH_CHECK, f"registered, session {session.session_id}")
             with trio.move_on_after(cfg.health_check_timeout) as scope:
                 await self.health.wait_healthy()
+            if self._draining:
+                await trio.sleep_forever()
             if scope.cancelled_caught:
                 reason = f"health check timed out after {cfg.health_check_timeout:g}s"
                 reason += f": {self.health.last_error}" if self.health.last_error else ""

@@ -20,6 +20,9 @@ from .workers import JobRunner
 
 __all__ = ["Claimer"]
 
+#: How long a busy bot waits for more free slots before it claims.
+BATCH_WINDOW_S = 0.005
+
 
 @attrs.define
 class Claimer:
@@ -52,6 +55,11 @@ class Claimer:
         while True:
             await self.healthy.wait_value(True)
             await self.runner.in_flight.wait_value(lambda n: n < self.runner.concurrency)
+            if self.runner.in_flight.value > 0:
+                # Busy: give a few more slots the chance to free up, so that one round trip
+                # carries a batch instead of one job at a time. An idle bot claims at once.
+                with trio.move_on_after(BATCH_WINDOW_S):
+                    await self.runner.in_flight.wait_value(self._half_free)
             if self.outbox_full():
                 logger.bind(event="outbox_full").warning("outbox full: claiming paused")
                 await self.outbox_not_full()
@@ -90,6 +98,9 @@ class Claimer:
             self.breaker.record_success()
             self._dispatch(answer.jobs)
             await self.reporter.settle(answer.acks)
+
+    def _half_free(self, in_flight: int) -> bool:
+        return in_flight <= self.runner.concurrency // 2
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
         """Start what fits; release the rest.

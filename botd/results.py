@@ -30,6 +30,8 @@ __all__ = ["ResultReporter"]
 
 #: How long a finished result waits for a claim to carry it before it is sent on its own.
 ACK_GRACE_S = 0.02
+#: How often the reporter looks again while every pending ack rides on a claim.
+IDLE_RECHECK_S = 1.0
 #: Acks sent at once by the reporter.
 ACK_PARALLEL = 8
 #: Acks carried by one claim.
@@ -91,6 +93,10 @@ class ResultReporter:
             await trio.sleep(ACK_GRACE_S)
             acks = self.take(ACK_PARALLEL * 8)
             if not acks:
+                # A claim carries them all: wait for a new entry (or look again in a while,
+                # in case that claim fails and gives them back).
+                with trio.move_on_after(IDLE_RECHECK_S):
+                    await self.outbox.updated.wait_transition()
                 continue
             await self.breaker.wait_ready()
             ok = await self._send_all(acks)
