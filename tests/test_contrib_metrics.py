@@ -3,19 +3,35 @@
 The names are pulled out of the PromQL with a small tokenizer: drop strings, label matchers,
 ranges, Grafana variables and label lists, then keep the identifiers that are not functions,
 keywords or operators. Histogram series (``_bucket``, ``_sum``, ``_count``) map back to their
-histogram. ``KNOWN_BOT_METRICS`` / ``KNOWN_SERVER_METRICS`` are the documented names; they are
-meant to be replaced by the names read from a live ``/metrics``.
+histogram. ``KNOWN_BOT_METRICS`` / ``KNOWN_SERVER_METRICS`` are the documented names, checked
+without any process; the ``live`` tests start a real server and a real bot, run a few jobs, and
+check the same names (and the lists themselves) against what their ``/metrics`` really serve.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.server import free_port
+from tests.test_observability import (
+    bot_env,
+    clean_env,
+    get,
+    metric_series,
+    server_args,
+    spawn,
+    submit,
+    succeeded,
+    wait_for,
+)
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 
@@ -172,3 +188,54 @@ def test_the_kit_covers_the_important_metrics() -> None:
         "botd_server_bots",
     }
     assert must <= used
+
+
+# --- against a live /metrics ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """The series names a real bot's and a real server's /metrics serve after a few jobs."""
+    tmp = tmp_path_factory.mktemp("live_metrics")
+    token = "tok-" + secrets.token_hex(8)
+    server_port, ops_port = free_port(), free_port()
+    server_url, ops = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ops_port}"
+    with ExitStack() as stack:
+        server = spawn(
+            stack, tmp, "server", server_args(server_port, tmp / "jobs.db", token), clean_env({})
+        )
+        bot = spawn(stack, tmp, "bot", ["run"], bot_env("live-1", server_url, ops_port, token))
+
+        def ready() -> bool | None:
+            resp = get(f"{ops}/readyz")
+            return True if resp is not None and resp.status_code == 200 else None
+
+        wait_for("the bot READY", ready, (server, bot))
+        submit(server_url, token, 3, clean_env({}))
+        wait_for("3 jobs succeeded", succeeded(server_url, token, 3), (server, bot))
+        texts = {}
+        for who, url in (("bot", ops), ("server", server_url)):
+            resp = get(f"{url}/metrics")
+            assert resp is not None and resp.status_code == 200, who
+            texts[who] = resp.text
+    return {who: metric_series(text) for who, text in texts.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("who", "known"), [("bot", KNOWN_BOT_METRICS), ("server", KNOWN_SERVER_METRICS)]
+)
+def test_known_metrics_are_live(live: dict[str, set[str]], who: str, known: frozenset[str]) -> None:
+    missing = known - live[who]
+    assert not missing, f"documented but not in a live {who} /metrics: {sorted(missing)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "expr"), SOURCES, ids=[w for w, _ in SOURCES])
+def test_metric_names_are_in_a_live_metrics(
+    live: dict[str, set[str]], where: str, expr: str
+) -> None:
+    names = metric_names(expr)
+    assert names
+    missing = names - live["bot"] - live["server"] - PROMETHEUS_SYNTHETIC
+    assert not missing, f"{where}: not in a live /metrics of botd: {sorted(missing)}"

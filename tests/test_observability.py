@@ -223,13 +223,15 @@ def succeeded(server_url: str, token: str, count: int) -> Callable[[], bool | No
 
 
 def metric_series(text: str) -> set[str]:
-    """Names that select something in this exposition: every sample name and every family
-    that has samples (so ``x_total`` of a counter, ``h`` of a histogram ``h_bucket``)."""
+    """Names that select something in this exposition: every sample name (``x_total`` of a
+    counter, ``h_bucket`` of a histogram), plus the family name of a histogram or summary
+    with samples (PromQL tokenizers map ``h_bucket`` back to ``h``). A counter's family name
+    without ``_total`` selects nothing, so it is not included."""
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
-        if family.samples:
+        names.update(s.name for s in family.samples)
+        if family.samples and family.type in ("histogram", "summary", "gaugehistogram"):
             names.add(family.name)
-            names.update(s.name for s in family.samples)
     return names
 
 
