@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.server import free_port
 from tests.test_observability import (
     bot_env,
     clean_env,
@@ -30,6 +29,7 @@ from tests.test_observability import (
     spawn,
     submit,
     succeeded,
+    two_free_ports,
     wait_for,
 )
 
@@ -198,7 +198,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """The series names a real bot's and a real server's /metrics serve after a few jobs."""
     tmp = tmp_path_factory.mktemp("live_metrics")
     token = "tok-" + secrets.token_hex(8)
-    server_port, ops_port = free_port(), free_port()
+    server_port, ops_port = two_free_ports()
     server_url, ops = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ops_port}"
     with ExitStack() as stack:
         server = spawn(

@@ -155,6 +155,15 @@ def get(url: str) -> httpx.Response | None:
         return None
 
 
+def two_free_ports() -> tuple[int, int]:
+    """Two distinct TCP ports that were free a moment ago."""
+    ports = {free_port()}
+    while len(ports) < 2:
+        ports.add(free_port())
+    first, second = sorted(ports)
+    return first, second
+
+
 def server_args(port: int, db: Path, token: str) -> list[str]:
     return ["server", "--port", str(port), "--db", str(db), "--token", token,
             "--lease-ttl", "5", "--heartbeat-interval", "0.2"]  # fmt: skip
@@ -312,7 +321,7 @@ def _breakers(status: Status) -> dict[str, str]:
 
 def run_scenario(tmp: Path, stack: ExitStack, rec: Record) -> None:
     token = rec.token
-    server_port, ops_port = free_port(), free_port()
+    server_port, ops_port = two_free_ports()
     server_url, ops = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ops_port}"
     db = tmp / "jobs.db"
     env = bot_env("obs-bot-1", server_url, ops_port, token)
