@@ -1,0 +1,438 @@
+"""The chaos test (issue 4): real processes, real sockets, faults on purpose; nothing is lost.
+
+``botd server`` runs on a SQLite file; three ``botd run`` processes (``BOT_CONCURRENCY=4``,
+the ``exec`` handler) reach it through :class:`tests.chaos_proxy.ChaosProxy`. A thousand jobs
+are submitted while faults are injected: SIGKILLs of random bots (restarted on the same
+``BOT_STATE_DIR``), a SIGKILL of the server (restarted on the same database), a 5 s
+partition, bursts of latency, of connection resets and of truncated responses.
+
+The exec script appends a line per execution (job, attempt, lease, bot, nonce) to a log, so
+the test knows every execution. At the end it asserts, from the server's database:
+
+- every job is in a final status, and succeeded (each job is built to succeed): lost = 0;
+- no job has two recorded results (two leases acked ``succeeded``): duplicate_results = 0;
+- each stored result is the output of an execution of that job under the lease recorded.
+
+It reports re-executions (jobs run more times than their planned failures explain) and why
+(the server-side fate of each wasted execution's lease), then one summary line::
+
+    chaos: jobs=1000 faults=N lost=0 duplicate_results=0 re_executions=K wall=XXs
+
+``--soak`` runs more jobs and more rounds of faults. ``CHAOS_SEED`` reproduces a run's choices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from botd.models import FINAL_JOB_STATUSES
+from tests.chaos_proxy import ChaosProxy
+from tests.support.procs import (
+    Execution,
+    Proc,
+    Procs,
+    await_for,
+    bot_env,
+    exec_command,
+    free_ports,
+    live_with_marker,
+    ops_json,
+    read_executions,
+)
+
+pytestmark = pytest.mark.slow
+
+LEASE_TTL_S = 3.0
+HEARTBEAT_S = 0.3
+BOTS = 3
+CONCURRENCY = 4
+
+
+@attrs.frozen
+class Plan:
+    jobs: int
+    rounds: int  # rounds of the fault schedule
+    submit_over_s: float  # jobs are submitted in batches over this long
+    deadline_s: float  # the whole run, faults and draining included
+
+
+NORMAL = Plan(jobs=1000, rounds=1, submit_over_s=30.0, deadline_s=150.0)
+SOAK = Plan(jobs=4000, rounds=4, submit_over_s=130.0, deadline_s=600.0)
+
+
+def job_spec(rng: random.Random, i: int) -> dict[str, Any]:
+    """Quick, slow, or failing-then-succeeding; each one can succeed."""
+    r = rng.random()
+    if r < 0.55:
+        payload = {"sleep_ms": rng.randint(0, 30)}
+        max_attempts = 10
+    elif r < 0.80:
+        payload = {"sleep_ms": rng.randint(200, 500)}
+        max_attempts = 10
+    else:
+        payload = {"sleep_ms": rng.randint(0, 50), "fail_times": rng.randint(1, 2)}
+        max_attempts = 5
+    return {
+        "kind": "chaos",
+        "payload": payload,
+        "max_attempts": max_attempts,
+        "idempotency_key": f"chaos-{i}",
+    }
+
+
+@attrs.define
+class Rig:
+    """The processes and the proxy of one chaos run, and what was done to them."""
+
+    tmp: Path
+    procs: Procs
+    proxy: ChaosProxy
+    server_port: int
+    db: Path
+    exec_cmd: str
+    rng: random.Random
+    server: Proc | None = None
+    bots: list[Proc] = attrs.field(factory=list)
+    incarnations: dict[str, int] = attrs.field(factory=Counter)
+    killed_pids: set[int] = attrs.field(factory=set)
+    faults: list[str] = attrs.field(factory=list)
+    # Ops port by pid: a restarted bot gets a new one, so no wait for the old one's release.
+    ops_ports: dict[int, int] = attrs.field(factory=dict)
+
+    @property
+    def server_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+    async def start_server(self) -> None:
+        self.server = self.procs.server(
+            "server", self.server_port, self.db, lease_ttl=LEASE_TTL_S, heartbeat=HEARTBEAT_S
+        )
+        async with httpx.AsyncClient(timeout=1.0) as client:
+
+            async def up() -> bool | None:
+                try:
+                    resp = await client.get(f"{self.server_url}/v1/health")
+                except httpx.HTTPError:
+                    return None
+                return True if resp.status_code == 200 else None
+
+            assert self.server is not None
+            await await_for("the server to answer", up, (self.server,), timeout=20)
+
+    def start_bot(self, index: int) -> Proc:
+        name = f"bot{index}"
+        self.incarnations[name] += 1
+        (ops_port,) = free_ports(1)
+        env = bot_env(
+            f"chaos-{name}",
+            self.proxy.url,
+            self.tmp / f"state-{name}",
+            ops_port,
+            BOT_HANDLER="exec",
+            BOT_EXEC_COMMAND=self.exec_cmd,
+            BOT_CONCURRENCY=str(CONCURRENCY),
+            BOT_JOB_TIMEOUT="30",
+        )
+        proc = self.procs.bot(name, env)
+        self.ops_ports[proc.pid] = ops_port
+        if index < len(self.bots):
+            self.bots[index] = proc
+        else:
+            self.bots.append(proc)
+        return proc
+
+    async def wait_ready(self, proc: Proc, timeout: float = 30.0) -> None:
+        port = self.ops_ports[proc.pid]
+
+        async def ready() -> bool | None:
+            got = ops_json(port, "/readyz")
+            return True if got is not None and got[0] == 200 else None
+
+        await await_for(f"{proc.name} to be ready", ready, (proc,), timeout=timeout)
+
+    # --- the faults ---------------------------------------------------------------------
+
+    async def kill_bot(self) -> None:
+        index = self.rng.randrange(len(self.bots))
+        proc = self.bots[index]
+        self.killed_pids.add(proc.pid)
+        proc.kill()
+        self.faults.append(f"SIGKILL {proc.name}")
+        await trio.sleep(self.rng.uniform(0.3, 1.5))
+        self.start_bot(index)
+
+    async def kill_server(self) -> None:
+        assert self.server is not None
+        self.server.kill()
+        self.faults.append("SIGKILL server")
+        await trio.sleep(self.rng.uniform(0.5, 2.0))
+        await self.start_server()
+
+    async def partition(self) -> None:
+        self.proxy.blackhole()
+        self.faults.append("partition 5s")
+        await trio.sleep(5.0)
+        self.proxy.normal()
+
+    async def latency(self) -> None:
+        delay = self.rng.uniform(0.05, 0.3)
+        self.proxy.latency(delay)
+        self.faults.append(f"latency {delay * 1000:.0f}ms")
+        await trio.sleep(self.rng.uniform(1.5, 3.0))
+        self.proxy.normal()
+
+    async def resets(self) -> None:
+        p = self.rng.uniform(0.2, 0.6)
+        self.proxy.resets(p)
+        self.faults.append(f"resets p={p:.2f}")
+        await trio.sleep(self.rng.uniform(1.0, 2.5))
+        self.proxy.normal()
+
+    async def truncate(self) -> None:
+        p = self.rng.uniform(0.2, 0.6)
+        self.proxy.truncate(p)
+        self.faults.append(f"truncate p={p:.2f}")
+        await trio.sleep(self.rng.uniform(1.0, 2.0))
+        self.proxy.normal()
+
+    async def run_faults(self, rounds: int) -> None:
+        """Each round: 3 bot kills, 1 server kill, 1 partition, bursts of the rest."""
+        for _ in range(rounds):
+            schedule = [
+                self.latency, self.kill_bot, self.resets, self.kill_server, self.truncate,
+                self.kill_bot, self.partition, self.latency, self.kill_bot, self.resets,
+                self.truncate,
+            ]  # fmt: skip
+            for fault in schedule:
+                await trio.sleep(self.rng.uniform(1.0, 2.5))
+                await fault()
+
+
+async def submit_all(rig: Rig, plan: Plan, specs: list[dict[str, Any]]) -> None:
+    """Submit ``specs`` in batches over ``plan.submit_over_s``, straight to the server.
+
+    Retries what fails (the server may be down); the idempotency key makes a retry safe.
+    """
+    batches = 20 * plan.rounds
+    size = -(-len(specs) // batches)
+    async with httpx.AsyncClient(timeout=5.0) as client:
+
+        async def one(spec: dict[str, Any]) -> None:
+            while True:
+                try:
+                    resp = await client.post(f"{rig.server_url}/v1/jobs", json=spec)
+                    if resp.status_code in (200, 201):
+                        return
+                except httpx.HTTPError:
+                    pass
+                await trio.sleep(0.2)
+
+        limiter = trio.CapacityLimiter(8)
+
+        async def limited(spec: dict[str, Any]) -> None:
+            async with limiter:
+                await one(spec)
+
+        for start in range(0, len(specs), size):
+            began = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for spec in specs[start : start + size]:
+                    nursery.start_soon(limited, spec)
+            await trio.sleep_until(began + plan.submit_over_s / batches)
+
+
+async def wait_all_final(rig: Rig, total: int, timeout: float) -> dict[str, int]:
+    """Poll /v1/stats until ``total`` jobs exist and every one is final."""
+    async with httpx.AsyncClient(timeout=2.0) as client:
+
+        async def done() -> dict[str, int] | None:
+            try:
+                resp = await client.get(f"{rig.server_url}/v1/stats")
+                jobs: dict[str, int] = resp.json()["jobs"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return None
+            final = sum(n for s, n in jobs.items() if s in FINAL_JOB_STATUSES)
+            return jobs if sum(jobs.values()) == total and final == total else None
+
+        return await await_for("every job to be final", done, timeout=timeout, interval=0.25)
+
+
+@attrs.frozen
+class Verdict:
+    jobs: int
+    lost: int
+    duplicate_results: int
+    mismatched_results: int
+    re_executions: int
+    reasons: Counter[str]
+    statuses: Counter[str]
+    problems: list[str]
+
+
+def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdict:
+    """Compare the server's database with the executions log."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        jobs = {
+            r[0]: r[1:]
+            for r in conn.execute("SELECT job_id, status, payload, result, attempts FROM jobs")
+        }
+        leases = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT lease_id, job_id, bot_id, attempt, state, outcome FROM leases"
+            )
+        }
+    finally:
+        conn.close()
+    problems: list[str] = []
+    statuses = Counter(status for status, *_ in jobs.values())
+    lost = sum(1 for status, *_ in jobs.values() if status != "succeeded")
+    for job_id, (status, *_rest) in jobs.items():
+        if status != "succeeded":
+            problems.append(f"job {job_id} ended {status}")
+    succeeded_leases: dict[str, list[str]] = {}
+    for lease_id, (job_id, _bot, _attempt, state, outcome) in leases.items():
+        if state == "done" and outcome == "succeeded":
+            succeeded_leases.setdefault(job_id, []).append(lease_id)
+    duplicates = [j for j, ls in succeeded_leases.items() if len(ls) > 1]
+    problems += [f"job {j} has {len(succeeded_leases[j])} recorded results" for j in duplicates]
+
+    by_job: dict[str, list[Execution]] = {}
+    for e in executions:
+        by_job.setdefault(e.job_id, []).append(e)
+    by_nonce = {e.nonce: e for e in executions}
+    mismatched = 0
+    for job_id, (status, _payload, result, _attempts) in jobs.items():
+        if status != "succeeded":
+            continue
+        stored = json.loads(result)
+        source = by_nonce.get(stored.get("nonce", ""))
+        recorded = succeeded_leases.get(job_id, [])
+        if (
+            source is None
+            or source.job_id != job_id
+            or source.outcome != "succeeded"
+            or [source.lease_id] != recorded
+            or stored.get("attempt") != source.attempt
+        ):
+            mismatched += 1
+            problems.append(f"job {job_id}: stored result {stored} matches no execution")
+
+    re_executed = 0
+    reasons: Counter[str] = Counter()
+    for job_id, (_status, payload, _result, _attempts) in jobs.items():
+        planned = int(json.loads(payload).get("fail_times", 0)) + 1
+        runs = by_job.get(job_id, [])
+        if len(runs) > planned:
+            re_executed += 1
+        for e in runs:
+            lease = leases.get(e.lease_id)
+            if lease is None:
+                reasons["no such lease (?)"] += 1
+                continue
+            _j, _bot, _attempt, state, outcome = lease
+            if state == "done" and outcome in ("succeeded", "failed") and e.outcome == outcome:
+                continue  # the result of this run was recorded: not wasted
+            if state == "done" and outcome == "released":
+                reasons["released at shutdown"] += 1
+            elif e.bot_pid in killed_pids:
+                reasons["its bot was SIGKILLed, the lease expired"] += 1
+            elif state == "expired":
+                reasons["lease expired before the result arrived (partition/outage)"] += 1
+            elif state == "active":
+                reasons["lease still active (?)"] += 1
+            else:
+                reasons[f"lease {state}/{outcome}, run {e.outcome}"] += 1
+    return Verdict(
+        jobs=len(jobs),
+        lost=lost,
+        duplicate_results=len(duplicates),
+        mismatched_results=mismatched,
+        re_executions=re_executed,
+        reasons=reasons,
+        statuses=statuses,
+        problems=problems,
+    )
+
+
+async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -> None:
+    plan = SOAK if pytestconfig.getoption("soak") else NORMAL
+    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
+    rng = random.Random(seed)
+    began = time.monotonic()
+    specs = [job_spec(rng, i) for i in range(plan.jobs)]
+    exec_cmd, exec_log = exec_command(tmp_path)
+    marker = str(tmp_path / "exec_job.py")
+    procs = Procs(tmp_path)
+    (server_port,) = free_ports(1)
+    proxy = ChaosProxy(server_port, rng=random.Random(seed + 1))
+    rig = Rig(tmp_path, procs, proxy, server_port, tmp_path / "server.db", exec_cmd, rng)
+    try:
+        with trio.fail_after(plan.deadline_s):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(proxy.run)
+                await rig.start_server()
+                for index in range(BOTS):
+                    rig.start_bot(index)
+                for proc in rig.bots:
+                    await rig.wait_ready(proc)
+                async with trio.open_nursery() as work:
+                    work.start_soon(submit_all, rig, plan, specs)
+                    work.start_soon(rig.run_faults, plan.rounds)
+                proxy.normal()
+                stats = await wait_all_final(rig, plan.jobs, timeout=plan.deadline_s)
+                # A clean stop: each bot drains, flushes its outbox and deregisters.
+                codes = {}
+                for proc in rig.bots:
+                    proc.signal(signal.SIGTERM)
+                for proc in rig.bots:
+                    codes[proc.name] = await proc.await_exit(timeout=20)
+                assert rig.server is not None
+                rig.server.signal(signal.SIGTERM)
+                await rig.server.await_exit(timeout=20)
+                nursery.cancel_scope.cancel()
+        assert codes == {p.name: 0 for p in rig.bots}, [p.tail() for p in rig.bots]
+        # No exec child outlives its bot (those of killed bots end on their own).
+
+        async def no_exec_left() -> bool | None:
+            return not live_with_marker(marker) or None
+
+        await await_for("no exec job left running", no_exec_left)
+        verdict = judge(rig.db, read_executions(exec_log), rig.killed_pids)
+    finally:
+        procs.close()
+    wall = time.monotonic() - began
+    assert len(rig.faults) >= 11 * plan.rounds
+    lease_lost = sum(len(p.events("lease_lost")) for p in procs.all)
+    summary = (
+        f"chaos: jobs={verdict.jobs} faults={len(rig.faults)} lost={verdict.lost} "
+        f"duplicate_results={verdict.duplicate_results} re_executions={verdict.re_executions} "
+        f"wall={wall:.0f}s"
+    )
+    detail = (
+        f"chaos detail: seed={seed} statuses={dict(verdict.statuses)} "
+        f"why re-executed={dict(verdict.reasons)} results dropped as lease_lost={lease_lost} "
+        f"proxy={dict(proxy.counters)} bot starts={dict(rig.incarnations)} "
+        f"faults={rig.faults} final stats={stats}"
+    )
+    with capsys.disabled():
+        print(f"\n{summary}\n{detail}")
+    assert verdict.jobs == plan.jobs
+    assert verdict.problems == [], verdict.problems[:20]
+    assert verdict.lost == 0
+    assert verdict.duplicate_results == 0
+    assert verdict.mismatched_results == 0
