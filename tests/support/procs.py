@@ -157,6 +157,9 @@ class Procs:
 
     tmp: Path
     all: list[Proc] = attrs.field(factory=list)
+    #: argv markers of processes a test may leave behind on failure (exec jobs'
+    #: grandchildren): :meth:`close` kills them too.
+    markers: list[str] = attrs.field(factory=list)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         """Start ``botd ARGS`` with ``env`` (complete, see :func:`clean_env`) in ``tmp``."""
@@ -187,13 +190,17 @@ class Procs:
         return self.spawn(name, ["run"], env)
 
     def close(self) -> None:
-        """SIGKILL every process still running and reap it."""
+        """SIGKILL every process still running and reap it; then kill what has a marker."""
         for proc in self.all:
             if proc.alive():
                 proc.popen.kill()
         for proc in self.all:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=10)
+        for marker in self.markers:
+            for pid in live_with_marker(marker):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
