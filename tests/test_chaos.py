@@ -377,7 +377,7 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
     specs = [job_spec(rng, i) for i in range(plan.jobs)]
     exec_cmd, exec_log = exec_command(tmp_path)
     marker = str(tmp_path / "exec_job.py")
-    procs = Procs(tmp_path)
+    procs = Procs(tmp_path, markers=[marker])
     (server_port,) = free_ports(1)
     proxy = ChaosProxy(server_port, rng=random.Random(seed + 1))
     rig = Rig(tmp_path, procs, proxy, server_port, tmp_path / "server.db", exec_cmd, rng)
@@ -425,7 +425,7 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
     )
     detail = (
         f"chaos detail: seed={seed} statuses={dict(verdict.statuses)} "
-        f"why re-executed={dict(verdict.reasons)} results dropped as lease_lost={lease_lost} "
+        f"why re-executed={dict(verdict.reasons)} lease_lost events={lease_lost} "
         f"proxy={dict(proxy.counters)} bot starts={dict(rig.incarnations)} "
         f"faults={rig.faults} final stats={stats}"
     )
