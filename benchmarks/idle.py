@@ -1,0 +1,49 @@
+"""Figure 4: the CPU seconds that an idle bot uses."""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from .common import Fleet, cpu_seconds, ratio
+from .report import Figure, fmt
+
+
+async def idle_cost(*, quick: bool) -> Figure:
+    """Read utime+stime of an idle ``botd run`` and of the idle minimal loop over the window.
+
+    Both start against one server, settle for 3 s, then run side by side for 60 s (5 s in
+    quick mode) with default settings (heartbeat every 5 s, long-poll claims).
+    """
+    window = 2.0 if quick else 60.0
+    async with Fleet() as fleet:
+        server = await fleet.server()
+        bot = await fleet.bot(server, BOT_LOG_LEVEL="INFO")
+        minimal = await fleet.spawn(
+            "minimal", [sys.executable, "-m", "benchmarks.minimal_bot", server.url, "--batch", "1"]
+        )
+        await trio.sleep(3)
+        pids = {"bot": bot.child.pid, "minimal": minimal.pid, "server": server.child.pid}
+        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        await trio.sleep(window)
+        used = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+    scale = 60.0 / window
+    per_min = {k: v * scale for k, v in used.items()}
+    return Figure(
+        4,
+        "Idle cost",
+        f"An idle `botd run` (defaults: heartbeat 5 s, long-poll claims of 20 s, INFO logs, ops "
+        f"endpoint on) and, beside it, the idle minimal loop (`benchmarks/minimal_bot.py`: the "
+        f"same heartbeat and long poll, nothing else): utime+stime from /proc/<pid>/stat over "
+        f"{window:.0f} s, scaled to 60 s. Clock ticks are {1 / 100:.2f} s.",
+        ["process", "CPU s per 60 s", "ratio to minimal loop"],
+        [
+            ["botd run", fmt(per_min["bot"]), fmt(ratio(used["bot"], used["minimal"]), 2)],
+            ["baseline: minimal loop", fmt(per_min["minimal"]), "1"],
+            ["the server (for reference)", fmt(per_min["server"]), "-"],
+        ],
+        goal="under 0.1 s per 60 s",
+        met=per_min["bot"] < 0.1,
+        data=per_min,
+    )
