@@ -42,14 +42,22 @@ BENCHES: list[tuple[tuple[int, ...], Bench]] = [
     ((4,), idle_cost),
     ((5,), memory),
 ]
-TITLES = {1: "Time to ready", 2: "Throughput", 3: "Dispatch latency", 4: "Idle cost",
-          5: "Memory", 6: "Shutdown", 7: "Server capacity", 8: "Server alone"}
+TITLES = {
+    1: "Time to ready",
+    2: "Throughput",
+    3: "Dispatch latency",
+    4: "Idle cost",
+    5: "Memory",
+    6: "Shutdown",
+    7: "Server capacity",
+    8: "Server alone",
+}
 
 
 async def _quiet() -> float:
     """Wait (at most QUIET_WAIT_S) for the 1-minute load average to drop under QUIET_LOAD."""
     with trio.move_on_after(QUIET_WAIT_S):
-        while os.getloadavg()[0] >= QUIET_LOAD:
+        while os.getloadavg()[0] >= QUIET_LOAD:  # noqa: ASYNC110 - no event for this
             await trio.sleep(2)
     return os.getloadavg()[0]
 
@@ -69,8 +77,16 @@ async def run_all(quick: bool, only: set[int] | None) -> tuple[list[Figure], lis
         except Exception as exc:
             traceback.print_exc()
             for number in numbers:
-                figures.append(Figure(number, TITLES[number], "failed", ["error"],
-                                      [[f"{type(exc).__name__}: {exc}"]], met=False))
+                figures.append(
+                    Figure(
+                        number,
+                        TITLES[number],
+                        "failed",
+                        ["error"],
+                        [[f"{type(exc).__name__}: {exc}"]],
+                        met=False,
+                    )
+                )
             continue
         figures += list(result) if isinstance(result, tuple) else [result]
     figures.sort(key=lambda f: f.number)
@@ -91,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     figures, loads = trio.run(run_all, args.quick, only)
     seconds = time.monotonic() - start
     findings = [
-        f"Goal missed in figure {f.number} ({f.title}): {f.goal}." for f in figures
+        f"Goal missed in figure {f.number} ({f.title}): {f.goal}."
+        for f in figures
         if f.met is False
     ] + list(FINDINGS)
     extra = {

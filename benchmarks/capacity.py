@@ -71,8 +71,16 @@ async def capacity(*, quick: bool) -> Figure:
     for n in steps:
         p50, p99, count, errors = await _step(n, interval, window)
         ok = p99 < LIMIT_S and errors == 0
-        rows.append([str(n), fmt(count / window), fmt(p50 * 1000), fmt(p99 * 1000), str(errors),
-                     "yes" if ok else "no"])
+        rows.append(
+            [
+                str(n),
+                fmt(count / window),
+                fmt(p50 * 1000),
+                fmt(p99 * 1000),
+                str(errors),
+                "yes" if ok else "no",
+            ]
+        )
         if not ok:
             break
         best = n

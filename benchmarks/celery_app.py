@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
@@ -23,7 +23,7 @@ app.conf.update(
 )
 
 
-@app.task(name="bench.noop")
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
 def noop() -> None:
     """The no-op task: the same work as botd's no-op handler."""
     return None

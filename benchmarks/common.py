@@ -189,9 +189,9 @@ class Fleet:
         if child in self.children:
             self.children.remove(child)
 
-    async def wait_http(self, child: Child, url: str, *, timeout: float = 20.0) -> None:
+    async def wait_http(self, child: Child, url: str, *, within: float = 20.0) -> None:
         """Poll ``url`` every 5 ms until it answers 200; BenchError if ``child`` dies first."""
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(within):
             while True:
                 child.check_alive()
                 try:
@@ -200,7 +200,7 @@ class Fleet:
                 except httpx.TransportError:
                     pass
                 await trio.sleep(0.005)
-        raise BenchError(f"{url} did not answer 200 within {timeout} s:\n{child.tail()}")
+        raise BenchError(f"{url} did not answer 200 within {within} s:\n{child.tail()}")
 
     async def server(self, *, db: str = ":memory:", extra: Sequence[str] = ()) -> Server:
         """Start ``botd server`` on a free port and wait for /v1/health."""
@@ -261,23 +261,25 @@ async def submit_many(
             (await client.post("/v1/jobs", json=body)).raise_for_status()
 
     limits = httpx.Limits(max_connections=connections)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        async with trio.open_nursery() as nursery:
-            for _ in range(connections):
-                nursery.start_soon(producer, client)
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client,
+        trio.open_nursery() as nursery,
+    ):
+        for _ in range(connections):
+            nursery.start_soon(producer, client)
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[T | None]], *, timeout: float, every: float = 0.05, what: str
+    check: Callable[[], Awaitable[T | None]], *, within: float, every: float = 0.05, what: str
 ) -> T:
     """Call ``check`` every ``every`` seconds until it returns a value that is not None."""
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(within):
         while True:
             value = await check()
             if value is not None:
                 return value
             await trio.sleep(every)
-    raise BenchError(f"timed out after {timeout} s waiting for {what}")
+    raise BenchError(f"timed out after {within} s waiting for {what}")
 
 
 def wall() -> float:

@@ -28,7 +28,9 @@ async def dispatch_latency(*, quick: bool) -> Figure:
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         await sock.bind(("127.0.0.1", port))
         await fleet.bot(
-            server, BOT_HANDLER="python", BOT_PYTHON_HANDLER="benchmarks.probe:record",
+            server,
+            BOT_HANDLER="python",
+            BOT_PYTHON_HANDLER="benchmarks.probe:record",
             BENCH_PROBE_PORT=port,
         )
         await trio.sleep(0.5)
@@ -58,10 +60,20 @@ async def dispatch_latency(*, quick: bool) -> Figure:
         "machine-wide monotonic clock. Baseline: the round trip of that submit alone.",
         ["", "p50 ms", "p99 ms", "max ms", "p50 ratio to baseline"],
         [
-            ["submit -> handler start", fmt(p50 * 1000), fmt(p99 * 1000),
-             fmt(max(latencies, default=float("nan")) * 1000), fmt(ratio(p50, s50), 2)],
-            ["baseline: POST /v1/jobs round trip", fmt(s50 * 1000), fmt(s99 * 1000),
-             fmt(max(submits) * 1000), "1"],
+            [
+                "submit -> handler start",
+                fmt(p50 * 1000),
+                fmt(p99 * 1000),
+                fmt(max(latencies, default=float("nan")) * 1000),
+                fmt(ratio(p50, s50), 2),
+            ],
+            [
+                "baseline: POST /v1/jobs round trip",
+                fmt(s50 * 1000),
+                fmt(s99 * 1000),
+                fmt(max(submits) * 1000),
+                "1",
+            ],
         ],
         goal="p99 under 25 ms",
         met=p99 < 0.025 and lost == 0,

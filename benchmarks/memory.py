@@ -15,7 +15,7 @@ async def _run_jobs(fleet: Fleet, server: Server, count: int, total: int) -> Non
         return True if (await fleet.stats(server))["succeeded"] >= total else None
 
     await submit_many(server.url, count)
-    await wait_until(done, timeout=120 + count / 20, every=0.2, what=f"{total} jobs")
+    await wait_until(done, within=120 + count / 20, every=0.2, what=f"{total} jobs")
 
 
 async def memory(*, quick: bool) -> Figure:

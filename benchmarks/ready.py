@@ -41,12 +41,17 @@ async def time_to_ready(*, quick: bool) -> Figure:
         "Time to ready",
         f"{runs} runs of `botd run` (the console script) against a running `botd server`: "
         "from spawning the process until `GET /readyz` on its ops port answers 200 (polled "
-        "every 5 ms). Baseline: the wall time of `python -c \"import trio, httpx\"`, as many "
+        'every 5 ms). Baseline: the wall time of `python -c "import trio, httpx"`, as many '
         "runs, interleaved.",
         ["", "median s", "min s", "max s", "ratio to baseline"],
         [
-            ["botd run -> /readyz 200", fmt(med), fmt(min(ready)), fmt(max(ready)),
-             fmt(ratio(med, base), 2)],
+            [
+                "botd run -> /readyz 200",
+                fmt(med),
+                fmt(min(ready)),
+                fmt(max(ready)),
+                fmt(ratio(med, base), 2),
+            ],
             ["baseline: import trio, httpx", fmt(base), fmt(min(bare)), fmt(max(bare)), "1"],
         ],
         goal="median under 0.5 s (the seed reports 3.02 s)",

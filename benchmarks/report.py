@@ -1,4 +1,4 @@
-"""The report: one :class:`Figure` per benchmark, the machine, and the Markdown of docs/benchmarks.md."""
+"""The report: a :class:`Figure` per benchmark, the machine, the Markdown of docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -26,11 +26,11 @@ class Figure:
     title: str
     method: str
     header: Sequence[str]
-    rows: list[Sequence[str]] = attrs.Factory(list)
+    rows: Sequence[Sequence[str]] = ()
     goal: str = ""
     met: bool | None = None
     notes: list[str] = attrs.Factory(list)
-    data: dict[str, object] = attrs.Factory(dict)
+    data: Mapping[str, object] = attrs.Factory(dict)
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -91,8 +91,14 @@ def machine(extra: dict[str, str]) -> list[tuple[str, str]]:
     return rows
 
 
-def render(figures: Sequence[Figure], machine_rows: Sequence[tuple[str, str]], *,
-           command: str, seconds: float, findings: Sequence[str]) -> str:
+def render(
+    figures: Sequence[Figure],
+    machine_rows: Sequence[tuple[str, str]],
+    *,
+    command: str,
+    seconds: float,
+    findings: Sequence[str],
+) -> str:
     """The Markdown of docs/benchmarks.md."""
     out = [
         "# Benchmarks",

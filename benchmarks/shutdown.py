@@ -25,7 +25,7 @@ async def _one(fleet: Fleet, *, busy: bool) -> tuple[float, float, int | None, s
             job = (await fleet.client.get(f"{server.url}/v1/jobs/{job_id}")).json()
             return True if job["status"] == "leased" else None
 
-        await wait_until(leased, timeout=10, every=0.005, what="the job to be leased")
+        await wait_until(leased, within=10, every=0.005, what="the job to be leased")
         await trio.sleep(0.2)
         left = 1.0 - (trio.current_time() - leased_at)
     start = trio.current_time()
@@ -59,14 +59,16 @@ async def shutdown(*, quick: bool) -> Figure:
         codes = sorted({str(r[2]) for r in results})
         statuses = sorted({r[3] for r in results if r[3]})
         met = met and all(r[2] == 0 for r in results) and (not busy or statuses == ["succeeded"])
-        rows.append([
-            "one 1 s job in flight" if busy else "idle",
-            fmt(took),
-            fmt(left) if busy else "-",
-            fmt(took - left) if busy else fmt(took),
-            ",".join(codes),
-            ",".join(statuses) or "-",
-        ])
+        rows.append(
+            [
+                "one 1 s job in flight" if busy else "idle",
+                fmt(took),
+                fmt(left) if busy else "-",
+                fmt(took - left) if busy else fmt(took),
+                ",".join(codes),
+                ",".join(statuses) or "-",
+            ]
+        )
         data["busy" if busy else "idle"] = took
     return Figure(
         6,

@@ -13,13 +13,13 @@ import shutil
 
 import trio
 
-from .common import BenchError, Fleet, Server, free_port, median, ratio, submit_many, wait_until
+from .common import BenchError, Fleet, Server, free_port, ratio, submit_many, wait_until
 from .report import Figure, fmt
 
 POLL = 0.05
 
 
-async def _drain_rate(fleet: Fleet, server: Server, jobs: int, timeout: float) -> float:
+async def _drain_rate(fleet: Fleet, server: Server, jobs: int, within: float) -> float:
     """Poll the server until ``jobs`` jobs succeeded; the rate from the first lease on."""
     first: float | None = None
 
@@ -33,7 +33,7 @@ async def _drain_rate(fleet: Fleet, server: Server, jobs: int, timeout: float) -
             return now
         return None
 
-    end = await wait_until(done, timeout=timeout, every=POLL, what=f"{jobs} jobs to succeed")
+    end = await wait_until(done, within=within, every=POLL, what=f"{jobs} jobs to succeed")
     assert first is not None
     return jobs / max(end - first, POLL)
 
@@ -44,7 +44,7 @@ async def botd_rate(jobs: int, concurrency: int) -> float:
         server = await fleet.server()
         await submit_many(server.url, jobs)
         await fleet.bot(server, wait_ready=False, BOT_CONCURRENCY=concurrency)
-        return await _drain_rate(fleet, server, jobs, timeout=60 + jobs / 20)
+        return await _drain_rate(fleet, server, jobs, within=60 + jobs / 20)
 
 
 async def minimal_rate(jobs: int, batch: int) -> float:
@@ -54,7 +54,7 @@ async def minimal_rate(jobs: int, batch: int) -> float:
         await submit_many(server.url, jobs)
         argv = ["-m", "benchmarks.minimal_bot", server.url, "--batch", str(batch)]
         await fleet.spawn("minimal", [_python(), *argv])
-        return await _drain_rate(fleet, server, jobs, timeout=60 + jobs / 20)
+        return await _drain_rate(fleet, server, jobs, within=60 + jobs / 20)
 
 
 async def celery_rate(jobs: int, concurrency: int) -> float:
@@ -66,12 +66,21 @@ async def celery_rate(jobs: int, concurrency: int) -> float:
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         raise BenchError("redis-server is not installed (apt-get install redis-server)")
-    import redis  # noqa: PLC0415 - only this benchmark needs it
+    import redis
 
     async with Fleet() as fleet:
         port = free_port()
-        redis_argv = [redis_server, "--port", str(port), "--bind", "127.0.0.1",
-                      "--save", "", "--appendonly", "no"]
+        redis_argv = [
+            redis_server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         await fleet.spawn("redis", redis_argv)
         url = f"redis://127.0.0.1:{port}"
         broker = redis.Redis(port=port, db=0)
@@ -86,10 +95,10 @@ async def celery_rate(jobs: int, concurrency: int) -> float:
         async def pinged() -> bool | None:
             return await trio.to_thread.run_sync(ping)
 
-        await wait_until(pinged, timeout=10, every=0.02, what="redis-server")
+        await wait_until(pinged, within=10, every=0.02, what="redis-server")
 
         def send() -> None:
-            from celery import Celery  # noqa: PLC0415 - only this benchmark needs it
+            from celery import Celery  # type: ignore[import-untyped]
 
             app = Celery("bench-producer", broker=f"{url}/0", backend=f"{url}/1")
             try:
@@ -101,9 +110,22 @@ async def celery_rate(jobs: int, concurrency: int) -> float:
 
         await trio.to_thread.run_sync(send)
         pool = ["--pool", "solo"] if concurrency == 1 else ["--pool", "threads"]
-        argv = [_python(), "-m", "celery", "-A", "benchmarks.celery_app", "worker", *pool,
-                "--concurrency", str(concurrency), "--loglevel", "WARNING",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        argv = [
+            _python(),
+            "-m",
+            "celery",
+            "-A",
+            "benchmarks.celery_app",
+            "worker",
+            *pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         await fleet.spawn("celery", argv, env={"BENCH_REDIS_URL": url})
         first: float | None = None
 
@@ -115,7 +137,7 @@ async def celery_rate(jobs: int, concurrency: int) -> float:
                 first = now
             return now if count >= jobs else None
 
-        end = await wait_until(done, timeout=60 + jobs / 20, every=POLL, what="celery")
+        end = await wait_until(done, within=60 + jobs / 20, every=POLL, what="celery")
         assert first is not None
         broker.close()
         results.close()
@@ -123,7 +145,7 @@ async def celery_rate(jobs: int, concurrency: int) -> float:
 
 
 def _python() -> str:
-    import sys  # noqa: PLC0415
+    import sys
 
     return sys.executable
 
@@ -146,8 +168,7 @@ async def throughput(*, quick: bool) -> tuple[Figure, Figure]:
         data[f"c{concurrency}"] = {"botd": ours, "minimal": base, "celery": cel}
         vs_a, vs_b = ratio(ours, base), ratio(ours, cel)
         met = met and vs_a >= 0.8 and vs_b > 1.0
-        rows.append([str(concurrency), fmt(ours), fmt(base), fmt(cel), fmt(vs_a, 2),
-                     fmt(vs_b, 2)])
+        rows.append([str(concurrency), fmt(ours), fmt(base), fmt(cel), fmt(vs_a, 2), fmt(vs_b, 2)])
     two = Figure(
         2,
         "Throughput, one bot, no-op handler",
@@ -159,9 +180,15 @@ async def throughput(*, quick: bool) -> tuple[Figure, Figure]:
         "backend (Debian `redis-server` on a loopback port), `solo` pool at concurrency 1, "
         "`threads` pool at 32, a no-op task. Rate: from the first job leaving the queue to "
         "the last success.",
-        ["concurrency", "botd jobs/s", "(a) minimal loop jobs/s", "(b) Celery jobs/s",
-         "botd/(a)", "botd/(b)"],
-        rows,  # type: ignore[arg-type]
+        [
+            "concurrency",
+            "botd jobs/s",
+            "(a) minimal loop jobs/s",
+            "(b) Celery jobs/s",
+            "botd/(a)",
+            "botd/(b)",
+        ],
+        rows,
         goal="botd/(a) >= 0.8 and botd/(b) > 1",
         met=met,
         notes=notes,
@@ -183,5 +210,4 @@ async def throughput(*, quick: bool) -> tuple[Figure, Figure]:
         ],
         data={"batch1": c1["minimal"], "batch100": batch100},
     )
-    _ = median
     return two, eight
