@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -288,3 +289,16 @@ def test_submit_cli(server: str) -> None:
     )
     assert bad.returncode == 2
     assert "--payload" in bad.stderr
+
+
+def test_port_in_use_and_bad_flags_exit_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    from botd.server.run import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)]) == 1
+    assert "cannot serve" in capsys.readouterr().err
+    assert main(["--lease-ttl", "0"]) == 2
+    assert "lease_ttl" in capsys.readouterr().err

@@ -88,7 +88,7 @@ class StoreMachine(RuleBasedStateMachine):
     @initialize(n=st.integers(1, 4))
     def start(self, n: int) -> None:
         for bot in BOTS[:2]:
-            self.sessions[bot] = self.store.register(RegisterRequest(bot_id=bot), self.at(), TTL)
+            self.sessions[bot], _ = self.store.register(RegisterRequest(bot_id=bot), self.at(), TTL)
         for _ in range(n):
             view, _ = self.store.submit(JobSubmit(kind="k", max_attempts=2), self.at())
             self.add_job(view.job_id)
@@ -121,7 +121,7 @@ class StoreMachine(RuleBasedStateMachine):
     def register(self, bot: str, data: st.DataObject) -> None:
         held = [lease for lease, owner in self.lease_bot.items() if owner == bot]
         keep = data.draw(st.lists(st.sampled_from(held), unique=True)) if held else []
-        session = self.store.register(
+        session, _ = self.store.register(
             RegisterRequest(bot_id=bot, active_leases=keep), self.at(), TTL
         )
         assert session != self.sessions.get(bot)

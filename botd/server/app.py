@@ -249,16 +249,18 @@ class ServerCore:
                 if report.gone:
                     logger.bind(event="bots_gone", count=report.gone).info("bots went silent")
                 nxt = await self.store.next_deadline()
+                at_deadline = nxt is not None and nxt <= wake_at
                 if nxt is not None:
                     wake_at = min(wake_at, nxt)
             except StoreUnavailable as exc:
+                at_deadline = False
                 logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
                     "lease expiry skipped: the store is unavailable"
                 )
             with trio.move_on_at(wake_at):
                 await schedule.wait()
-            if not schedule.is_set():
-                # A deadline passed: a retry may have become due.
+            if at_deadline and not schedule.is_set():
+                # A lease or retry deadline passed: a retry may have become due.
                 self.jobs_may_be_available()
 
 
@@ -408,9 +410,9 @@ def create_app(
 
     async def register(request: Request) -> Response:
         req = await _decode(request, RegisterRequest)
-        session_id = await store.register(req, lease_ttl_s=core.lease_ttl_s)
-        core.jobs_may_be_available()
-        core.schedule_changed()
+        session_id, requeued = await store.register(req, lease_ttl_s=core.lease_ttl_s)
+        if requeued:
+            core.jobs_may_be_available()
         logger.bind(event="bot_registered", bot_id=req.bot_id, session_id=session_id).info(
             "bot registered"
         )

@@ -181,6 +181,13 @@ async def serve_until_signalled(config: ServerConfig) -> None:
             nursery.cancel_scope.cancel()
 
 
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
 def run_server_from_args(args: argparse.Namespace) -> int:
     """Run ``botd server`` with parsed flags; returns the exit code (0 after a signal)."""
     try:
@@ -188,10 +195,14 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"botd server: {exc}", file=sys.stderr)
         return 2
+    failures: list[str] = []
     try:
         trio.run(serve_until_signalled, config)
-    except OSError as exc:
-        print(f"botd server: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+    except* OSError as group:
+        failures = [str(exc) for exc in _leaves(group)]
+    if failures:
+        where = f"{config.host}:{config.port}"
+        print(f"botd server: cannot serve on {where}: {'; '.join(failures)}", file=sys.stderr)
         return 1
     return 0
 

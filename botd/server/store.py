@@ -159,8 +159,8 @@ class Store(Protocol):
     async def health(self) -> None:
         """Run a real read and write; raise StoreUnavailable if either fails."""
 
-    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> str:
-        """Start a new session for ``req.bot_id`` and return its session_id."""
+    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+        """Start a new session for ``req.bot_id``; returns (session_id, jobs requeued)."""
 
     async def get_bot(self, bot_id: str) -> BotInfo:
         """The bot, or 404 unknown_bot."""
@@ -498,10 +498,13 @@ class SqliteBackend:
         )
         return ExpiryReport(expired=len(rows), requeued=len(requeue), dead=len(dead))
 
-    def register(self, req: RegisterRequest, at: Moment, lease_ttl_s: float) -> str:
-        """New session; listed held leases move to it, the bot's other leases end (spent)."""
+    def register(self, req: RegisterRequest, at: Moment, lease_ttl_s: float) -> tuple[str, int]:
+        """New session; listed held leases move to it, the bot's other leases end (spent).
 
-        def run(conn: sqlite3.Connection) -> str:
+        Returns the new session_id and how many jobs went back to the queue.
+        """
+
+        def run(conn: sqlite3.Connection) -> tuple[str, int]:
             session_id = _new_id()
             held = self._held(conn, req.bot_id)
             listed = set(req.active_leases)
@@ -511,7 +514,7 @@ class SqliteBackend:
                 "UPDATE leases SET session_id = ?, expires = ? WHERE lease_id = ?",
                 [(session_id, at.mono + lease_ttl_s, lease) for lease in keep],
             )
-            self._end_leases(conn, drop, spend=True, at=at)
+            ended = self._end_leases(conn, drop, spend=True, at=at)
             conn.execute(
                 "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
                 " version, pid, labels, last_seen, seen_at)"
@@ -533,7 +536,7 @@ class SqliteBackend:
                     at.mono,
                 ),
             )
-            return session_id
+            return session_id, ended.requeued
 
         return self._tx(run)
 
@@ -1027,7 +1030,7 @@ class SqliteStore:
         at = self._moment()
         await self._run(lambda: self.backend.health(at))
 
-    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> str:
+    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
         """See :meth:`Store.register`."""
         at = self._moment()
         return await self._run(lambda: self.backend.register(req, at, lease_ttl_s))
