@@ -458,11 +458,6 @@ def test_bot_stdout_is_json_lines_with_bot_id_and_state(full_run: Record) -> Non
     assert full_run.bot_exit == 0, f"bot exit after SIGTERM: {full_run.bot_exit}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `botd server` never installs the log sink (botd/server/run.py does not call "
-    "logs.setup_logging): loguru's default text handler writes to stderr, stdout stays empty",
-)
 def test_server_stdout_is_json_lines(full_run: Record) -> None:
     for server in full_run.servers:
         _json_lines(server.out(), server.name)
@@ -481,8 +476,8 @@ def test_token_appears_nowhere(full_run: Record) -> None:
     places += [(f"botd status ({s.phase})", s.stdout + s.stderr) for s in full_run.statuses]
     places += full_run.other_output
     assert any("check-config" in where for where, _ in places)
-    # The places were looked at and hold what they should (server stdout: see the xfail above).
-    empty = [w for w, text in places if not text and "stderr" not in w and "server-" not in w]
+    # The places were looked at and hold what they should.
+    empty = [w for w, text in places if not text and "stderr" not in w]
     assert not empty, f"nothing recorded in {empty}"
     leaks = [where for where, text in places if token in text]
     assert not leaks, f"the token leaked into: {leaks}"

@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from loguru import logger
 
+from .. import logs
 from .app import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, core_of, create_app
 from .store import SqliteStore, StoreUnavailable
 
@@ -145,6 +146,17 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HEARTBEAT_INTERVAL_S,
         help="heartbeat interval told to bots, in seconds (5)",
     )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("BOT_LOG_LEVEL", "INFO"),
+        help="lowest level logged: DEBUG, INFO, WARNING, ERROR (default: env BOT_LOG_LEVEL, INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        default=os.environ.get("BOT_LOG_FORMAT", "auto"),
+        help="json lines, text, or auto: text on a TTY, else json (default: env BOT_LOG_FORMAT)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -193,6 +205,15 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except (TypeError, ValueError) as exc:
+        print(f"botd server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        logs.setup_logging(
+            level=str(args.log_level).upper(),
+            fmt=args.log_format,
+            secrets=[config.token] if config.token else [],
+        )
+    except ValueError as exc:
         print(f"botd server: {exc}", file=sys.stderr)
         return 2
     failures: list[str] = []
