@@ -288,7 +288,9 @@ def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdi
     try:
         jobs = {
             r[0]: r[1:]
-            for r in conn.execute("SELECT job_id, status, payload, result, attempts FROM jobs")
+            for r in conn.execute(
+                "SELECT job_id, status, payload, result, attempts, error FROM jobs"
+            )
         }
         leases = {
             r[0]: r[1:]
@@ -301,9 +303,23 @@ def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdi
     problems: list[str] = []
     statuses = Counter(status for status, *_ in jobs.values())
     lost = sum(1 for status, *_ in jobs.values() if status != "succeeded")
-    for job_id, (status, *_rest) in jobs.items():
+    for job_id, (status, payload, _result, attempts, error) in jobs.items():
         if status != "succeeded":
-            problems.append(f"job {job_id} ended {status}")
+            history = [
+                f"{lease[:8]}:{bot}#{attempt}:{state}/{outcome}"
+                for lease, (j, bot, attempt, state, outcome) in leases.items()
+                if j == job_id
+            ]
+            runs = [
+                f"{e.bot_pid}{'(killed)' if e.bot_pid in killed_pids else ''}#{e.attempt}:"
+                f"{e.outcome}"
+                for e in executions
+                if e.job_id == job_id
+            ]
+            problems.append(
+                f"job {job_id} ended {status} after {attempts} attempts; payload {payload};"
+                f" error {error}; leases {history}; executions {runs}"
+            )
     succeeded_leases: dict[str, list[str]] = {}
     for lease_id, (job_id, _bot, _attempt, state, outcome) in leases.items():
         if state == "done" and outcome == "succeeded":
@@ -316,7 +332,7 @@ def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdi
         by_job.setdefault(e.job_id, []).append(e)
     by_nonce = {e.nonce: e for e in executions}
     mismatched = 0
-    for job_id, (status, _payload, result, _attempts) in jobs.items():
+    for job_id, (status, _payload, result, _attempts, _error) in jobs.items():
         if status != "succeeded":
             continue
         stored = json.loads(result)
@@ -334,7 +350,7 @@ def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdi
 
     re_executed = 0
     reasons: Counter[str] = Counter()
-    for job_id, (_status, payload, _result, _attempts) in jobs.items():
+    for job_id, (_status, payload, _result, _attempts, _error) in jobs.items():
         planned = int(json.loads(payload).get("fail_times", 0)) + 1
         runs = by_job.get(job_id, [])
         if len(runs) > planned:

@@ -183,7 +183,7 @@ class StoreMachine(RuleBasedStateMachine):
         listed = data.draw(st.lists(st.sampled_from(list(self.leases) or ["none"]), unique=True))
         req = HeartbeatRequest(session_id=self.sessions[bot], active_leases=listed)
         try:
-            resp = self.store.heartbeat(bot, req, self.at(), TTL)
+            resp, _ = self.store.heartbeat(bot, req, self.at(), TTL)
         except StoreRejected as exc:
             assert exc.code == "session_superseded"
             assert self.store.get_bot(bot).status == "deregistered"

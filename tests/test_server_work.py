@@ -171,6 +171,38 @@ async def test_heartbeat_keeps_a_lease_alive(autojump_clock: trio.abc.Clock) -> 
         assert (await job(client, job_id))["status"] == "leased"
 
 
+async def test_heartbeat_gives_back_a_lease_the_bot_never_received(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A claim answer lost on the way: the live bot does not list the lease, so the server
+    releases it after a third of the TTL and the attempt is not spent."""
+    app, _ = make_app(lease_ttl_s=3.0)
+    async with asgi_client(app) as client:
+        session = await register(client)
+        job_id = await submit(client, max_attempts=1)
+        for _ in range(5):  # more lost answers than the job has attempts
+            got = await claim(client, "bot-1", session)
+            assert [j.job_id for j in got.jobs] == [job_id]
+            body = {"session_id": session, "active_leases": []}
+            # Sent before the answer could have arrived: within the grace, nothing happens.
+            await trio.sleep(0.5)
+            resp = await client.post("/v1/bots/bot-1/heartbeat", json=body)
+            assert resp.status_code == 200
+            assert (await job(client, job_id))["status"] == "leased"
+            await trio.sleep(0.6)
+            resp = await client.post("/v1/bots/bot-1/heartbeat", json=body)
+            assert resp.status_code == 200
+            view = await job(client, job_id)
+            assert (view["status"], view["attempts"]) == ("queued", 0)
+        # A lease the bot does list is kept and extended, however old.
+        lease = (await claim(client, "bot-1", session)).jobs[0].lease_id
+        for _ in range(6):
+            await trio.sleep(1.0)
+            body = {"session_id": session, "active_leases": [lease]}
+            assert (await client.post("/v1/bots/bot-1/heartbeat", json=body)).status_code == 200
+        assert (await job(client, job_id))["status"] == "leased"
+
+
 async def test_retryable_failure_backs_off_then_fails(autojump_clock: trio.abc.Clock) -> None:
     app, _ = make_app()
     async with asgi_client(app) as client:

@@ -55,6 +55,7 @@ from ..models import (
     RegisterRequest,
     RegisterResponse,
 )
+from .dashboard import dashboard
 from .store import BOT_STATUSES, Store, StoreRejected, StoreUnavailable
 
 __all__ = [
@@ -435,7 +436,13 @@ def create_app(
     async def heartbeat(request: Request) -> Response:
         req = await _decode(request, HeartbeatRequest)
         bot_id = request.path_params["bot_id"]
-        return _json(await store.heartbeat(bot_id, req, lease_ttl_s=core.lease_ttl_s))
+        answer, requeued = await store.heartbeat(bot_id, req, lease_ttl_s=core.lease_ttl_s)
+        if requeued:
+            core.jobs_may_be_available()
+            logger.bind(event="leases_not_received", bot_id=bot_id, requeued=requeued).info(
+                "released leases the bot never received; their attempts were given back"
+            )
+        return _json(answer)
 
     async def deregister(request: Request) -> Response:
         bot_id = request.path_params["bot_id"]
@@ -524,6 +531,7 @@ def create_app(
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     routes = [
+        Route("/", endpoint(dashboard, auth=False), methods=["GET"]),
         Route("/v1/health", endpoint(health, auth=False), methods=["GET"]),
         Route("/v1/openapi.json", endpoint(openapi), methods=["GET"]),
         Route("/v1/bots/register", endpoint(register), methods=["POST"]),

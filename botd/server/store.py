@@ -170,8 +170,13 @@ class Store(Protocol):
 
     async def heartbeat(
         self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
-    ) -> HeartbeatResponse:
-        """Extend the listed leases the bot holds; report cancelled and lost leases."""
+    ) -> tuple[HeartbeatResponse, int]:
+        """Extend the listed leases the bot holds; report cancelled and lost leases.
+
+        Returns the answer and how many jobs went back to the queue: the session's leases
+        that the bot did not list, granted or confirmed over ``lease_ttl_s / 3`` ago, are
+        released without spending an attempt (the bot never got them: a lost claim answer).
+        """
 
     async def deregister(self, bot_id: str, session_id: str) -> int:
         """End the session; its leases go back to the queue. Returns how many."""
@@ -585,27 +590,52 @@ class SqliteBackend:
 
     def heartbeat(
         self, bot_id: str, req: HeartbeatRequest, at: Moment, lease_ttl_s: float
-    ) -> HeartbeatResponse:
-        """Extend listed held leases; report cancelled (held) and lost (listed, not held)."""
+    ) -> tuple[HeartbeatResponse, int]:
+        """Extend listed held leases; report cancelled (held) and lost (listed, not held).
 
-        def run(conn: sqlite3.Connection) -> HeartbeatResponse:
-            self._session(conn, bot_id, req.session_id)
+        A lease of this session that the bot does not list, and that was granted or last
+        extended over ``lease_ttl_s / 3`` ago, is one the bot never received (its claim answer
+        was lost on the way): it is released at once and the attempt is given back, so lost
+        answers cannot use up a job's attempts. The grace covers a heartbeat that was sent
+        before the claim answer arrived. Returns the answer and how many jobs were requeued.
+        """
+
+        def run(conn: sqlite3.Connection) -> tuple[HeartbeatResponse, int]:
+            session_id = req.session_id
+            self._session(conn, bot_id, session_id)
             self._seen(conn, bot_id, at, req.state)
             held = self._held(conn, bot_id)
             listed = list(dict.fromkeys(req.active_leases))
             extend = [lease for lease in listed if lease in held]
             lost = [lease for lease in listed if lease not in held]
-            cancel = [lease for lease, status in held.items() if status == "cancelled"]
+            confirmed_before = at.mono - lease_ttl_s / 3 + lease_ttl_s
+            unlisted = set(held) - set(listed)
+            never_received = [
+                lease
+                for (lease,) in conn.execute(
+                    "SELECT lease_id FROM leases WHERE bot_id = ? AND session_id = ?"
+                    " AND state = 'active' AND expires <= ?",
+                    (bot_id, session_id, confirmed_before),
+                )
+                if lease in unlisted
+            ]
+            released = self._end_leases(conn, never_received, spend=False, at=at)
+            cancel = [
+                lease
+                for lease, status in held.items()
+                if status == "cancelled" and lease not in never_received
+            ]
             expires = at.mono + lease_ttl_s
             conn.executemany(
                 "UPDATE leases SET expires = ? WHERE lease_id = ?",
                 [(expires, lease) for lease in extend],
             )
-            return HeartbeatResponse(
+            answer = HeartbeatResponse(
                 lease_expires_at=at.display(expires) if extend else None,
                 cancel_leases=cancel,
                 lost_leases=lost,
             )
+            return answer, released.requeued
 
         return self._tx(run)
 
@@ -1045,7 +1075,7 @@ class SqliteStore:
 
     async def heartbeat(
         self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
-    ) -> HeartbeatResponse:
+    ) -> tuple[HeartbeatResponse, int]:
         """See :meth:`Store.heartbeat`."""
         at = self._moment()
         return await self._run(lambda: self.backend.heartbeat(bot_id, req, at, lease_ttl_s))
