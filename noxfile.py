@@ -5,7 +5,9 @@ machine needs nothing but ``pip install nox && nox``:
 
 - promtool, from Debian's ``prometheus`` package (metrics and alert rules checks);
 - chromium, from Debian's ``chromium`` package (the dashboard's browser test);
-- supervisord, from PyPI (``supervisor``, in the test extra).
+- supervisord, from PyPI (``supervisor``, in the test extra);
+- redis-server, from Debian's ``redis-server`` package (only ``nox -s bench``: the Celery
+  baseline's broker).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-DEBIAN_TOOLS = {"promtool": "prometheus", "chromium": "chromium"}
+DEBIAN_TOOLS = {"promtool": "prometheus", "chromium": "chromium", "redis-server": "redis-server"}
+LINTED = ["botd", "tests", "benchmarks", "noxfile.py"]
 
 
 def ensure_debian_tools(session: nox.Session, *tools: str) -> None:
@@ -32,16 +35,22 @@ def ensure_debian_tools(session: nox.Session, *tools: str) -> None:
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
     session.run(
-        "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
-        external=True, env=env,
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        *missing,
+        external=True,
+        env=env,
     )
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "botd", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "botd", "tests", "noxfile.py")
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session
@@ -59,6 +68,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
+    ensure_debian_tools(session, "redis-server")
     session.install("-e", ".[test,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
