@@ -35,7 +35,7 @@ from .client import ServerClient
 from .config import BotConfig, redacted
 from .errors import ConfigError, StateDirError, Unrecoverable
 from .exit_codes import ExitCode
-from .handlers import Handler, build_handler
+from .handlers import GROUPS_DIR, Handler, build_handler, reap_leftover_groups
 from .health import HealthMonitor
 from .heartbeat import Heartbeat
 from .lifecycle import TRANSITIONS, Lifecycle, State, Transition
@@ -237,9 +237,21 @@ class Agent:
                 exec_shell=cfg.exec_shell,
                 exec_kill_grace=cfg.exec_kill_grace,
                 python_handler=cfg.python_handler or "",
+                state_dir=cfg.state_dir,
             )
         if self._outbox is None:
             self._outbox = await Outbox.open(cfg.state_dir, max_pending=cfg.outbox_max)
+        if cfg.state_dir is not None and cfg.handler == "exec":
+            # The state dir is ours now (locked): stop what a SIGKILLed run left running.
+            groups = cfg.state_dir / GROUPS_DIR
+            killed = await trio.to_thread.run_sync(reap_leftover_groups, groups)
+            if killed:
+                logs.emit(
+                    "exec_leftovers_killed",
+                    f"killed {killed} process(es) that exec jobs of an earlier run left",
+                    "WARNING",
+                    count=killed,
+                )
         backoff = Backoff(cfg.retry_base_delay, cfg.retry_max_delay, rng=self._rng)
         self.runner = JobRunner(
             handler=self._handler,

@@ -55,6 +55,7 @@ __all__ = [
     "cancelled_failure",
     "classify_failure",
     "effective_timeout",
+    "reap_leftover_groups",
     "run_job",
 ]
 
@@ -68,6 +69,8 @@ REAP_DEADLINE = 5.0
 # After the command's group is gone, how long the pipe readers get to see EOF.
 READ_GRACE = 1.0
 GROUP_POLL_INTERVAL = 0.02
+# Under BOT_STATE_DIR: one record per running exec job (file name: the pgid; text: the lease).
+GROUPS_DIR = "exec-groups"
 
 
 class Handler(Protocol):
@@ -233,6 +236,56 @@ class SimulateHandler:
 # --- exec -------------------------------------------------------------------------------
 
 
+def _live_members(pgid: int) -> list[int]:
+    """Pids of the group's members that are not zombies, from /proc ([] without /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def reap_leftover_groups(groups_dir: Path) -> int:
+    """SIGKILL what exec jobs of an earlier run left running; returns how many processes.
+
+    A bot that is SIGKILLed cannot stop its exec jobs: they run in sessions of their own,
+    so nothing else stops them either (supervisord's ``stopasgroup`` reaches only the bot's
+    group). Each running job leaves a record ``<groups_dir>/<pgid>`` holding its lease id; a
+    process of that group whose environment still has ``BOTD_LEASE_ID=<lease>`` is one of
+    them (a reused pid does not match) and is killed. The server gives the job to a bot
+    again, so the orphan would only duplicate the work. Blocking: call it through
+    ``trio.to_thread`` with the state dir locked. Records that cannot be read are removed.
+    """
+    groups_dir.mkdir(parents=True, exist_ok=True)
+    killed = 0
+    for record in groups_dir.iterdir():
+        try:
+            pgid = int(record.name)
+            marker = b"BOTD_LEASE_ID=" + record.read_bytes().strip()
+        except (ValueError, OSError):
+            pgid, marker = 0, b""
+        for pid in _live_members(pgid) if pgid > 1 and marker else ():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        with contextlib.suppress(OSError):
+            record.unlink()
+    return killed
+
+
 def _group_alive(pgid: int) -> bool:
     """True while the process group has a member that is not a zombie.
 
@@ -245,21 +298,7 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return not Path("/proc").is_dir() or bool(_live_members(pgid))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -314,6 +353,9 @@ class ExecHandler:
     SIGTERM, then SIGKILL after ``kill_grace`` seconds on Trio's clock, and is reaped inside
     a shielded scope with its own deadline; the Cancelled then propagates. No process of the
     group outlives the call.
+
+    With ``groups_dir``, each running job is recorded there (see
+    :func:`reap_leftover_groups`), so that a restarted bot stops what a SIGKILLed one left.
     """
 
     def __init__(
@@ -323,6 +365,7 @@ class ExecHandler:
         shell: bool = False,
         kill_grace: float = DEFAULT_KILL_GRACE,
         output_cap: int = DEFAULT_OUTPUT_CAP,
+        groups_dir: Path | None = None,
     ) -> None:
         if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
             raise ConfigError(
@@ -342,6 +385,7 @@ class ExecHandler:
         self.shell = shell
         self.kill_grace = kill_grace
         self.output_cap = output_cap
+        self.groups_dir = groups_dir
 
     async def __call__(self, job: ClaimedJob) -> Any:
         env = dict(os.environ)
@@ -365,7 +409,10 @@ class ExecHandler:
 
         stdout = _Capture(self.output_cap)
         stderr = _Capture(STDERR_TAIL)
+        record = None if self.groups_dir is None else self.groups_dir / str(process.pid)
         try:
+            if record is not None:
+                await trio.to_thread.run_sync(_write_record, record, job.lease_id)
             async with trio.open_nursery() as nursery:
                 assert process.stdin is not None
                 assert process.stdout is not None
@@ -388,6 +435,8 @@ class ExecHandler:
                 for stream in (process.stdin, process.stdout, process.stderr):
                     if stream is not None:
                         await stream.aclose()
+                if record is not None:
+                    await trio.to_thread.run_sync(_remove_record, record)
 
         returncode = process.returncode
         assert returncode is not None
@@ -416,6 +465,19 @@ class ExecHandler:
         logger.error(
             "exec: process group {} survived SIGKILL for {:g}s", process.pid, REAP_DEADLINE
         )
+
+
+def _write_record(record: Path, lease_id: str) -> None:
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(lease_id)
+    except OSError as exc:
+        logger.warning("exec: cannot record the job's process group in {}: {}", record, exc)
+
+
+def _remove_record(record: Path) -> None:
+    with contextlib.suppress(OSError):
+        record.unlink()
 
 
 async def _feed(stream: trio.abc.SendStream, data: bytes) -> None:
@@ -498,12 +560,19 @@ def build_handler(
     exec_shell: bool = False,
     exec_kill_grace: float = DEFAULT_KILL_GRACE,
     python_handler: str = "",
+    state_dir: Path | None = None,
 ) -> Handler:
-    """Build the handler that ``BOT_HANDLER`` names; ConfigError when it or its settings are bad."""
+    """Build the handler that ``BOT_HANDLER`` names; ConfigError when it or its settings are bad.
+
+    With ``state_dir``, the exec handler records its running jobs' process groups there.
+    """
     if name == "simulate":
         return SimulateHandler(processing_duration_ms, failure_rate)
     if name == "exec":
-        return ExecHandler(exec_command, shell=exec_shell, kill_grace=exec_kill_grace)
+        groups = None if state_dir is None else Path(state_dir) / GROUPS_DIR
+        return ExecHandler(
+            exec_command, shell=exec_shell, kill_grace=exec_kill_grace, groups_dir=groups
+        )
     if name == "python":
         return PythonHandler(python_handler)
     raise ConfigError(

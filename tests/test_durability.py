@@ -4,7 +4,7 @@
   SIGKILLed and restarted; when the server comes back every result arrives with attempt 1
   and no job ran twice (the ``exec`` script counts its executions);
 - (b) an ``exec`` job that sleeps forever leaves no process behind when the server cancels it
-  or when it times out;
+  or when it times out; when its bot is SIGKILLed, the restarted bot stops what it left;
 - (c) a corrupt state dir: exit 78, with a message that says where and what to do;
 - (d) SIGTERM with a job in flight: exit 0, the job succeeded on attempt 1, the bot is
   deregistered; an idle bot exits within 2 s;
@@ -201,6 +201,31 @@ def test_cancelled_or_timed_out_exec_job_leaves_no_process(tmp_path: Path, procs
     assert view["error"]["type"] == "timeout"
     wait_for("no process left after the timeout", lambda: gone(marker, script), (bot,), timeout=10)
     assert len(read_executions(log)) == 2
+    assert bot.stop() == 0
+
+
+def test_restarted_bot_stops_what_a_sigkilled_run_left(tmp_path: Path, procs: Procs) -> None:
+    port, ops1, ops2 = free_ports(3)
+    url, state = f"http://127.0.0.1:{port}", tmp_path / "state"
+    cmd, _log = exec_command(tmp_path)
+    script = str(tmp_path / "exec_job.py")
+    start_server(procs, port, tmp_path / "server.db")
+    env = bot_env("phoenix", url, state, ops1, BOT_HANDLER="exec", BOT_EXEC_COMMAND=cmd)
+    bot = procs.bot("bot", env)
+    wait_ready(bot, ops1)
+    marker = f"{3600 + random.random():.9f}"
+    procs.markers.append(marker)
+    submit(url, {"forever": True, "marker": marker})
+    wait_for("its grandchildren", lambda: len(live_with_marker(marker)) == 2 or None, (bot,))
+
+    bot.kill()  # SIGKILL: the job's group lives on in its own session
+    time.sleep(0.5)  # not a wait for anything: the orphans must still be there afterwards
+    assert len(live_with_marker(marker)) == 2 and live_with_marker(script)
+
+    bot = procs.bot("bot", {**env, "BOT_OPS_ADDR": f"127.0.0.1:{ops2}"})
+    wait_for("the orphans to be stopped", lambda: gone(marker, script), (bot,), timeout=15)
+    killed = bot.events("exec_leftovers_killed")
+    assert killed and killed[0]["count"] == 3, killed
     assert bot.stop() == 0
 
 

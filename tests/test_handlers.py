@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -391,3 +392,31 @@ async def test_exec_stops_what_the_command_left_behind(tmp_path: Path) -> None:
     assert result == {"left": 2}
     info = await wait_for_file(pidfile)
     assert_nothing_left(info["pgid"], mark)
+
+
+def test_reap_leftover_groups_kills_only_the_recorded_jobs(tmp_path: Path) -> None:
+    """What a SIGKILLed bot's exec jobs left: killed when the record's lease matches."""
+    import subprocess
+
+    from botd.handlers import reap_leftover_groups
+
+    def orphan(lease: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "BOTD_LEASE_ID": lease}
+        return subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+
+    groups = tmp_path / "exec-groups"
+    groups.mkdir()
+    mine, reused = orphan("lease-1"), orphan("lease-other")
+    try:
+        (groups / str(mine.pid)).write_text("lease-1")
+        (groups / str(reused.pid)).write_text("lease-2")  # the pgid was reused by another job
+        (groups / "garbage").write_text("x")
+        assert reap_leftover_groups(groups) == 1
+        assert mine.wait(timeout=10) == -signal.SIGKILL
+        assert reused.poll() is None
+        assert list(groups.iterdir()) == []
+        assert reap_leftover_groups(tmp_path / "fresh") == 0
+    finally:
+        for proc in (mine, reused):
+            proc.kill()
+            proc.wait()
