@@ -116,8 +116,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def run() -> int:
-        agent = Agent(config, install_signals=True, notifier=Notifier.from_env())
-        return await agent.run()
+        notifier = Notifier.from_env()
+        try:
+            return await Agent(config, install_signals=True, notifier=notifier).run()
+        finally:
+            notifier.close()
 
     try:
         code: int = trio.run(run)
