@@ -30,6 +30,8 @@ __all__ = [
     "Health",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "JobBatch",
+    "JobBatchResult",
     "JobList",
     "JobStatus",
     "JobSubmit",
@@ -126,6 +128,16 @@ class JobSubmit:
     idempotency_key: str | None = None
 
 
+MAX_BATCH = 1000
+
+
+@attrs.frozen
+class JobBatch:
+    """``POST /v1/jobs/batch``: up to 1000 submissions in one request (an extension)."""
+
+    jobs: list[JobSubmit] = attrs.field(validator=[v.min_len(1), v.max_len(MAX_BATCH)])
+
+
 @attrs.frozen
 class FailureInfo:
     """Why a job failed: ``type`` is a short snake_case class such as ``timeout``."""
@@ -151,6 +163,15 @@ class JobView:
     priority: int = 0
     timeout_s: float | None = None
     idempotency_key: str | None = None
+
+
+@attrs.frozen
+class JobBatchResult:
+    """The batch's jobs in request order; ``created`` counts the new ones (the rest were
+    already there under their idempotency_key)."""
+
+    jobs: list[JobView]
+    created: int
 
 
 @attrs.frozen

@@ -325,3 +325,33 @@ async def test_many_waiters_one_job_each(autojump_clock: trio.abc.Clock) -> None
         claimed = [j for jobs in got.values() for j in jobs]
         assert sorted(claimed) == sorted(ids), "each job to exactly one waiter"
         assert sum(1 for jobs in got.values() if not jobs) == 2
+
+
+async def test_batch_submit_is_one_transaction_in_order_and_idempotent(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    app, _ = make_app()
+    async with asgi_client(app) as client:
+        first = await client.post("/v1/jobs", json={"kind": "k", "idempotency_key": "old"})
+        assert first.status_code == 201
+        jobs = [{"kind": "k", "payload": {"i": i}} for i in range(300)]
+        jobs.insert(7, {"kind": "k", "idempotency_key": "old"})
+        resp = await client.post("/v1/jobs/batch", json={"jobs": jobs})
+        assert resp.status_code == 201, resp.text
+        body = resp.json()
+        assert body["created"] == 300
+        assert body["jobs"][7]["job_id"] == first.json()["job_id"]
+        others = body["jobs"][:7] + body["jobs"][8:]
+        assert [j["payload"] for j in others] == [{"i": i} for i in range(300)]
+        assert (await client.get("/v1/stats")).json()["jobs"]["queued"] == 301
+        again = await client.post("/v1/jobs/batch", json={"jobs": [jobs[7]]})
+        assert (again.status_code, again.json()["created"]) == (200, 0)
+        # A bad entry rejects the whole batch, naming it; nothing is queued.
+        bad = await client.post("/v1/jobs/batch", json={"jobs": [{"kind": "k"}, {"kind": ""}]})
+        assert bad.status_code == 400
+        assert "jobs" in bad.json()["error"]["message"]
+        too_many = await client.post("/v1/jobs/batch", json={"jobs": [{"kind": "k"}] * 1001})
+        assert too_many.status_code in (400, 413)
+        empty = await client.post("/v1/jobs/batch", json={"jobs": []})
+        assert empty.status_code == 400
+        assert (await client.get("/v1/stats")).json()["jobs"]["queued"] == 301

@@ -50,6 +50,8 @@ from ..models import (
     ErrorDetail,
     Health,
     HeartbeatRequest,
+    JobBatch,
+    JobBatchResult,
     JobList,
     JobSubmit,
     RegisterRequest,
@@ -467,6 +469,16 @@ def create_app(
             core.jobs_may_be_available()
         return _json(view, 201 if created else 200)
 
+    async def submit_batch(request: Request) -> Response:
+        batch = await _decode(request, JobBatch)
+        done = await store.submit_many(batch.jobs)
+        created = sum(1 for _, new in done if new)
+        if created:
+            core.metrics.jobs_submitted.inc(created)
+            core.jobs_may_be_available()
+        answer = JobBatchResult(jobs=[view for view, _ in done], created=created)
+        return _json(answer, 201 if created else 200)
+
     async def list_jobs(request: Request) -> Response:
         status = request.query_params.get("status") or None
         if status is not None and status not in JOB_STATUSES:
@@ -541,6 +553,7 @@ def create_app(
         Route("/v1/bots/{bot_id}/heartbeat", endpoint(heartbeat), methods=["POST"]),
         Route("/v1/jobs/claim", endpoint(claim), methods=["POST"]),
         Route("/v1/jobs", endpoint(submit), methods=["POST"]),
+        Route("/v1/jobs/batch", endpoint(submit_batch), methods=["POST"]),
         Route("/v1/jobs", endpoint(list_jobs), methods=["GET"]),
         Route("/v1/jobs/{job_id}", endpoint(get_job), methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", endpoint(cancel_job), methods=["POST"]),

@@ -26,6 +26,8 @@ from ..models import (
     Health,
     HeartbeatRequest,
     HeartbeatResponse,
+    JobBatch,
+    JobBatchResult,
     JobList,
     JobSubmit,
     JobView,
@@ -131,6 +133,13 @@ ROUTES: tuple[RouteDoc, ...] = (
         "Submit a job",
         JobSubmit,
         {201: JobView, 200: JobView, 400: ErrorBody},
+    ),
+    RouteDoc(
+        "post",
+        "/v1/jobs/batch",
+        "Submit up to 1000 jobs in one transaction (extension)",
+        JobBatch,
+        {201: JobBatchResult, 200: JobBatchResult, 400: ErrorBody},
     ),
     RouteDoc(
         "get",

@@ -184,6 +184,9 @@ class Store(Protocol):
     async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
         """Queue a job; returns (job, created). An existing idempotency_key gives created=False."""
 
+    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+        """Queue jobs in one transaction; (job, created) for each, in order."""
+
     async def get_job(self, job_id: str) -> JobView:
         """The job, or 404 unknown_job."""
 
@@ -684,33 +687,36 @@ class SqliteBackend:
 
     def submit(self, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
         """Queue a job; an idempotency_key seen before returns that job and False."""
+        return self._tx(lambda conn: self._submit(conn, job, at))
 
-        def run(conn: sqlite3.Connection) -> tuple[JobView, bool]:
-            if job.idempotency_key is not None:
-                row = conn.execute(
-                    "SELECT job_id FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    return self._job(conn, row[0]), False
-            job_id = _new_id()
-            conn.execute(
-                "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
-                " attempts, timeout_s, idempotency_key, created_at)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?)",
-                (
-                    job_id,
-                    job.kind,
-                    json.dumps(job.payload),
-                    job.priority,
-                    job.max_attempts,
-                    job.timeout_s,
-                    job.idempotency_key,
-                    at.wall,
-                ),
-            )
-            return self._job(conn, job_id), True
+    def submit_many(self, jobs: Sequence[JobSubmit], at: Moment) -> list[tuple[JobView, bool]]:
+        """Queue jobs in one transaction, each as :meth:`submit` does; in order."""
+        return self._tx(lambda conn: [self._submit(conn, job, at) for job in jobs])
 
-        return self._tx(run)
+    def _submit(self, conn: sqlite3.Connection, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
+        if job.idempotency_key is not None:
+            row = conn.execute(
+                "SELECT job_id FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return self._job(conn, row[0]), False
+        job_id = _new_id()
+        conn.execute(
+            "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
+            " attempts, timeout_s, idempotency_key, created_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?)",
+            (
+                job_id,
+                job.kind,
+                json.dumps(job.payload),
+                job.priority,
+                job.max_attempts,
+                job.timeout_s,
+                job.idempotency_key,
+                at.wall,
+            ),
+        )
+        return self._job(conn, job_id), True
 
     def get_job(self, job_id: str) -> JobView:
         """The job, or 404 unknown_job."""
@@ -1089,6 +1095,11 @@ class SqliteStore:
         """See :meth:`Store.submit`."""
         at = self._moment()
         return await self._run(lambda: self.backend.submit(job, at))
+
+    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+        """See :meth:`Store.submit_many`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.submit_many(jobs, at))
 
     async def get_job(self, job_id: str) -> JobView:
         """See :meth:`Store.get_job`."""

@@ -11,7 +11,7 @@ import httpx
 
 from .. import codec
 from ..errors import ProtocolError
-from ..models import JobSubmit, JobView
+from ..models import MAX_BATCH, JobBatch, JobBatchResult, JobSubmit, JobView
 
 __all__ = ["add_submit_arguments", "run_submit_from_args"]
 
@@ -66,17 +66,26 @@ def run_submit_from_args(args: argparse.Namespace) -> int:
     server = (args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER).rstrip("/")
     token = args.token or os.environ.get(TOKEN_ENV)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    body = codec.dumps(job)
+    headers["Content-Type"] = "application/json"
     try:
-        with httpx.Client(base_url=server, headers=headers, timeout=10.0) as client:
-            for _ in range(args.count):
-                resp = client.post(
-                    "/v1/jobs", content=body, headers={"Content-Type": "application/json"}
-                )
+        with httpx.Client(base_url=server, headers=headers, timeout=30.0) as client:
+            if args.count == 1:
+                resp = client.post("/v1/jobs", content=codec.dumps(job))
                 if resp.status_code not in (200, 201):
                     print(f"botd submit: {_describe(resp)}", file=sys.stderr)
                     return 1
                 print(codec.loads(resp.content, JobView).job_id, flush=True)
+            left = args.count if args.count > 1 else 0
+            while left:  # many: batches of up to MAX_BATCH, one transaction each
+                n = min(left, MAX_BATCH)
+                resp = client.post("/v1/jobs/batch", content=codec.dumps(JobBatch([job] * n)))
+                if resp.status_code not in (200, 201):
+                    print(f"botd submit: {_describe(resp)}", file=sys.stderr)
+                    return 1
+                for view in codec.loads(resp.content, JobBatchResult).jobs:
+                    print(view.job_id)
+                sys.stdout.flush()
+                left -= n
     except httpx.HTTPError as exc:
         print(f"botd submit: cannot reach {server}: {exc}", file=sys.stderr)
         return 1
