@@ -6,7 +6,7 @@
     ├── signals          first SIGINT/SIGTERM drains every bot, second skips the drain, third exits
     ├── server           botd.server.run.serve on a SQLite file in the run dir (restartable)
     ├── bot 1..N         botd.agent.Agent, each with its own state dir, metrics and log context
-    ├── submitter        POST /v1/jobs x --jobs (idempotency keys, so a retry never duplicates)
+    ├── submitter        POST /v1/jobs/batch, 25 a time (idempotency keys: a retry never duplicates)
     ├── chaos            with --chaos: stops the server once a third of the jobs ended, then
     │                    starts it again on the same port with the same database
     └── monitor (the body) polls /v1/stats, redraws the view, decides when the run is over
@@ -50,7 +50,15 @@ from .config import MAX_CONCURRENCY, BotConfig
 from .errors import BotdError, ConfigError
 from .exit_codes import ExitCode
 from .lifecycle import State, Transition
-from .models import FINAL_JOB_STATUSES, JOB_STATUSES, JobList, JobSubmit, JobView, Stats
+from .models import (
+    FINAL_JOB_STATUSES,
+    JOB_STATUSES,
+    JobBatch,
+    JobList,
+    JobSubmit,
+    JobView,
+    Stats,
+)
 from .server.run import ServerConfig, serve
 from .signals import watch_signals
 
@@ -85,6 +93,7 @@ JOB_KIND = "simulate"
 
 #: How often the monitor polls /v1/stats and redraws the view.
 POLL_INTERVAL_S = 0.2
+SUBMIT_BATCH = 25  # jobs per POST /v1/jobs/batch: fast, and the queue still fills visibly
 #: How often the plain view prints a progress line.
 PLAIN_INTERVAL_S = 1.0
 #: The chaos outage starts once this share of the jobs reached a final status.
@@ -643,27 +652,32 @@ class _Demo:
             bot.stopped.set()
 
     async def _submit(self, http: httpx.AsyncClient) -> None:
-        """Submit every job; a failed request is retried with the same idempotency key."""
+        """Submit every job in batches; a failed batch is retried with the same idempotency keys."""
         o = self.options
-        for i in range(o.jobs):
-            job = JobSubmit(
-                kind=JOB_KIND,
-                payload={"n": i},
-                max_attempts=o.max_attempts,
-                idempotency_key=f"demo-{self._run_id}-{i}",
+        for start in range(0, o.jobs, SUBMIT_BATCH):
+            batch = JobBatch(
+                [
+                    JobSubmit(
+                        kind=JOB_KIND,
+                        payload={"n": i},
+                        max_attempts=o.max_attempts,
+                        idempotency_key=f"demo-{self._run_id}-{i}",
+                    )
+                    for i in range(start, min(o.jobs, start + SUBMIT_BATCH))
+                ]
             )
-            body = codec.dumps(job)
+            body = codec.dumps(batch)
             while True:
                 try:
                     resp = await http.post(
-                        "/v1/jobs", content=body, headers={"Content-Type": "application/json"}
+                        "/v1/jobs/batch", content=body, headers={"Content-Type": "application/json"}
                     )
                 except httpx.HTTPError:
                     resp = None
                 if resp is not None and resp.status_code in (200, 201):
                     break
                 await trio.sleep(POLL_INTERVAL_S)
-            self.submitted = i + 1
+            self.submitted = start + len(batch.jobs)
         self.note(f"{o.jobs} jobs submitted")
 
     async def _chaos(self, server: _EmbeddedServer) -> None:
