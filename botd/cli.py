@@ -142,7 +142,46 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The subcommands whose arguments live in other modules: (module, add_arguments, run).
+#: They are imported only for the command being run (or for ``botd --help``), so that
+#: ``botd run`` never loads the reference server, the status client or the demo.
+_LAZY_COMMANDS = {
+    "server": (".server.run", "add_server_arguments", "run_server_from_args"),
+    "submit": (".server.submit", "add_submit_arguments", "run_submit_from_args"),
+    "status": (".status", "add_status_arguments", "run_status_from_args"),
+    "demo": (".demo", "add_demo_arguments", "run_demo_from_args"),
+}
+
+
+def _lazy(sub: Any, name: str, wanted: str | None, **parser_kwargs: Any) -> None:
+    """Add subcommand ``name``; import its module only when it is the ``wanted`` one."""
+    import importlib
+
+    module_name, add_name, run_name = _LAZY_COMMANDS[name]
+    if wanted is not None and wanted != name:
+        sub.add_parser(name, **parser_kwargs)  # listed, never run: its module stays unloaded
+        return
+    try:
+        module = importlib.import_module(module_name, __package__)
+    except ImportError:
+        if name == "demo":  # the demo is optional
+            return
+        raise
+    parser = sub.add_parser(name, **parser_kwargs)
+    getattr(module, add_name)(parser)
+    parser.set_defaults(func=getattr(module, run_name))
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option), or None."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``botd`` parser; with ``command``, the other subcommands' modules are not imported."""
     parser = argparse.ArgumentParser(
         prog="botd",
         description=DESCRIPTION,
@@ -156,52 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = _run_parser(sub, "check-config", "print the effective config (secrets redacted)")
     check.set_defaults(func=cmd_check_config)
-
-    from .server.run import add_server_arguments, run_server_from_args
-
-    server = sub.add_parser(
+    _lazy(
+        sub,
         "server",
+        command,
         help="run the reference main server",
         description="The reference main server: protocol v1 over HTTP, SQLite store.",
     )
-    add_server_arguments(server)
-    server.set_defaults(func=run_server_from_args)
-
-    from .server.submit import add_submit_arguments, run_submit_from_args
-
-    submit = sub.add_parser("submit", help="submit jobs to a server", description="Submit jobs.")
-    add_submit_arguments(submit)
-    submit.set_defaults(func=run_submit_from_args)
-
-    from .status import add_status_arguments, run_status_from_args
-
-    status = sub.add_parser(
+    _lazy(sub, "submit", command, help="submit jobs to a server", description="Submit jobs.")
+    _lazy(
+        sub,
         "status",
+        command,
         help="show a running bot's state (exit 0 ready, 1 not ready, 2 unreachable)",
         description="Show a running bot's status from its ops endpoint.",
     )
-    add_status_arguments(status)
-    status.set_defaults(func=run_status_from_args)
-
-    try:
-        from .demo import add_demo_arguments, run_demo_from_args
-    except ImportError:
-        pass
-    else:
-        demo = sub.add_parser(
-            "demo",
-            help="a server and a fleet of bots in one process, with a live view",
-            description="Start the reference server and N bots in one Trio run, submit jobs, "
-            "and show them flow (and recover, with --chaos).",
-        )
-        add_demo_arguments(demo)
-        demo.set_defaults(func=run_demo_from_args)
+    _lazy(
+        sub,
+        "demo",
+        command,
+        help="a server and a fleet of bots in one process, with a live view",
+        description="Start the reference server and N bots in one Trio run, submit jobs, "
+        "and show them flow (and recover, with --chaos).",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = _command_of(args_list)
+    known = command in ("run", "check-config") or command in _LAZY_COMMANDS
+    parser = build_parser(command if known else None)
+    args = parser.parse_args(args_list)
     try:
         return int(args.func(args))
     except SystemExit as exc:

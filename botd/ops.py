@@ -2,7 +2,10 @@
 
 Served by hypercorn's trio worker inside the agent's nursery (:class:`OpsServer`); the routes
 are a small Starlette app (:func:`build_app`) that reads a :class:`StatusSource`, so it never
-imports the agent. Routes:
+imports the agent. The listening socket is bound first (a taken port fails at once); hypercorn
+and Starlette are imported in a worker thread after that, while the bot registers, so the
+~0.1 s they take to import is not spent before the bot can start (requests that come
+earlier wait in the listen backlog). Routes:
 
 - ``GET /healthz``: liveness. 200 ``{"status": "ok"}`` while the event loop is responsive
   (:meth:`StatusSource.loop_lag` below the threshold) and the bot has not stopped; else 503
@@ -21,22 +24,21 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from loguru import logger
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from .errors import ConfigError
 from .logs import configure_hypercorn_logging, redact, redact_value
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
 
 __all__ = [
     "DEFAULT_LAG_THRESHOLD_S",
@@ -249,6 +251,8 @@ class Canary:
 
 
 def _json(doc: Mapping[str, Any], status_code: int = 200) -> Response:
+    from starlette.responses import Response
+
     body = json.dumps(redact_value(doc), ensure_ascii=False)
     return Response(body, status_code=status_code, media_type="application/json")
 
@@ -263,6 +267,9 @@ def build_app(
 
     An exception in ``source`` or ``metrics_render`` becomes a 500 and is logged by the server.
     """
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
 
     async def healthz(request: Request) -> Response:
         if source.stopped:
@@ -297,6 +304,42 @@ def build_app(
     )
 
 
+def _load_server() -> tuple[Any, Any, Any, Any]:
+    """Import hypercorn's trio worker and Starlette (in a worker thread: see OpsServer)."""
+    import starlette.applications
+    import starlette.responses
+    import starlette.routing  # noqa: F401 - imported here, off the event loop
+    from hypercorn.config import Config, Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
+
+    return Config, Sockets, worker_serve, wrap_app
+
+
+def _listen(addr: str) -> tuple[socket.socket, str]:
+    """A listening TCP socket on ``addr`` (``host:port``, ``[v6]:port``) and its ``host:port``.
+
+    Made as hypercorn makes its own (TCP_NODELAY, SO_REUSEADDR), but not inheritable: exec
+    jobs must not hold the ops port. Raises OSError.
+    """
+    bare = addr.replace("[", "").replace("]", "")
+    host, _, port = bare.rpartition(":")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(100)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    name = sock.getsockname()
+    bound = f"[{name[0]}]:{name[1]}" if family == socket.AF_INET6 else f"{name[0]}:{name[1]}"
+    return sock, bound
+
+
 class OpsServer:
     """The ops endpoint of one bot on ``addr`` (``host:port``; port 0 picks a free one).
 
@@ -320,7 +363,9 @@ class OpsServer:
         graceful_timeout: float = 1.0,
     ) -> None:
         self.addr = addr
-        self.app = build_app(source, metrics_render, lag_threshold=lag_threshold)
+        self.source = source
+        self.metrics_render = metrics_render
+        self.lag_threshold = lag_threshold
         self.access_log = access_log
         self.graceful_timeout = graceful_timeout
         self.bound: str | None = None
@@ -334,48 +379,30 @@ class OpsServer:
         """Serve until cancelled or :meth:`stop`; ``task_status.started("host:port")`` once bound.
 
         Errors: :class:`~botd.errors.ConfigError` naming ``BOT_OPS_ADDR`` if the address cannot
-        be bound (before ``started``); anything else propagates as it is. Hypercorn is
-        given a shutdown trigger, so it installs no signal handlers of its own. Owns the
-        listening socket and a nursery of connection tasks, all closed when it returns.
+        be bound (before ``started``); anything else propagates as it is. ``started`` comes
+        once the socket listens; hypercorn is imported (in a worker thread) and serves it
+        after that. Hypercorn is given a shutdown trigger, so it installs no signal handlers
+        of its own. Owns the listening socket and a nursery of connection tasks, all closed
+        when it returns.
         """
-        config = HypercornConfig()
-        config.bind = [self.addr]
-        config.graceful_timeout = self.graceful_timeout
-        configure_hypercorn_logging(config, access_log=self.access_log)
         try:
-            async with trio.open_nursery() as nursery:
-                binds: list[str] = await nursery.start(
-                    partial(
-                        serve,
-                        cast(Any, self.app),  # Starlette's ASGI types differ from hypercorn's
-                        config,
-                        shutdown_trigger=self._stop.wait,
-                        mode="asgi",
-                    )
-                )
-                self.bound = binds[0].split("://", 1)[1]
-                task_status.started(self.bound)
-        except BaseExceptionGroup as group:
-            bind_error = _bind_error(group) if self.bound is None else None
-            if bind_error is None:
-                raise
-            raise ConfigError(
-                f"BOT_OPS_ADDR={self.addr}: cannot listen: {bind_error.strerror or bind_error}"
-            ) from bind_error
-
-
-def _bind_error(group: BaseExceptionGroup[BaseException]) -> OSError | None:
-    """The OSError of a failed bind, when it is the only thing in ``group``; else None."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    if len(leaves) == 1 and isinstance(leaves[0], OSError):
-        return leaves[0]
-    return None
+            sock, self.bound = _listen(self.addr)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"BOT_OPS_ADDR={self.addr}: cannot listen: {reason}") from exc
+        with sock:
+            task_status.started(self.bound)
+            config_cls, sockets_cls, worker_serve, wrap_app = await trio.to_thread.run_sync(
+                _load_server
+            )
+            app = build_app(self.source, self.metrics_render, lag_threshold=self.lag_threshold)
+            config = config_cls()
+            config.bind = [self.bound]
+            config.graceful_timeout = self.graceful_timeout
+            configure_hypercorn_logging(config, access_log=self.access_log)
+            await worker_serve(
+                wrap_app(cast(Any, app), config.wsgi_max_body_size, "asgi"),
+                config,
+                sockets=sockets_cls([], [sock], []),
+                shutdown_trigger=self._stop.wait,
+            )
