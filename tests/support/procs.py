@@ -7,7 +7,9 @@
 - :func:`wait_for` (blocking) and :func:`await_for` (in a Trio run, so that a proxy in the
   same run keeps serving): poll until a check returns something, fail with the logs if not;
 - :func:`server_up`, :func:`ops_json`, :func:`bot_state`: small probes over loopback;
-- :func:`live_with_marker`: processes whose argv holds a marker (no orphan left behind).
+- :func:`live_with_marker`: processes whose argv holds a marker (no orphan left behind);
+- :func:`live_with_env`: processes whose environment holds an entry (everything a
+  supervisord started, and their children, inherit its environment).
 
 Every process writes its stdout and stderr to files under the test's ``tmp_path``; a bot's
 stdout holds its JSON-lines log (:meth:`Proc.logs`).
@@ -46,6 +48,7 @@ __all__ = [
     "clean_env",
     "exec_command",
     "free_ports",
+    "live_with_env",
     "live_with_marker",
     "ops_json",
     "read_executions",
@@ -334,6 +337,23 @@ def bot_state(port: int) -> str | None:
 def live_with_marker(marker: str) -> list[int]:
     """Pids of live processes that have ``marker`` as an argument."""
     return live_with_arg(marker)
+
+
+def live_with_env(entry: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose initial environment has ``entry`` (K=V)."""
+    found = []
+    wanted = entry.encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2 :][:1] not in "ZX" and wanted in environ:
+            found.append(int(proc.name))
+    return found
 
 
 # --- the exec job script: counts its executions ------------------------------------------
