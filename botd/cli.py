@@ -93,12 +93,15 @@ def _config_failed(problems: Sequence[str]) -> None:
     logs.setup_logging(fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto")
     for problem in problems:
         logs.emit("config_error", f"bad configuration: {problem}", "ERROR", problem=problem)
-    print(
-        "botd: bad configuration, nothing started:\n"
-        + "".join(f"  {p}\n" for p in problems)
-        + "Fix the settings above (see `botd run --help`) and start again.",
-        file=sys.stderr,
-    )
+    if fmt == "text" or sys.stderr.isatty():
+        # For a person at a terminal. Under a supervisor every captured line stays JSON: the
+        # config_error lines above already name each variable and what it accepts.
+        print(
+            "botd: bad configuration, nothing started:\n"
+            + "".join(f"  {p}\n" for p in problems)
+            + "Fix the settings above (see `botd run --help`) and start again.",
+            file=sys.stderr,
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
