@@ -413,6 +413,7 @@ class Agent:
             kinds=self.config.kinds or None,
             on_orphans=self._release_orphans,
             draining=lambda: self._draining,
+            check_health=self.health.ensure_fresh,
         )
         self._claim_scope = trio.CancelScope()
 

@@ -45,6 +45,8 @@ class Claimer:
     kinds: Sequence[str] | None
     on_orphans: Callable[[list[ClaimedJob]], None]
     draining: Callable[[], bool] = lambda: False
+    #: Called before each claim: refreshes the server's health if it is stale; False = unhealthy.
+    check_health: Callable[[], Awaitable[bool]] | None = None
 
     async def run(self, session: Session) -> None:
         """Claim until cancelled. Raises SessionLost on 404/409; retries everything else.
@@ -63,6 +65,8 @@ class Claimer:
             if self.outbox_full():
                 logger.bind(event="outbox_full").warning("outbox full: claiming paused")
                 await self.outbox_not_full()
+            if self.check_health is not None and not await self.check_health():
+                continue  # degraded: wait for the monitor to see it healthy again
             await self.breaker.wait_ready()
             if not self.breaker.allow():
                 continue

@@ -1,6 +1,15 @@
-"""HEALTH_CHECK and the health monitor: only a healthy bot claims."""
+"""HEALTH_CHECK and the health monitor: only a healthy bot claims.
+
+While the server is healthy, the health is checked where it matters: before a claim, when the
+last check is older than the interval (:meth:`HealthMonitor.ensure_fresh`). An idle bot whose
+long poll is open claims every ``BOT_CLAIM_WAIT`` seconds, so it checks that often instead of
+every ``BOT_HEALTH_INTERVAL`` (a request less every 5 s). While the server is unhealthy,
+:meth:`HealthMonitor.run` checks every interval until it is healthy again.
+"""
 
 from __future__ import annotations
+
+import math
 
 import attrs
 import trio
@@ -25,6 +34,7 @@ class HealthMonitor:
     interval: float
     healthy: AsyncBool = attrs.field(factory=lambda: AsyncBool(False))
     last_error: str | None = None
+    checked_at: float = -math.inf  # Trio time of the last answer (or failure)
 
     async def check(self) -> bool:
         """One check. Returns whether the server and its database are healthy; never raises
@@ -34,6 +44,8 @@ class HealthMonitor:
         except ServerError as exc:
             self._set(False, f"server unreachable: {exc}")
             return False
+        finally:
+            self.checked_at = trio.current_time()
         if health.status != "ok":
             self._set(False, f"server degraded: database {health.database}")
             return False
@@ -46,10 +58,21 @@ class HealthMonitor:
             if await self.check():
                 return
 
+    async def ensure_fresh(self) -> bool:
+        """Before a claim: check unless the last check is younger than the interval.
+
+        Returns whether the server is healthy."""
+        if trio.current_time() - self.checked_at >= self.interval:
+            await self.check()
+        return bool(self.healthy.value)
+
     async def run(self) -> None:
-        """Monitor while the session lives. This function never returns unless cancelled."""
+        """Monitor while the session lives: while the server is unhealthy, check every
+        interval until it is healthy (while it is healthy, the claimer calls
+        :meth:`ensure_fresh`). This function never returns unless cancelled."""
         while True:
-            await trio.sleep(self.interval)
+            await self.healthy.wait_value(False)
+            await trio.sleep(max(0.0, self.checked_at + self.interval - trio.current_time()))
             await self.check()
 
     def _set(self, healthy: bool, error: str | None) -> None:

@@ -215,10 +215,12 @@ class Canary:
 
     :meth:`run` sleeps ``interval`` seconds in a loop and records each tick; when a tick comes
     more than ``warn_after`` seconds late it logs "Event loop blocked or overloaded: delay=..."
-    (event ``event_loop_blocked``). Never returns unless cancelled; raises nothing.
+    (event ``event_loop_blocked``), so a block of ``interval + warn_after`` seconds or more is
+    always reported. An idle bot wakes up once per ``interval`` for it. Never returns unless
+    cancelled; raises nothing.
     """
 
-    def __init__(self, *, interval: float = 0.5, warn_after: float = 1.0) -> None:
+    def __init__(self, *, interval: float = 1.0, warn_after: float = 1.0) -> None:
         if interval <= 0 or warn_after < 0:
             raise ValueError("canary interval must be > 0 and warn_after >= 0")
         self.interval = interval
