@@ -3,7 +3,7 @@
 - :class:`Fleet`: owns every child process a benchmark starts (``botd server``, ``botd run``,
   the minimal loop, redis, celery) and stops them all when its ``async with`` ends, even when
   the benchmark fails;
-- :func:`submit_many`: submits jobs over a few concurrent connections;
+- :func:`submit_many`: submits jobs in batches (`POST /v1/jobs/batch`);
 - :func:`cpu_seconds`, :func:`rss_mb`: readings of ``/proc/<pid>``;
 - :func:`median`, :func:`percentile`, :func:`ratio`: the statistics that the report prints.
 
@@ -247,26 +247,20 @@ async def submit_many(
     *,
     kind: str = "bench",
     payload: Callable[[int], Any] = lambda _i: None,
-    connections: int = 8,
+    batch: int = 1000,
 ) -> None:
-    """Submit ``count`` jobs to ``url`` over ``connections`` concurrent keep-alive connections."""
-    next_index = 0
+    """Submit ``count`` jobs to ``url`` through ``POST /v1/jobs/batch``, ``batch`` per request.
 
-    async def producer(client: httpx.AsyncClient) -> None:
-        nonlocal next_index
-        while next_index < count:
-            index = next_index
-            next_index += 1
-            body = {"kind": kind, "payload": payload(index), "max_attempts": 3}
-            (await client.post("/v1/jobs", json=body)).raise_for_status()
-
-    limits = httpx.Limits(max_connections=connections)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client,
-        trio.open_nursery() as nursery,
-    ):
-        for _ in range(connections):
-            nursery.start_soon(producer, client)
+    The submission is not what is measured: a batch is one transaction on the server, so 20,000
+    jobs take about a second instead of a minute of single submits.
+    """
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for start in range(0, count, batch):
+            jobs = [
+                {"kind": kind, "payload": payload(i), "max_attempts": 3}
+                for i in range(start, min(count, start + batch))
+            ]
+            (await client.post("/v1/jobs/batch", json={"jobs": jobs})).raise_for_status()
 
 
 async def wait_until(

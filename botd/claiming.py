@@ -54,6 +54,7 @@ class Claimer:
         This function never returns unless cancelled.
         """
         failures = 0
+        self.reporter.session = session
         while True:
             await self.healthy.wait_value(True)
             await self.runner.in_flight.wait_value(lambda n: n < self.runner.concurrency)
@@ -70,7 +71,7 @@ class Claimer:
             await self.breaker.wait_ready()
             if not self.breaker.allow():
                 continue
-            acks = self.reporter.take()
+            acks = self.reporter.claim_started()
             request = ClaimRequest(
                 bot_id=session.bot_id,
                 session_id=session.session_id,
@@ -83,10 +84,12 @@ class Claimer:
                 answer = await self.client.claim(request)
             except (UnknownBot, SessionSuperseded) as exc:
                 self.reporter.give_back(acks)
+                self.reporter.claim_ended(full=False)
                 self.breaker.record_success()
                 raise SessionLost(f"claim: {exc}") from None
             except ServerError as exc:
                 self.reporter.give_back(acks)
+                self.reporter.claim_ended(full=False)
                 self.breaker.record_failure()
                 failures += 1
                 delay = self.backoff.delay(failures - 1)
@@ -97,9 +100,11 @@ class Claimer:
                 continue
             except BaseException:
                 self.reporter.give_back(acks)
+                self.reporter.claim_ended(full=False)
                 raise
             failures = 0
             self.breaker.record_success()
+            self.reporter.claim_ended(full=0 < request.max_jobs <= len(answer.jobs))
             self._dispatch(answer.jobs)
             await self.reporter.settle(answer.acks)
 

@@ -60,6 +60,7 @@ __all__ = [
     "configure_hypercorn_logging",
     "current_agent",
     "emit",
+    "enabled",
     "hypercorn_config_loggers",
     "redact",
     "redact_value",
@@ -75,6 +76,7 @@ CORE_FIELDS = ("time", "level", "msg", "logger", "bot_id", "state")
 EXC_FIELDS = ("exc_type", "exc_message", "exc_traceback")
 _INTERNAL_PREFIX = "_botd_"
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"'\\,;]+")
+_BEARER_WORD = re.compile(r"(?i)bearer")
 #: The names of environment variables whose values are secrets by default.
 _SECRET_ENV = re.compile(r".*_TOKEN\Z")
 #: Attributes every stdlib LogRecord has; anything else on a record came from ``extra=``.
@@ -189,6 +191,14 @@ class _Redactor:
             text = pattern.sub(REDACTED, text)
         return _BEARER.sub(r"\g<1>" + REDACTED, text)
 
+    def may_match(self, text: str) -> bool:
+        """False when ``text`` holds no secret form and no "bearer": nothing to redact in
+        it, nor in any part of it (one scan, for the common case)."""
+        pattern = self._pattern
+        if pattern is not None and pattern.search(text):
+            return True
+        return _BEARER_WORD.search(text) is not None
+
 
 _redactor = _Redactor()
 
@@ -285,9 +295,16 @@ def record_to_dict(record: Record) -> dict[str, Any]:
 
 
 def _json_line(record: Record) -> str:
-    """The JSON line of a record, redacted value by value (so the line stays valid JSON)."""
-    doc = _jsonable(record_to_dict(record), _redactor)
-    line = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    """The JSON line of a record, redacted value by value (so the line stays valid JSON).
+
+    Most lines hold nothing to redact: the line is built once and scanned once; only when
+    the scan finds a secret form or "bearer" is it built again with every value redacted.
+    A value's JSON form is a substring of the line, so a clean line means clean values.
+    """
+    doc = record_to_dict(record)
+    line = json.dumps(_jsonable(doc), ensure_ascii=False, separators=(",", ":"))
+    if _redactor.may_match(line):
+        line = json.dumps(_jsonable(doc, _redactor), ensure_ascii=False, separators=(",", ":"))
     return line.translate(_LINE_BREAKS)
 
 
@@ -497,6 +514,28 @@ def teardown_logging(*, stdlib: bool = True) -> None:
     if stdlib and _state.removed_default:
         _state.default_id = logger.add(sys.stderr)  # loguru's default, as before setup_logging
         _state.removed_default = False
+
+
+_LEVEL_NO = {
+    "TRACE": 5,
+    "DEBUG": 10,
+    "INFO": 20,
+    "SUCCESS": 25,
+    "WARNING": 30,
+    "ERROR": 40,
+    "CRITICAL": 50,
+}
+
+
+def enabled(level: str) -> bool:
+    """Whether some loguru sink takes records at ``level`` (a standard level name).
+
+    For hot paths (a line per job): skip building a record that every sink would drop.
+    Reads loguru's minimum level over all its sinks; True if that cannot be read.
+    """
+    core = getattr(logger, "_core", None)
+    min_level = getattr(core, "min_level", 0)
+    return _LEVEL_NO.get(level, 0) >= min_level if isinstance(min_level, int) else True
 
 
 def emit(

@@ -395,6 +395,10 @@ class Outbox:
             if ack is None:
                 raise TypeError("put(job_id, ack) needs the ack")
             entry = OutboxEntry(ack.lease_id, entry_or_job_id, ack, time.time(), 0)
+        if self._store is None:  # in memory: nothing to wait for, nothing to cancel
+            added = self._add(entry)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return added
         with trio.CancelScope(shield=True):
             added = await self._put(entry)
         return added
@@ -403,12 +407,13 @@ class Outbox:
         if entry.lease_id in self._entries:
             await trio.lowlevel.checkpoint()
             return False
-        if self._store is not None:
-            store = self._store
-            await self._run(lambda: store.put(entry))
-        else:
-            await trio.lowlevel.checkpoint()
-        if entry.lease_id in self._entries:  # a concurrent put won the race
+        store = self._store
+        assert store is not None
+        await self._run(lambda: store.put(entry))
+        return self._add(entry)
+
+    def _add(self, entry: OutboxEntry) -> bool:
+        if entry.lease_id in self._entries:  # already here, or a concurrent put won the race
             return False
         self._entries[entry.lease_id] = entry
         self._publish()

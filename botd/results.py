@@ -1,8 +1,12 @@
 """Reporting results: the outbox is drained into acks, and each ack's answer is settled.
 
-Acks ride on the next claim when one is due (the claimer takes them with :meth:`take`), or
-go through ``POST /v1/leases/{id}/ack`` from :meth:`ResultReporter.run` when no claim is
-due. An entry leaves the outbox only when the server has answered for it:
+Acks ride on the next claim when one is due (the claimer takes them with :meth:`take`). A
+claim is due while the claimer is busy: its last answer was a full batch (the queue has more)
+and its next claim goes out, or comes back, within ``CLAIM_DUE_S``. Otherwise (the claim is
+parked in a long poll, claiming is paused, there is no session) :meth:`ResultReporter.run`
+sends what waited ``ACK_GRACE_S`` itself: all of it in one ``POST /v1/jobs/claim`` with
+``max_jobs=0`` while a session lives, else ``POST /v1/leases/{id}/ack`` each. An entry
+leaves the outbox only when the server has answered for it:
 
 - ``recorded`` / ``duplicate``: done (a duplicate is a success: the first one landed);
 - ``lease_lost``: another bot has the job; this result must not be recorded; counted;
@@ -13,6 +17,7 @@ Anything else (network errors, 5xx, a bad body) keeps the entry, behind the resu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -22,14 +27,17 @@ from loguru import logger
 from .backoff import Backoff
 from .breaker import CircuitBreaker
 from .client import ServerClient
-from .errors import RequestRejected, ServerError
-from .models import Ack, AckResult
+from .errors import RequestRejected, ServerError, SessionSuperseded, UnknownBot
+from .models import Ack, AckResult, ClaimRequest
 from .outbox import Outbox
+from .session import Session
 
 __all__ = ["ResultReporter"]
 
 #: How long a finished result waits for a claim to carry it before it is sent on its own.
 ACK_GRACE_S = 0.02
+#: A busy claimer's next claim is due within this long of its last one starting or ending.
+CLAIM_DUE_S = 0.25
 #: How often the reporter looks again while every pending ack rides on a claim.
 IDLE_RECHECK_S = 1.0
 #: Acks sent at once by the reporter.
@@ -50,6 +58,24 @@ class ResultReporter:
     backoff: Backoff
     on_lease_lost: Callable[[], None] = lambda: None
     sending: set[str] = attrs.field(factory=set)
+    #: The live session, set by the claimer: lets the reporter send acks in one batch.
+    session: Session | None = None
+    _claim_busy: bool = False  # the last claim answer was a full batch
+    _claim_mark: float = -math.inf  # when the last claim started or ended (Trio time)
+
+    def claim_started(self) -> list[Ack]:
+        """The claimer is sending a claim: return the acks it carries (see :meth:`take`)."""
+        self._claim_mark = trio.current_time()
+        return self.take()
+
+    def claim_ended(self, *, full: bool) -> None:
+        """The claim came back (``full``: with as many jobs as it asked for) or failed."""
+        self._claim_busy = full
+        self._claim_mark = trio.current_time()
+
+    def claim_due(self) -> bool:
+        """True while a claim that will carry the pending acks is about to go or come back."""
+        return self._claim_busy and trio.current_time() - self._claim_mark < CLAIM_DUE_S
 
     def take(self, limit: int = ACKS_PER_CLAIM) -> list[Ack]:
         """Mark up to ``limit`` pending acks as being sent and return them (for a claim)."""
@@ -91,7 +117,9 @@ class ResultReporter:
         while True:
             await self.outbox.wait_nonempty()
             await trio.sleep(ACK_GRACE_S)
-            acks = self.take(ACK_PARALLEL * 8)
+            if self.claim_due():
+                continue  # the claimer takes them: no request of our own
+            acks = self.take(ACKS_PER_CLAIM)
             if not acks:
                 # A claim carries them all: wait for a new entry (or look again in a while,
                 # in case that claim fails and gives them back).
@@ -112,7 +140,7 @@ class ResultReporter:
         The caller bounds it with a cancel scope.
         """
         while self.outbox.count:
-            acks = self.take(ACK_PARALLEL * 8)
+            acks = self.take(ACKS_PER_CLAIM)
             if not acks:
                 await trio.sleep(ACK_GRACE_S)
                 continue
@@ -124,6 +152,31 @@ class ResultReporter:
         return True
 
     async def _send_all(self, acks: list[Ack]) -> bool:
+        """Send ``acks``: in one claim of no jobs while a session lives, else one by one."""
+        session = self.session
+        if session is not None and len(acks) > 1:
+            request = ClaimRequest(
+                bot_id=session.bot_id, session_id=session.session_id, max_jobs=0, acks=acks
+            )
+            try:
+                answer = await self.client.claim(request)
+            except (UnknownBot, SessionSuperseded):
+                self.session = None  # that session is gone: one by one below
+            except ServerError as exc:
+                self.give_back(acks)
+                self.breaker.record_failure()
+                logger.bind(event="ack_failed", count=len(acks), error=str(exc)).warning(
+                    "acks failed; the results stay in the outbox: {}", exc
+                )
+                return False
+            else:
+                self.breaker.record_success()
+                await self.settle(answer.acks)
+                self.give_back(acks)  # any the answer did not mention are pending again
+                return True
+        return await self._send_each(acks)
+
+    async def _send_each(self, acks: list[Ack]) -> bool:
         failed = False
         limiter = trio.CapacityLimiter(ACK_PARALLEL)
 

@@ -14,13 +14,14 @@ Every outcome is written durably to the outbox *before* the job counts as finish
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import trio
 from loguru import logger
 from trio_util import AsyncValue
 
+from . import logs
 from .handlers import Handler, run_job
 from .models import Ack, ClaimedJob, FailureInfo
 from .outbox import Outbox
@@ -103,8 +104,11 @@ class JobRunner:
 
     async def _run_one(self, running: RunningJob) -> None:
         job = running.job
-        log = logger.bind(job_id=job.job_id, lease_id=job.lease_id, attempt=job.attempt)
-        log.bind(event="job_started", kind=job.kind).info("job {} started", job.job_id)
+        ids = {"job_id": job.job_id, "lease_id": job.lease_id, "attempt": job.attempt}
+        if logs.enabled("INFO"):  # the record is not even built when no sink takes it
+            logger.bind(**ids, event="job_started", kind=job.kind).info(
+                "job {} started", job.job_id
+            )
         ack: Ack | None = None
         outcome = "failed"
         try:
@@ -117,20 +121,21 @@ class JobRunner:
             if ack is None:  # our scope was cancelled
                 ack, outcome = self._cancelled_ack(running)
             duration = trio.current_time() - running.started_at
-            if ack is not None:
+            if ack is not None and not self.outbox.durable:
+                await self.outbox.put(job.job_id, ack)  # in memory: never waits, never cancelled
+            elif ack is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(OUTCOME_WRITE_DEADLINE):
                     await self.outbox.put(job.job_id, ack)
             self.total_processed += 1
             self.on_finished(outcome, duration)
-            fields = {"event": _EVENTS.get(outcome, "job_failed")}
-            if ack is not None and ack.error is not None:
-                fields.update(error_type=ack.error.type, error=ack.error.message)
-            log.bind(**fields, outcome=outcome, duration_ms=round(duration * 1000, 3)).log(
-                "INFO" if outcome in ("succeeded", "released") else "WARNING",
-                "job {} {}",
-                job.job_id,
-                outcome,
-            )
+            level = "INFO" if outcome in ("succeeded", "released") else "WARNING"
+            if logs.enabled(level):
+                fields: dict[str, Any] = {"event": _EVENTS.get(outcome, "job_failed")}
+                if ack is not None and ack.error is not None:
+                    fields.update(error_type=ack.error.type, error=ack.error.message)
+                logger.bind(
+                    **ids, **fields, outcome=outcome, duration_ms=round(duration * 1000, 3)
+                ).log(level, "job {} {}", job.job_id, outcome)
         finally:
             self.running.pop(job.lease_id, None)
             self.in_flight.value = len(self.running)
