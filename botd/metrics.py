@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -184,6 +185,10 @@ class BotMetrics:
 
         self._current_state: str | None = None
         self._breakers: dict[str, str] = {}
+        # The labelled children of the per-job and per-request series, looked up once: a
+        # job or a request then costs a dict lookup and an increment.
+        self._jobs_by_outcome = {o: self.jobs.labels(outcome=o) for o in JOB_OUTCOMES}
+        self._requests: dict[tuple[str, str], Any] = {}
         for state in STATES:
             self.state.labels(state=state).set(0)
         for from_state, to_state in transitions:
@@ -236,7 +241,10 @@ class BotMetrics:
 
     def job_finished(self, outcome: str, duration_s: float | None) -> None:
         """Count one finished job; observe its duration unless it is None."""
-        self.jobs.labels(outcome=_check("job outcome", outcome, JOB_OUTCOMES)).inc()
+        child = self._jobs_by_outcome.get(outcome)
+        if child is None:
+            child = self.jobs.labels(outcome=_check("job outcome", outcome, JOB_OUTCOMES))
+        child.inc()
         if duration_s is not None:
             self.job_duration.observe(max(0.0, duration_s))
 
@@ -246,8 +254,12 @@ class BotMetrics:
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Observe one server request; ``outcome`` from :func:`botd.client.outcome_of`."""
-        outcome = _check("request outcome", outcome, REQUEST_OUTCOMES)
-        self.request_duration.labels(endpoint=endpoint, outcome=outcome).observe(max(0.0, seconds))
+        child = self._requests.get((endpoint, outcome))
+        if child is None:
+            outcome = _check("request outcome", outcome, REQUEST_OUTCOMES)
+            child = self.request_duration.labels(endpoint=endpoint, outcome=outcome)
+            self._requests[(endpoint, outcome)] = child
+        child.observe(max(0.0, seconds))
 
     def heartbeat(self, outcome: str) -> None:
         """Count one heartbeat, ``succeeded`` or ``failed``."""
