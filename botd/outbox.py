@@ -274,6 +274,21 @@ class _Store:
 
         return self._write("store a result", insert)
 
+    def put_many(self, entries: list[OutboxEntry]) -> None:
+        """Insert ``entries`` in one transaction: one commit (and fsync) for all of them."""
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (lease_id, job_id, ack, created_at, attempts) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (e.lease_id, e.job_id, codec.dumps(e.ack).decode(), e.created_at, e.attempts)
+                    for e in entries
+                ],
+            )
+
+        self._write("store results", insert)
+
     def remove(self, lease_ids: list[str]) -> None:
         def delete(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM outbox WHERE lease_id = ?", [(x,) for x in lease_ids])
@@ -288,6 +303,16 @@ class _Store:
             )
 
         self._write("count an attempt", update)
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """Puts that share one commit (see :meth:`Outbox._put`)."""
+
+    entries: dict[str, OutboxEntry] = attrs.field(factory=dict)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    added: set[str] = attrs.field(factory=set)
+    error: StateDirError | None = None
 
 
 class Outbox:
@@ -308,6 +333,8 @@ class Outbox:
         self._store = store
         self._entries: dict[str, OutboxEntry] = {e.lease_id: e for e in entries}
         self._limiter = trio.CapacityLimiter(1)
+        self._batch = _Batch()
+        self._committing = False
         self._closed = False
         self.max_pending = max_pending
         self.updated: Any = trio_util.AsyncValue(len(self._entries))
@@ -404,13 +431,46 @@ class Outbox:
         return added
 
     async def _put(self, entry: OutboxEntry) -> bool:
-        if entry.lease_id in self._entries:
+        """Group commit: the puts that arrive while a commit runs share the next one.
+
+        The first put to find no commit running writes every queued entry in one
+        transaction, and again while more were queued meanwhile (at most one batch per
+        ``concurrency`` jobs); the others wait for the commit of their batch. Each put returns
+        only once its own entry is committed.
+        """
+        if entry.lease_id in self._entries or entry.lease_id in self._batch.entries:
             await trio.lowlevel.checkpoint()
             return False
+        batch = self._batch
+        batch.entries[entry.lease_id] = entry
+        if self._committing:
+            await batch.done.wait()
+        else:
+            self._committing = True
+            try:
+                while self._batch.entries:
+                    await self._commit(self._batch)
+            finally:
+                self._committing = False
+        if batch.error is not None:
+            raise batch.error
+        return entry.lease_id in batch.added
+
+    async def _commit(self, batch: _Batch) -> None:
+        self._batch = _Batch()  # puts from now on go to the next commit
         store = self._store
         assert store is not None
-        await self._run(lambda: store.put(entry))
-        return self._add(entry)
+        entries = list(batch.entries.values())
+        try:
+            await self._run(lambda: store.put_many(entries))
+        except StateDirError as exc:
+            batch.error = exc  # nothing of the batch is in the outbox
+        except Exception as exc:  # a bug: still, no put of the batch may think it is stored
+            batch.error = StateDirError(f"state dir: results not stored: {exc!r}")
+        else:
+            batch.added = {item.lease_id for item in entries if self._add(item)}
+        finally:
+            batch.done.set()
 
     def _add(self, entry: OutboxEntry) -> bool:
         if entry.lease_id in self._entries:  # already here, or a concurrent put won the race
