@@ -5,6 +5,7 @@ machine needs nothing but ``pip install nox && nox``:
 
 - promtool, from Debian's ``prometheus`` package (metrics and alert rules checks);
 - chromium, from Debian's ``chromium`` package (the dashboard's browser test);
+- systemd-analyze, from Debian's ``systemd`` package (``systemd-analyze verify`` of the units);
 - supervisord, from PyPI (``supervisor``, in the test extra);
 - redis-server, from Debian's ``redis-server`` package (only ``nox -s bench``: the Celery
   baseline's broker).
@@ -21,7 +22,12 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-DEBIAN_TOOLS = {"promtool": "prometheus", "chromium": "chromium", "redis-server": "redis-server"}
+DEBIAN_TOOLS = {
+    "promtool": "prometheus",
+    "chromium": "chromium",
+    "systemd-analyze": "systemd",
+    "redis-server": "redis-server",
+}
 LINTED = ["botd", "tests", "benchmarks", "noxfile.py"]
 
 
@@ -61,7 +67,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    ensure_debian_tools(session, "promtool", "chromium")
+    ensure_debian_tools(session, "promtool", "chromium", "systemd-analyze")
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
