@@ -412,7 +412,10 @@ _SPECS: dict[str, _Spec] = {
         "BOT_OUTBOX_MAX", "most results kept while unacknowledged", "an integer >= 1", _at_least(1)
     ),
     "health_interval": _Spec(
-        "BOT_HEALTH_INTERVAL", "seconds between health checks while READY", _SECONDS, _above(0)
+        "BOT_HEALTH_INTERVAL",
+        "the oldest a health check may be before a claim; seconds between checks while unhealthy",
+        _SECONDS,
+        _above(0),
     ),
     "health_check_timeout": _Spec(
         "BOT_HEALTH_CHECK_TIMEOUT", "deadline of the HEALTH_CHECK state, s", _SECONDS, _above(0)
