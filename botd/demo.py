@@ -47,7 +47,7 @@ from trio_util import AsyncValue
 from . import codec, logs
 from .agent import BREAKER_NAMES, Agent
 from .config import MAX_CONCURRENCY, BotConfig
-from .errors import BotdError, ConfigError
+from .errors import BotdError, ConfigError, leaf_exceptions
 from .exit_codes import ExitCode
 from .lifecycle import State, Transition
 from .models import (
@@ -989,13 +989,6 @@ def _logs_to(path: Path) -> Iterator[None]:
             logs.teardown_logging()
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
-
-
 def run_demo_from_args(args: argparse.Namespace) -> int:
     """Run ``botd demo`` with parsed flags; print the summary; return the exit code."""
     try:
@@ -1022,7 +1015,7 @@ def run_demo_from_args(args: argparse.Namespace) -> int:
                 functools.partial(run_demo, options, view, run_dir, install_signals=True)
             )
         except* OSError as group:
-            failures = [str(exc) for exc in _leaves(group)]
+            failures = [str(exc) for exc in leaf_exceptions(group)]
     if report is None:
         where = f"{options.host}:{options.port}"
         print(f"botd demo: cannot serve on {where}: {'; '.join(failures)}", file=sys.stderr)

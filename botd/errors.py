@@ -40,6 +40,7 @@ __all__ = [
     "StateDirError",
     "UnknownBot",
     "Unrecoverable",
+    "leaf_exceptions",
 ]
 
 
@@ -130,3 +131,12 @@ class UnknownBot(RequestRejected):
 
 class SessionSuperseded(RequestRejected):
     """Raised when the bot's session was replaced (409 session_superseded); register again."""
+
+
+def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Every exception in ``group`` and its nested groups, in order (the groups themselves
+    left out): what a nursery's error group is made of."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += leaf_exceptions(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out

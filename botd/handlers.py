@@ -238,8 +238,11 @@ class SimulateHandler:
 
 def _live_members(pgid: int) -> list[int]:
     """Pids of the group's members that are not zombies, from /proc ([] without /proc)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
     members = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:

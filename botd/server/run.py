@@ -23,6 +23,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from loguru import logger
 
 from .. import logs
+from ..errors import leaf_exceptions
 from .app import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, core_of, create_app
 from .store import SqliteStore, StoreUnavailable
 
@@ -193,13 +194,6 @@ async def serve_until_signalled(config: ServerConfig) -> None:
             nursery.cancel_scope.cancel()
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
-
-
 def run_server_from_args(args: argparse.Namespace) -> int:
     """Run ``botd server`` with parsed flags; returns the exit code (0 after a signal)."""
     try:
@@ -220,7 +214,7 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     try:
         trio.run(serve_until_signalled, config)
     except* OSError as group:
-        failures = [str(exc) for exc in _leaves(group)]
+        failures = [str(exc) for exc in leaf_exceptions(group)]
     if failures:
         where = f"{config.host}:{config.port}"
         print(f"botd server: cannot serve on {where}: {'; '.join(failures)}", file=sys.stderr)
