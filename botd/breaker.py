@@ -11,7 +11,10 @@
   that lost the server together does not come back in lockstep.
 - HALF_OPEN lets exactly one probe through at a time; the others are refused while it is in
   flight. A success closes the breaker, a failure reopens it with a fresh jittered timeout.
-  A probe that is cancelled gives its slot back without counting.
+  A probe guarded by :meth:`CircuitBreaker.guard` that is cancelled gives its slot back
+  without counting; a caller that took the slot with :meth:`~CircuitBreaker.allow` must
+  give it back itself (:meth:`~CircuitBreaker.release`), which is why botd's loops only use
+  the guard, through :mod:`botd.call_policy`.
 
 The state is computed on read from the clock: an OPEN breaker whose timeout has passed reads
 as HALF_OPEN. Outcomes that arrive while OPEN (late answers to calls let through before it
@@ -23,7 +26,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -184,15 +188,43 @@ class CircuitBreaker:
             else:
                 await changed.wait()
 
-    def guard(self, *, counts: tuple[type[BaseException], ...] = (ServerError,)) -> _Guard:
+    def guard(
+        self, *, counts: tuple[type[BaseException], ...] = (ServerError,), force: bool = False
+    ) -> _Guard:
         """A context manager: :meth:`check` on entry, then record the outcome on exit.
 
         An exception matching ``counts`` (also inside an exception group) records a failure;
         a cancellation, or any other BaseException that is not an Exception, gives the probe
         slot back without counting; anything else (no exception, or an exception that is
         not the dependency's fault) records a success. Exceptions always propagate.
+
+        ``force`` lets the call through even when the breaker would refuse it (a heartbeat
+        must renew its leases whatever the breaker says); its outcome is recorded all the
+        same, by the rules above (an outcome while OPEN changes no state).
         """
-        return _Guard(self, counts)
+        return _Guard(self, counts, force)
+
+    @asynccontextmanager
+    async def admitted(
+        self, *, counts: tuple[type[BaseException], ...] = (ServerError,)
+    ) -> AsyncIterator[None]:
+        """``async with breaker.admitted():`` waits until a call may go, then guards it.
+
+        Waiting is :meth:`wait_ready`; the body runs under :meth:`guard`. When several
+        waiters wake for one probe slot, the losers wait again here, so no caller has to. A
+        CircuitOpen raised by the body itself propagates.
+        """
+        while True:
+            await self.wait_ready()
+            entered = False
+            try:
+                with self.guard(counts=counts):
+                    entered = True
+                    yield
+                return
+            except CircuitOpen:
+                if entered:
+                    raise
 
     # -- recording outcomes ----------------------------------------------------------------
 
@@ -270,16 +302,19 @@ class CircuitBreaker:
 class _Guard:
     """The context manager returned by :meth:`CircuitBreaker.guard`."""
 
-    __slots__ = ("_breaker", "_counts", "_token")
+    __slots__ = ("_breaker", "_counts", "_force", "_token")
 
-    def __init__(self, breaker: CircuitBreaker, counts: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self, breaker: CircuitBreaker, counts: tuple[type[BaseException], ...], force: bool
+    ) -> None:
         self._breaker = breaker
         self._counts = counts
+        self._force = force
         self._token: int | None = None
 
     def __enter__(self) -> None:
         allowed, self._token = self._breaker._acquire()
-        if not allowed:
+        if not allowed and not self._force:
             raise CircuitOpen(self._breaker.name, self._breaker.retry_in())
 
     def __exit__(

@@ -450,3 +450,49 @@ async def test_fleet_does_not_come_back_in_lockstep(
     assert all(27.0 <= t <= 33.0 for t in back)
     assert len(set(back)) == len(back)
     assert max(back) - min(back) > 3.0  # spread over most of the +/-10% window
+
+
+async def test_a_forced_call_goes_through_an_open_breaker_and_still_counts(
+    autojump_clock: Any,
+) -> None:
+    breaker = CircuitBreaker("hb", threshold=1, timeout=10.0, jitter=0.0)
+    breaker.record_failure()
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitOpen), breaker.guard():
+        pass
+    with breaker.guard(force=True):
+        pass  # let through; a success while OPEN changes no state
+    assert breaker.state is OPEN and breaker.total_successes == 1
+    await trio.sleep(10)
+    with breaker.guard(force=True):  # HALF_OPEN: it takes the probe slot like any call
+        assert breaker.probe_in_flight
+    assert breaker.state is CLOSED
+
+
+async def test_admitted_waits_for_the_probe_and_serves_the_waiters_in_turn(
+    autojump_clock: Any,
+) -> None:
+    breaker = CircuitBreaker("c", threshold=1, timeout=10.0, jitter=0.0)
+    breaker.record_failure()
+    entered: list[tuple[int, float]] = []
+
+    async def call(n: int) -> None:
+        async with breaker.admitted():
+            entered.append((n, trio.current_time()))
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(call, n)
+    # The probe at 10 s closes the breaker at 11 s; the two that lost the race go then.
+    assert sorted(t for _, t in entered) == [10.0, 11.0, 11.0]
+    assert breaker.state is CLOSED
+
+
+async def test_admitted_gives_a_cancelled_probe_slot_back(autojump_clock: Any) -> None:
+    breaker = CircuitBreaker("c", threshold=1, timeout=10.0, jitter=0.0)
+    breaker.record_failure()
+    with trio.move_on_after(12):
+        async with breaker.admitted():
+            await trio.sleep_forever()
+    assert breaker.state is HALF_OPEN and not breaker.probe_in_flight
