@@ -30,17 +30,18 @@ from . import logs
 from ._version import __version__
 from .backoff import Backoff
 from .breaker import BreakerState, CircuitBreaker
+from .call_policy import CallPolicy
 from .claiming import Claimer
 from .client import ServerClient
 from .config import BotConfig, redacted
-from .errors import ConfigError, StateDirError, Unrecoverable
+from .errors import ConfigError, StateDirError, Unrecoverable, leaf_exceptions
 from .exit_codes import ExitCode
 from .handlers import GROUPS_DIR, Handler, build_handler, reap_leftover_groups
 from .health import HealthMonitor
 from .heartbeat import Heartbeat
 from .lifecycle import TRANSITIONS, Lifecycle, State, Transition
 from .metrics import BotMetrics
-from .models import Ack, ClaimedJob, HeartbeatResponse
+from .models import Ack, ClaimedJob, HeartbeatResponse, SessionHolder
 from .ops import Canary, OpsServer, build_status_document
 from .outbox import Outbox
 from .registration import Registrar, StartupExhausted
@@ -55,6 +56,8 @@ BREAKER_NAMES = ("registration", "heartbeat", "job_claim", "results")
 
 #: How long a bot stays PROCESSING after its last job ended, waiting for the next one.
 IDLE_GRACE_S = 0.25
+#: A session that got this many heartbeats through was stable: losing it is not churn.
+STABLE_SESSION_BEATS = 3
 #: Of the cleanup after the drain (BOT_CLEANUP_TIMEOUT), deregistering gets at most this long.
 DEREGISTER_TIMEOUT_S = 2.0
 
@@ -125,7 +128,21 @@ class Agent:
             transport=transport,
             observe=self._observe_request,
         )
-        self.health = HealthMonitor(self.client, config.health_interval)
+        self._backoff = Backoff(config.retry_base_delay, config.retry_max_delay, rng=self._rng)
+        #: One call policy per loop (botd.call_policy): how each loop's server calls go.
+        self.calls = {
+            "registration": self._policy(
+                "registration", "registration_failed", loses_session=False
+            ),
+            "heartbeat": self._policy("heartbeat", "heartbeat_failed", backoff=False, hold=False),
+            "job_claim": self._policy("job_claim", "claim_failed"),
+            "results": self._policy("results", "ack_failed"),
+        }
+        self.health = HealthMonitor(
+            self.client,
+            config.health_interval,
+            calls=CallPolicy("health", observe=self._on_call, loses_session=False),
+        )
         self.session: Session | None = None
         self.exit_code: ExitCode = ExitCode.OK
         self._shutdown = trio.Event()
@@ -133,6 +150,7 @@ class Agent:
         self._draining = False
         self._root: trio.Nursery | None = None
         self._canary = Canary()
+        self._conflicts: set[tuple[str, int]] = set()  # other processes seen with our bot id
         self.lifecycle.add_listener(self._on_transition)
         # Built in run(), once the outbox and the handler exist.
         self.runner: JobRunner
@@ -252,7 +270,6 @@ class Agent:
                     "WARNING",
                     count=killed,
                 )
-        backoff = Backoff(cfg.retry_base_delay, cfg.retry_max_delay, rng=self._rng)
         self.runner = JobRunner(
             handler=self._handler,
             outbox=self._outbox,
@@ -263,23 +280,19 @@ class Agent:
         self.reporter = ResultReporter(
             client=self.client,
             outbox=self._outbox,
-            breaker=self.breakers["results"],
-            backoff=backoff,
+            calls=self.calls["results"],
             on_lease_lost=self.metrics.outbox_lease_lost,
         )
         self.registrar = Registrar(
             client=self.client,
-            breaker=self.breakers["registration"],
-            backoff=backoff,
+            calls=self.calls["registration"],
             bot_id=cfg.bot_id,
             version=__version__,
             capacity=cfg.concurrency,
             labels=dict(cfg.labels),
             max_startup_attempts=cfg.max_startup_attempts,
             attempt_timeout=cfg.register_timeout,
-            on_attempt=self.metrics.registration_attempt,
         )
-        self._backoff = backoff
         self.metrics.set_outbox_pending(self._outbox.count)
         if self._outbox.count:
             logger.bind(event="outbox_recovered", pending=self._outbox.count).info(
@@ -306,11 +319,23 @@ class Agent:
         root.start_soon(self._watch_in_flight)
 
     async def _guarded(self, name: str, fn: Callable[[], Any]) -> None:
-        """Run an infrastructure task; a bug in it is logged and stops the bot with exit 70."""
+        """Run an infrastructure task. A 401/403 from the server in it stops the bot with
+        exit 78; a bug in it is logged and stops the bot with exit 70."""
         try:
             await fn()
         except Exception as exc:
-            self._crash(name, exc)
+            refused = _unrecoverable(exc)
+            if refused is not None:
+                self._refused(refused)
+            else:
+                self._crash(name, exc)
+
+    def _refused(self, exc: Unrecoverable) -> None:
+        """The server refused this bot (401/403): retrying will not help. Drain and exit 78."""
+        logs.emit("unrecoverable", f"the server refused this bot: {exc}", "ERROR")
+        if self.exit_code == ExitCode.OK:
+            self.exit_code = ExitCode.CONFIG
+        self.request_shutdown()
 
     async def _guarded_start(
         self, name: str, fn: Any, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -345,25 +370,24 @@ class Agent:
         self.lifecycle.transition(to, reason)
 
     async def _drive(self) -> None:
-        """REGISTERING -> HEALTH_CHECK -> READY, and ERROR -> REGISTERING, until the drain."""
+        """REGISTERING -> HEALTH_CHECK -> READY, and ERROR -> REGISTERING, until the drain.
+
+        The wait in ERROR is a full-jitter backoff on the sessions in a row that churned:
+        ended before ``STABLE_SESSION_BEATS`` heartbeats got through, never got ready, or
+        were taken by another process with our bot id. A stable session starts it over.
+        """
         cfg = self.config
         self._transition(State.REGISTERING, "starting")
         ever_ready = False
-        errors = 0
+        churn = 0
         while True:
             if self._draining:
                 await trio.sleep_forever()  # no new session once the drain began
-            leases = sorted(set(self.runner.leases()) | set(self._outbox_leases()))
             try:
-                session = await self.registrar.register(leases, startup=not ever_ready)
+                session = await self.registrar.register(self._held_leases(), startup=not ever_ready)
             except StartupExhausted as exc:
                 logs.emit("startup_exhausted", str(exc), "ERROR")
                 self.exit_code = ExitCode.UNAVAILABLE
-                self.request_shutdown()
-                return
-            except Unrecoverable as exc:
-                logs.emit("unrecoverable", f"the server refused this bot: {exc}", "ERROR")
-                self.exit_code = ExitCode.CONFIG
                 self.request_shutdown()
                 return
             self.session = session
@@ -377,33 +401,34 @@ class Agent:
                 reason += f": {self.health.last_error}" if self.health.last_error else ""
             else:
                 ever_ready = True
-                errors = 0
                 self._transition(State.READY, "healthy")
                 self._sync_processing()
-                reason = await self._run_session(session)
-            errors += 1
+                lost, beats = await self._run_session(session)
+                reason = str(lost)
+                if not self._is_conflict(lost.holder) and beats >= STABLE_SESSION_BEATS:
+                    churn = 0
+            churn += 1
             self._transition(State.ERROR, reason)
             # ERROR has a deadline too: recovery starts within BOT_ERROR_TIMEOUT.
-            await trio.sleep(min(self._backoff.delay(errors - 1), cfg.error_timeout))
+            await trio.sleep(min(self._backoff.delay(churn - 1), cfg.error_timeout))
             self._transition(State.REGISTERING, "recovering from error")
 
-    async def _run_session(self, session: Session) -> str:
-        """Run the session nursery until the session is lost; return why."""
-        lost_reason = "session ended"
+    async def _run_session(self, session: Session) -> tuple[SessionLost, int]:
+        """Run the session nursery until the session is lost; return why, and how many
+        heartbeats got through in it."""
+        lost = SessionLost("session ended")
         heartbeat = Heartbeat(
             client=self.client,
-            breaker=self.breakers["heartbeat"],
+            calls=self.calls["heartbeat"],
             interval=self.config.heartbeat_interval_ms / 1000,
             leases=self._held_leases,
             state=lambda: self.state.value,
             stats=self._heartbeat_stats,
             on_answer=self._on_heartbeat_answer,
-            on_beat=self.metrics.heartbeat,
         )
         claimer = Claimer(
             client=self.client,
-            breaker=self.breakers["job_claim"],
-            backoff=self._backoff,
+            calls=self.calls["job_claim"],
             runner=self.runner,
             reporter=self.reporter,
             healthy=self.health.healthy,
@@ -427,10 +452,33 @@ class Agent:
                 session_nursery.start_soon(claim)
                 session_nursery.start_soon(self.health.run)
         except* SessionLost as group:
-            lost_reason = str(group.exceptions[0])
+            first = group.exceptions[0]
+            assert isinstance(first, SessionLost)
+            lost = first
         if self._draining:
             await trio.sleep_forever()  # the shutdown cancels the driver when it is done
-        return lost_reason
+        return lost, heartbeat.beats
+
+    def _is_conflict(self, holder: SessionHolder | None) -> bool:
+        """True when another process holds our bot id; reported once per process."""
+        if holder is None:
+            return False
+        them = (holder.hostname, holder.pid)
+        if them == (self.registrar.hostname, self.registrar.pid):
+            return False  # our own newer session
+        if them not in self._conflicts:
+            self._conflicts.add(them)
+            logs.emit(
+                "bot_id_conflict",
+                f"another process uses BOT_ID {self.config.bot_id!r}: host {holder.hostname!r},"
+                f" pid {holder.pid}, registered at {holder.since or 'an unknown time'}; the two"
+                " keep replacing each other's session: give each bot a BOT_ID of its own",
+                "ERROR",
+                holder_hostname=holder.hostname,
+                holder_pid=holder.pid,
+                holder_since=holder.since,
+            )
+        return True
 
     # --- shutdown -----------------------------------------------------------------------
 
@@ -466,7 +514,10 @@ class Agent:
             with trio.move_on_after(
                 max(0.5, deadline - trio.current_time() - DEREGISTER_TIMEOUT_S)
             ):
-                await self.reporter.flush()
+                try:
+                    await self.reporter.flush()
+                except Unrecoverable as exc:
+                    self._refused(exc)
             await self._deregister()
         if whole.cancelled_caught:
             logs.emit("shutdown_timeout", "shutdown ran out of time", "WARNING")
@@ -607,17 +658,49 @@ class Agent:
 
     def _observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.metrics.observe_request(endpoint, outcome, seconds)
-        if outcome != "ok" and endpoint in _BREAKER_OF:
-            self.metrics.breaker_failure(_BREAKER_OF[endpoint])
+
+    def _policy(
+        self,
+        name: str,
+        failed_event: str,
+        *,
+        backoff: bool = True,
+        hold: bool = True,
+        loses_session: bool = True,
+    ) -> CallPolicy:
+        return CallPolicy(
+            name,
+            breaker=self.breakers[name],
+            backoff=self._backoff if backoff else None,
+            failed_event=failed_event,
+            hold=hold,
+            observe=self._on_call,
+            loses_session=loses_session,
+        )
+
+    def _on_call(self, name: str, event: str) -> None:
+        """The call policies' events: each call's metrics, recorded once."""
+        if event == "started":
+            if name == "registration":
+                self.metrics.registration_attempt()
+            return
+        if event in ("failed", "unrecoverable") and name in self.breakers:
+            self.metrics.breaker_failure(name)
+        if name == "heartbeat" and event != "cancelled":
+            self.metrics.heartbeat("succeeded" if event == "ok" else "failed")
 
 
-_BREAKER_OF = {
-    "register": "registration",
-    "get_bot": "registration",
-    "heartbeat": "heartbeat",
-    "claim": "job_claim",
-    "ack": "results",
-}
+def _unrecoverable(exc: BaseException) -> Unrecoverable | None:
+    """The Unrecoverable that ended a task, alone or in an exception group of only those."""
+    if isinstance(exc, Unrecoverable):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(Unrecoverable)
+        if matched is not None and rest is None:
+            first = leaf_exceptions(matched)[0]
+            assert isinstance(first, Unrecoverable)
+            return first
+    return None
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

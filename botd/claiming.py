@@ -9,13 +9,11 @@ import trio
 from loguru import logger
 from trio_util import AsyncBool
 
-from .backoff import Backoff
-from .breaker import CircuitBreaker
+from .call_policy import CallPolicy
 from .client import ServerClient
-from .errors import ServerError, SessionSuperseded, UnknownBot
 from .models import ClaimedJob, ClaimRequest
 from .results import ResultReporter
-from .session import Session, SessionLost
+from .session import Session
 from .workers import JobRunner
 
 __all__ = ["Claimer"]
@@ -34,8 +32,7 @@ class Claimer:
     """
 
     client: ServerClient
-    breaker: CircuitBreaker
-    backoff: Backoff
+    calls: CallPolicy
     runner: JobRunner
     reporter: ResultReporter
     healthy: AsyncBool
@@ -49,11 +46,11 @@ class Claimer:
     check_health: Callable[[], Awaitable[bool]] | None = None
 
     async def run(self, session: Session) -> None:
-        """Claim until cancelled. Raises SessionLost on 404/409; retries everything else.
+        """Claim until cancelled. Raises SessionLost on 404/409; the call policy handles
+        every other outcome (a failed claim gives its acks back and is retried).
 
         This function never returns unless cancelled.
         """
-        failures = 0
         self.reporter.session = session
         while True:
             await self.healthy.wait_value(True)
@@ -68,42 +65,25 @@ class Claimer:
                 await self.outbox_not_full()
             if self.check_health is not None and not await self.check_health():
                 continue  # degraded: wait for the monitor to see it healthy again
-            await self.breaker.wait_ready()
-            if not self.breaker.allow():
+            async with self.calls.call() as call:
+                # Built once admitted: the breaker may have held the claim for a while.
+                acks = self.reporter.claim_started()
+                request = ClaimRequest(
+                    bot_id=session.bot_id,
+                    session_id=session.session_id,
+                    max_jobs=self.runner.free_slots,
+                    wait_s=self.wait_s,
+                    kinds=list(self.kinds) if self.kinds else None,
+                    acks=acks,
+                )
+                try:
+                    answer = await self.client.claim(request)
+                except BaseException:
+                    self.reporter.give_back(acks)
+                    self.reporter.claim_ended(full=False)
+                    raise
+            if not call.ok:
                 continue
-            acks = self.reporter.claim_started()
-            request = ClaimRequest(
-                bot_id=session.bot_id,
-                session_id=session.session_id,
-                max_jobs=self.runner.free_slots,
-                wait_s=self.wait_s,
-                kinds=list(self.kinds) if self.kinds else None,
-                acks=acks,
-            )
-            try:
-                answer = await self.client.claim(request)
-            except (UnknownBot, SessionSuperseded) as exc:
-                self.reporter.give_back(acks)
-                self.reporter.claim_ended(full=False)
-                self.breaker.record_success()
-                raise SessionLost(f"claim: {exc}") from None
-            except ServerError as exc:
-                self.reporter.give_back(acks)
-                self.reporter.claim_ended(full=False)
-                self.breaker.record_failure()
-                failures += 1
-                delay = self.backoff.delay(failures - 1)
-                logger.bind(
-                    event="claim_failed", error_type=type(exc).__name__, error=str(exc)
-                ).warning("claim failed, retrying in {:.2f}s: {}", delay, exc)
-                await trio.sleep(delay)
-                continue
-            except BaseException:
-                self.reporter.give_back(acks)
-                self.reporter.claim_ended(full=False)
-                raise
-            failures = 0
-            self.breaker.record_success()
             self.reporter.claim_ended(full=0 < request.max_jobs <= len(answer.jobs))
             self._dispatch(answer.jobs)
             await self.reporter.settle(answer.acks)

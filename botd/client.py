@@ -7,10 +7,13 @@ model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.Ser
 - a body that is not JSON, or JSON of the wrong shape -> :class:`ProtocolError` (retryable);
 - 401/403 -> :class:`Unrecoverable`;
 - 404 ``unknown_bot`` -> :class:`UnknownBot`;
-- 409 ``session_superseded`` -> :class:`SessionSuperseded`;
+- 409 ``session_superseded`` -> :class:`SessionSuperseded` (with ``holder``, if the server says);
 - any other 4xx -> :class:`RequestRejected` with the server's error code.
 
-httpx exceptions are translated in :func:`map_transport_errors` and nowhere else.
+httpx exceptions are translated in :func:`map_transport_errors` and nowhere else. Each
+request is timed once (``observe``), with its final outcome; a request that met a pooled
+connection the server had closed is sent once more on a new one (:meth:`ServerClient._request`).
+What a loop does with each outcome is the call policy's business (:mod:`botd.call_policy`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ RequestObserver = Callable[[str, str, float], None]
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
+#: How long an idle pooled connection is kept. It must stay below the idle timeout of the
+#: server and of every proxy in between (``botd server``: 75 s), so that the client, not
+#: the server, closes an idle connection. docs/deployment.md has the rule for a load balancer.
+KEEPALIVE_EXPIRY_S = 15.0
+#: The errors of a request on a pooled connection that the server may have closed meanwhile.
+_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 #: ``ok``: a 2xx; ``unavailable``: network error, timeout, 429, 5xx; ``rejected``: any other
 #: 4xx; ``protocol_error``: an answer we cannot read; ``error``: anything else.
 OUTCOMES = ("ok", "unavailable", "rejected", "protocol_error", "error")
@@ -87,10 +97,10 @@ def map_transport_errors(endpoint: str) -> Iterator[None]:
 def _error_of(response: httpx.Response, endpoint: str) -> Exception:
     """Classify a non-2xx answer once, the way every caller sees it."""
     status = response.status_code
-    code, message = f"http_{status}", response.reason_phrase
+    code, message, holder = f"http_{status}", response.reason_phrase, None
     try:
         detail = codec.structure(json.loads(response.content), ErrorBody).error
-        code, message = detail.code, detail.message
+        code, message, holder = detail.code, detail.message, detail.holder
     except (ValueError, ProtocolError):
         pass  # a proxy's HTML error page: keep the status line
     where = f"{endpoint}: {status} {code}: {message}"
@@ -101,8 +111,30 @@ def _error_of(response: httpx.Response, endpoint: str) -> Exception:
     if status == 404 and code == "unknown_bot":
         return UnknownBot(status, code, message)
     if status == 409 and code == "session_superseded":
-        return SessionSuperseded(status, code, message)
+        return SessionSuperseded(status, code, message, holder)
     return RequestRejected(status, code, message)
+
+
+class _ReuseProbe:
+    """An httpcore trace hook that tells whether a request went out on a pooled connection
+    and whether any of the answer came back (see :meth:`ServerClient._request`)."""
+
+    __slots__ = ("answered", "connected")
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.answered = False
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event.startswith("connection.connect_"):
+            self.connected = True
+        elif event.endswith("receive_response_headers.complete"):
+            self.answered = True
+
+    @property
+    def stale_connection(self) -> bool:
+        """True when a pooled connection failed before any of the answer came back."""
+        return not self.connected and not self.answered
 
 
 @attrs.define
@@ -128,6 +160,8 @@ class ServerClient:
     transport: httpx.AsyncBaseTransport | None = None
     observe: RequestObserver | None = None
     _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
+    _fresh: httpx.AsyncClient | None = attrs.field(init=False, default=None, repr=False)
+    _options: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         headers = {"User-Agent": "botd", "Accept": "application/json"}
@@ -138,13 +172,16 @@ class ServerClient:
             # Plain HTTP never opens TLS (redirects are not followed): do not load the CA
             # bundle (~50 ms at every start). This context trusts no CA, so it fails closed.
             verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._options = {
+            "base_url": self.base_url.rstrip("/"),
+            "headers": headers,
+            "verify": verify,
+            "timeout": httpx.Timeout(self.request_timeout, connect=self.connect_timeout),
+            "transport": self.transport,
+        }
         self._http = httpx.AsyncClient(
-            base_url=self.base_url.rstrip("/"),
-            headers=headers,
-            verify=verify,
-            timeout=httpx.Timeout(self.request_timeout, connect=self.connect_timeout),
-            transport=self.transport,
-            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=30.0),
+            **self._options,
+            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=KEEPALIVE_EXPIRY_S),
         )
 
     async def __aenter__(self) -> ServerClient:
@@ -156,35 +193,36 @@ class ServerClient:
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await self._http.aclose()
+            if self._fresh is not None:
+                await self._fresh.aclose()
 
     # --- the protocol -------------------------------------------------------------------
 
     async def health(self) -> Health:
         """``GET /v1/health``. A 503 with a readable body is returned, not raised."""
-        response = await self._send("health", "GET", "/v1/health", ok=(200, 503))
-        return self._decode(response, Health, "health")
+        return await self._call("health", Health, "GET", "/v1/health", ok=(200, 503))
 
     async def register(self, request: RegisterRequest) -> RegisterResponse:
-        response = await self._send("register", "POST", "/v1/bots/register", body=request)
-        return self._decode(response, RegisterResponse, "register")
+        return await self._call(
+            "register", RegisterResponse, "POST", "/v1/bots/register", body=request
+        )
 
     async def get_bot(self, bot_id: str) -> BotInfo:
-        response = await self._send("get_bot", "GET", f"/v1/bots/{_seg(bot_id)}")
-        return self._decode(response, BotInfo, "get_bot")
+        return await self._call("get_bot", BotInfo, "GET", f"/v1/bots/{_seg(bot_id)}")
 
     async def heartbeat(self, bot_id: str, request: HeartbeatRequest) -> HeartbeatResponse:
         path = f"/v1/bots/{_seg(bot_id)}/heartbeat"
-        response = await self._send("heartbeat", "POST", path, body=request)
-        return self._decode(response, HeartbeatResponse, "heartbeat")
+        return await self._call("heartbeat", HeartbeatResponse, "POST", path, body=request)
 
     async def deregister(self, bot_id: str, session_id: str) -> None:
-        await self._send(
-            "deregister",
-            "DELETE",
-            f"/v1/bots/{_seg(bot_id)}",
-            params={"session_id": session_id},
-            ok=(204, 200, 404),
-        )
+        with self._observed("deregister"):
+            await self._send(
+                "deregister",
+                "DELETE",
+                f"/v1/bots/{_seg(bot_id)}",
+                params={"session_id": session_id},
+                ok=(204, 200, 404),
+            )
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
         """``POST /v1/jobs/claim``; its read timeout covers the long poll plus a margin."""
@@ -192,17 +230,38 @@ class ServerClient:
             request.wait_s + self.claim_margin + self.request_timeout,
             connect=self.connect_timeout,
         )
-        response = await self._send(
-            "claim", "POST", "/v1/jobs/claim", body=request, http_timeout=timeout
+        return await self._call(
+            "claim", ClaimResponse, "POST", "/v1/jobs/claim", body=request, http_timeout=timeout
         )
-        return self._decode(response, ClaimResponse, "claim")
 
     async def ack(self, ack: Ack) -> SingleAckResponse:
         path = f"/v1/leases/{_seg(ack.lease_id)}/ack"
-        response = await self._send("ack", "POST", path, body=ack)
-        return self._decode(response, SingleAckResponse, "ack")
+        return await self._call("ack", SingleAckResponse, "POST", path, body=ack)
 
     # --- plumbing -----------------------------------------------------------------------
+
+    async def _call(self, endpoint: str, cls: type[T], method: str, path: str, **options: Any) -> T:
+        """One request and its decoded answer, observed once with its final outcome."""
+        with self._observed(endpoint):
+            response = await self._send(endpoint, method, path, **options)
+            return codec.loads(response.content, cls, what=f"{endpoint} response")
+
+    @contextmanager
+    def _observed(self, endpoint: str) -> Iterator[None]:
+        """Tell ``observe`` how a request ended and how long it took (not when cancelled)."""
+        started = trio.current_time()
+        outcome = "ok"
+        try:
+            yield
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            raise
+        except BaseException:
+            outcome = ""
+            raise
+        finally:
+            if self.observe is not None and outcome:
+                self.observe(endpoint, outcome, trio.current_time() - started)
 
     async def _send(
         self,
@@ -215,37 +274,44 @@ class ServerClient:
         http_timeout: httpx.Timeout | None = None,
         ok: tuple[int, ...] = (200, 201),
     ) -> httpx.Response:
-        started = trio.current_time()
-        outcome = "ok"
-        try:
-            content = codec.dumps(body) if body is not None else None
-            headers = {"Content-Type": "application/json"} if content is not None else None
-            with map_transport_errors(endpoint):
-                response = await self._http.request(
-                    method,
-                    path,
-                    content=content,
-                    headers=headers,
-                    params=params,
-                    timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                )
-            if response.status_code not in ok:
-                raise _error_of(response, endpoint)
-            return response
-        except Exception as exc:
-            outcome = outcome_of(exc)
-            raise
-        finally:
-            if self.observe is not None:
-                self.observe(endpoint, outcome, trio.current_time() - started)
+        content = codec.dumps(body) if body is not None else None
+        with map_transport_errors(endpoint):
+            response = await self._request(
+                method,
+                path,
+                content=content,
+                headers={"Content-Type": "application/json"} if content is not None else None,
+                params=params,
+                timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        if response.status_code not in ok:
+            raise _error_of(response, endpoint)
+        return response
 
-    def _decode(self, response: httpx.Response, cls: type[T], endpoint: str) -> T:
+    async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """Send one request; retry it once on a fresh connection if a pooled one was stale.
+
+        A server closes an idle keep-alive connection when its timeout runs out; a request
+        sent on it at that moment fails before the answer's head came back (``Server
+        disconnected without sending a response``, ``Connection reset by peer``). The server
+        never handled that request, so sending it again on a new connection is safe (and
+        every call of protocol v1 may be repeated). A failure after the answer began, or on
+        a new connection, or a timeout, is not retried here: the call policy handles it.
+        """
+        if self.transport is not None:  # not our pool (tests, the demo): nothing to tell
+            return await self._http.request(method, path, **options)
+        probe = _ReuseProbe()
         try:
-            return codec.loads(response.content, cls, what=f"{endpoint} response")
-        except ProtocolError:
-            if self.observe is not None:
-                self.observe(endpoint, "protocol_error", 0.0)
-            raise
+            return await self._http.request(method, path, extensions={"trace": probe}, **options)
+        except _STALE_CONNECTION_ERRORS:
+            if not probe.stale_connection:
+                raise
+        if self._fresh is None:
+            # No keep-alive: every request of this client opens a connection of its own.
+            self._fresh = httpx.AsyncClient(
+                **self._options, limits=httpx.Limits(max_keepalive_connections=0)
+            )
+        return await self._fresh.request(method, path, **options)
 
 
 def _seg(value: str) -> str:

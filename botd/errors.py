@@ -24,6 +24,11 @@ Third-party exceptions (httpx, cattrs) are translated at one boundary each:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import SessionHolder
+
 __all__ = [
     "BotdError",
     "CircuitOpen",
@@ -130,7 +135,16 @@ class UnknownBot(RequestRejected):
 
 
 class SessionSuperseded(RequestRejected):
-    """Raised when the bot's session was replaced (409 session_superseded); register again."""
+    """Raised when the bot's session was replaced (409 session_superseded); register again.
+
+    ``holder`` says who holds the bot id now, when the server tells (an extension).
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, holder: SessionHolder | None = None
+    ) -> None:
+        super().__init__(status, code, message)
+        self.holder = holder
 
 
 def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -16,8 +16,8 @@ import trio
 from loguru import logger
 from trio_util import AsyncBool, periodic
 
+from .call_policy import CallPolicy
 from .client import ServerClient
-from .errors import ServerError
 
 __all__ = ["HealthMonitor"]
 
@@ -32,6 +32,8 @@ class HealthMonitor:
 
     client: ServerClient
     interval: float
+    #: No breaker and no backoff: the monitor keeps its own pace and reports its own way.
+    calls: CallPolicy = attrs.field(factory=lambda: CallPolicy("health", loses_session=False))
     healthy: AsyncBool = attrs.field(factory=lambda: AsyncBool(False))
     last_error: str | None = None
     checked_at: float = -math.inf  # Trio time of the last answer (or failure)
@@ -40,12 +42,13 @@ class HealthMonitor:
         """One check. Returns whether the server and its database are healthy; never raises
         for an expected failure."""
         try:
-            health = await self.client.health()
-        except ServerError as exc:
-            self._set(False, f"server unreachable: {exc}")
-            return False
+            async with self.calls.call() as call:
+                health = await self.client.health()
         finally:
             self.checked_at = trio.current_time()
+        if not call.ok:
+            self._set(False, f"server unreachable: {call.error}")
+            return False
         if health.status != "ok":
             self._set(False, f"server degraded: database {health.database}")
             return False

@@ -6,13 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import trio
-from loguru import logger
 from trio_util import periodic
 
-from .breaker import BreakerState, CircuitBreaker
+from .breaker import BreakerState
+from .call_policy import CallPolicy
 from .client import ServerClient
-from .errors import ServerError, SessionSuperseded, UnknownBot
 from .models import HeartbeatRequest, HeartbeatResponse
 from .session import Session, SessionLost
 
@@ -26,23 +24,29 @@ class Heartbeat:
     Ends by raising :class:`SessionLost` when the server forgot the bot (404), superseded the
     session (409) or the heartbeat breaker opened (the server has been unreachable for
     ``CIRCUIT_BREAKER_THRESHOLD`` beats). Cancel and lost leases go to ``on_answer``.
+
+    ``calls`` is the heartbeat's call policy: no backoff (the beat keeps its pace) and no
+    holding back (a lease must be renewed whatever the breaker says).
     """
 
     client: ServerClient
-    breaker: CircuitBreaker
+    calls: CallPolicy
     interval: float
     leases: Callable[[], list[str]]
     state: Callable[[], str]
     stats: Callable[[], dict[str, Any]]
     on_answer: Callable[[HeartbeatResponse], None]
-    on_beat: Callable[[str], None] = lambda outcome: None
+    #: Heartbeats of this session that got through.
+    beats: int = 0
 
     async def run(self, session: Session) -> None:
         """Beat until cancelled or the session is lost. This function never returns normally."""
-        # Never beat slower than a third of the lease TTL, whatever the config says.
-        interval = min(self.interval, session.lease_ttl_s / 3)
-        async for _ in periodic(interval):
+        async for _ in periodic(self.effective_interval(session)):
             await self.beat(session)
+
+    def effective_interval(self, session: Session) -> float:
+        """Never beat slower than a third of the lease TTL, whatever the config says."""
+        return min(self.interval, session.lease_ttl_s / 3)
 
     async def beat(self, session: Session) -> None:
         request = HeartbeatRequest(
@@ -51,24 +55,12 @@ class Heartbeat:
             active_leases=self.leases(),
             stats=self.stats(),
         )
-        try:
-            with trio.fail_after(max(self.interval, 1.0) * 2):
-                answer = await self.client.heartbeat(session.bot_id, request)
-        except (UnknownBot, SessionSuperseded) as exc:
-            self.on_beat("failed")
-            raise SessionLost(f"heartbeat: {exc}") from None
-        except (ServerError, trio.TooSlowError) as exc:
-            self.on_beat("failed")
-            self.breaker.record_failure()
-            logger.bind(
-                event="heartbeat_failed",
-                error_type=type(exc).__name__,
-                error=str(exc) or "timed out",
-                failure_count=self.breaker.failure_count,
-            ).warning("heartbeat failed: {}", exc or "timed out")
-            if self.breaker.state is not BreakerState.CLOSED:
-                raise SessionLost("heartbeat: the server has been unreachable") from None
+        async with self.calls.call(within=max(self.interval, 1.0) * 2) as call:
+            answer = await self.client.heartbeat(session.bot_id, request)
+        if not call.ok:
+            breaker = self.calls.breaker
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                raise SessionLost("heartbeat: the server has been unreachable")
             return
-        self.on_beat("succeeded")
-        self.breaker.record_success()
+        self.beats += 1
         self.on_answer(answer)

@@ -38,6 +38,7 @@ __all__ = [
     "JobView",
     "RegisterRequest",
     "RegisterResponse",
+    "SessionHolder",
     "SingleAckResponse",
     "Stats",
 ]
@@ -246,9 +247,23 @@ class Health:
 
 
 @attrs.frozen
+class SessionHolder:
+    """Who holds a bot id's live session: in a 409 ``session_superseded`` (an extension).
+
+    ``since`` is when that session registered (RFC 3339).
+    """
+
+    hostname: str = ""
+    pid: int = 0
+    since: str = ""
+
+
+@attrs.frozen
 class ErrorDetail:
     code: str
     message: str
+    #: Only in a 409 session_superseded: the registration that replaced the session.
+    holder: SessionHolder | None = None
 
 
 @attrs.frozen

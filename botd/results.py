@@ -12,23 +12,31 @@ leaves the outbox only when the server has answered for it:
 - ``lease_lost``: another bot has the job; this result must not be recorded; counted;
 - ``conflict`` / ``unknown_lease``: the server will never take it; logged as an error.
 
-Anything else (network errors, 5xx, a bad body) keeps the entry, behind the results breaker.
+Anything else (network errors, 5xx, a bad body, a status this bot does not know) keeps the
+entry; the sends go through the results loop's call policy (:mod:`botd.call_policy`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import cast, get_args
 
 import attrs
 import trio
 from loguru import logger
 
-from .backoff import Backoff
-from .breaker import CircuitBreaker
+from .call_policy import CallPolicy
 from .client import ServerClient
-from .errors import RequestRejected, ServerError, SessionSuperseded, UnknownBot
-from .models import Ack, AckResult, ClaimRequest
+from .errors import (
+    CircuitOpen,
+    ProtocolError,
+    RequestRejected,
+    ServerError,
+    SessionSuperseded,
+    UnknownBot,
+)
+from .models import Ack, AckResult, AckStatus, ClaimRequest
 from .outbox import Outbox
 from .session import Session
 
@@ -45,7 +53,9 @@ ACK_PARALLEL = 8
 #: Acks carried by one claim.
 ACKS_PER_CLAIM = 500
 
-SETTLED_OK = frozenset({"recorded", "duplicate"})
+#: The answers about a lease (protocol v1's AckStatus), each final; any other answer to an
+#: ack (a 400, a 409 or 404 of another code, a 5xx...) leaves its entry pending.
+ACK_STATUSES = frozenset(get_args(AckStatus))
 
 
 @attrs.define
@@ -54,8 +64,7 @@ class ResultReporter:
 
     client: ServerClient
     outbox: Outbox
-    breaker: CircuitBreaker
-    backoff: Backoff
+    calls: CallPolicy
     on_lease_lost: Callable[[], None] = lambda: None
     sending: set[str] = attrs.field(factory=set)
     #: The live session, set by the claimer: lets the reporter send acks in one batch.
@@ -93,17 +102,14 @@ class ResultReporter:
         for ack in acks:
             self.sending.discard(ack.lease_id)
 
-    async def settle(self, results: Iterable[AckResult | tuple[str, str, str]]) -> None:
-        """Apply the server's answers (AckResults, or ``(lease_id, status, message)``):
-        remove what is final, keep the rest."""
+    async def settle(self, results: Iterable[AckResult]) -> None:
+        """Apply the server's answers about leases. Each is final (the module docstring
+        says why), so its entry leaves the outbox; any ack not answered stays pending."""
         done: list[str] = []
         for result in results:
-            if isinstance(result, AckResult):
-                result = (result.lease_id, result.status, result.message)
-            lease_id, status, message = result
-            self.sending.discard(lease_id)
-            if self._is_final(lease_id, status, message):
-                done.append(lease_id)
+            self.sending.discard(result.lease_id)
+            self._report(result)
+            done.append(result.lease_id)
         if done:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self.outbox.remove(done)
@@ -111,14 +117,16 @@ class ResultReporter:
     async def run(self) -> None:
         """Send what no claim carried. This function never returns unless cancelled.
 
-        Error handling: a failed send counts on the results breaker and is retried with backoff.
+        Error handling: the call policy (a failed send counts on the results breaker and is
+        retried after a backoff); an ack the server answers with a status this bot does not
+        know stays in the outbox and is sent again.
         """
-        failures = 0
         while True:
             await self.outbox.wait_nonempty()
             await trio.sleep(ACK_GRACE_S)
             if self.claim_due():
                 continue  # the claimer takes them: no request of our own
+            await self.calls.wait_ready()
             acks = self.take(ACKS_PER_CLAIM)
             if not acks:
                 # A claim carries them all: wait for a new entry (or look again in a while,
@@ -126,33 +134,39 @@ class ResultReporter:
                 with trio.move_on_after(IDLE_RECHECK_S):
                     await self.outbox.updated.wait_transition()
                 continue
-            await self.breaker.wait_ready()
-            ok = await self._send_all(acks)
-            if ok:
-                failures = 0
-            else:
-                failures += 1
-                await trio.sleep(self.backoff.delay(failures - 1))
+            async with self.calls.call(count=len(acks)):
+                try:
+                    await self._send_all(acks)
+                finally:
+                    self.give_back(acks)  # any the answer did not settle are pending again
 
     async def flush(self) -> bool:
         """Send every pending ack once (at shutdown). True when the outbox is empty.
 
-        The caller bounds it with a cancel scope.
+        Does not wait for an open breaker and does not back off: the caller bounds it with
+        a cancel scope. Raises Unrecoverable on 401/403.
         """
         while self.outbox.count:
             acks = self.take(ACKS_PER_CLAIM)
             if not acks:
                 await trio.sleep(ACK_GRACE_S)
                 continue
-            if not self.breaker.allow():
-                self.give_back(acks)
+            try:
+                async with self.calls.call(wait=False, backoff=False, count=len(acks)) as call:
+                    await self._send_all(acks)
+            except CircuitOpen:
                 return False
-            if not await self._send_all(acks):
+            finally:
+                self.give_back(acks)
+            if not call.ok:
                 return False
         return True
 
-    async def _send_all(self, acks: list[Ack]) -> bool:
-        """Send ``acks``: in one claim of no jobs while a session lives, else one by one."""
+    async def _send_all(self, acks: list[Ack]) -> None:
+        """Send ``acks``: in one claim of no jobs while a session lives, else one by one.
+
+        Raises the ServerError of a failed send; the answers that came back are settled.
+        """
         session = self.session
         if session is not None and len(acks) > 1:
             request = ClaimRequest(
@@ -162,68 +176,57 @@ class ResultReporter:
                 answer = await self.client.claim(request)
             except (UnknownBot, SessionSuperseded):
                 self.session = None  # that session is gone: one by one below
-            except ServerError as exc:
-                self.give_back(acks)
-                self.breaker.record_failure()
-                logger.bind(event="ack_failed", count=len(acks), error=str(exc)).warning(
-                    "acks failed; the results stay in the outbox: {}", exc
-                )
-                return False
             else:
-                self.breaker.record_success()
                 await self.settle(answer.acks)
-                self.give_back(acks)  # any the answer did not mention are pending again
-                return True
-        return await self._send_each(acks)
+                return
+        await self._send_each(acks)
 
-    async def _send_each(self, acks: list[Ack]) -> bool:
-        failed = False
+    async def _send_each(self, acks: list[Ack]) -> None:
+        """``POST /v1/leases/{id}/ack`` for each, ``ACK_PARALLEL`` at a time; the first
+        failure stops the sends that have not started and is raised once all have ended."""
+        failure: ServerError | None = None
         limiter = trio.CapacityLimiter(ACK_PARALLEL)
 
         async def send(ack: Ack) -> None:
-            nonlocal failed
+            nonlocal failure
             async with limiter:
-                if failed:
-                    self.sending.discard(ack.lease_id)
+                if failure is not None:
                     return
-                status: str
+                status: AckStatus
                 try:
                     answer = await self.client.ack(ack)
                     status, message = answer.status, ""
-                except RequestRejected as exc:
-                    status, message = exc.code, exc.message
-                except ServerError as exc:
-                    failed = True
-                    self.sending.discard(ack.lease_id)
-                    self.breaker.record_failure()
-                    logger.bind(event="ack_failed", lease_id=ack.lease_id, error=str(exc)).warning(
-                        "ack failed; the result stays in the outbox: {}", exc
-                    )
+                except (UnknownBot, SessionSuperseded) as exc:  # not a lease's answer
+                    failure = failure or ProtocolError(f"ack: unexpected answer: {exc}")
                     return
-                self.breaker.record_success()
-                await self.settle([(ack.lease_id, status, message)])
+                except RequestRejected as exc:
+                    if exc.code not in ACK_STATUSES:
+                        # Not an answer about the lease (a 400, a proxy's 409): the server
+                        # did not record the result, so it stays, and the send failed.
+                        failure = failure or exc
+                        return
+                    status, message = cast(AckStatus, exc.code), exc.message  # 409 lease_lost
+                except ServerError as exc:
+                    failure = failure or exc
+                    return
+                await self.settle([AckResult(ack.lease_id, status, message)])
 
-        try:
-            async with trio.open_nursery() as nursery:
-                for ack in acks:
-                    nursery.start_soon(send, ack)
-        finally:
-            self.give_back(acks)
-        return not failed
+        async with trio.open_nursery() as nursery:
+            for ack in acks:
+                nursery.start_soon(send, ack)
+        if failure is not None:
+            raise failure
 
-    def _is_final(self, lease_id: str, status: str, message: str) -> bool:
+    def _report(self, result: AckResult) -> None:
+        """Log (and count) the answers other than a success."""
+        lease_id, status = result.lease_id, result.status
         log = logger.bind(lease_id=lease_id, ack_status=status)
-        if status in SETTLED_OK:
-            return True
         if status == "lease_lost":
             self.on_lease_lost()
             log.bind(event="lease_lost").warning(
                 "lease {} was lost before its result arrived; the result is dropped", lease_id
             )
-            return True
-        if status in ("conflict", "unknown_lease", "not_found"):
-            log.bind(event="ack_rejected", error=message).error(
+        elif status in ("conflict", "unknown_lease"):
+            log.bind(event="ack_rejected", error=result.message).error(
                 "the server will never accept the result of lease {}: {}", lease_id, status
             )
-            return True
-        return False  # an unknown status: keep it, and try again later

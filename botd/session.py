@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from .errors import BotdError
+from .models import SessionHolder
 
 __all__ = ["Session", "SessionLost"]
 
@@ -21,4 +22,11 @@ class Session:
 
 
 class SessionLost(BotdError):
-    """Raised by a session loop when the session is gone and the bot must go to ERROR."""
+    """Raised by a session loop when the session is gone and the bot must go to ERROR.
+
+    ``holder`` is who holds the bot id now, when the server said (409 session_superseded).
+    """
+
+    def __init__(self, message: str, *, holder: SessionHolder | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
