@@ -46,8 +46,6 @@ from ..models import (
     BotList,
     ClaimRequest,
     ClaimResponse,
-    ErrorBody,
-    ErrorDetail,
     Health,
     HeartbeatRequest,
     JobBatch,
@@ -56,6 +54,7 @@ from ..models import (
     JobSubmit,
     RegisterRequest,
     RegisterResponse,
+    SessionHolder,
 )
 from .dashboard import dashboard
 from .store import BOT_STATUSES, Store, StoreRejected, StoreUnavailable
@@ -95,10 +94,19 @@ class _InvalidRequest(BotdError):
     """Raised by codec.structure on a bad request body; becomes 400 invalid_request."""
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    """A JSON error body ``{"error": {"code", "message"}}`` with ``status``."""
-    body = codec.dumps(ErrorBody(ErrorDetail(code=code, message=message)))
-    return Response(body, status_code=status, media_type="application/json")
+def error_response(
+    status: int, code: str, message: str, holder: SessionHolder | None = None
+) -> Response:
+    """A JSON error body ``{"error": {"code", "message"}}`` with ``status``; a superseded
+    session's body also says who holds the bot id now (``holder``)."""
+    detail: dict[str, Any] = {"code": code, "message": message}
+    if holder is not None:
+        detail["holder"] = codec.unstructure(holder)
+    return Response(
+        json.dumps({"error": detail}, separators=(",", ":")),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -381,7 +389,7 @@ def create_app(
             except HttpError as exc:
                 return error_response(exc.status, exc.code, exc.message)
             except StoreRejected as exc:
-                return error_response(exc.status, exc.code, exc.message)
+                return error_response(exc.status, exc.code, exc.message, exc.holder)
             except StoreUnavailable as exc:
                 logger.bind(event="store_unavailable", path=request.url.path).warning(str(exc))
                 return error_response(

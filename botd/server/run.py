@@ -37,6 +37,12 @@ __all__ = [
 
 TOKEN_ENV = "BOTD_SERVER_TOKEN"
 GRACEFUL_TIMEOUT_S = 5.0
+#: How long an idle keep-alive connection stays open. It is longer than anything a bot waits
+#: between two requests on one connection (a heartbeat interval, a long poll of at most 30 s
+#: plus its margin) and than the bot's own idle expiry (15 s), so the bot, not the server,
+#: closes an idle connection, and no request races a close. Hypercorn's default is 5 s, the
+#: heartbeat's default interval. docs/deployment.md has the rule for a load balancer.
+KEEP_ALIVE_TIMEOUT_S = 75.0
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -96,6 +102,7 @@ async def serve(
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = GRACEFUL_TIMEOUT_S
+    hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
     stop = shutdown if shutdown is not None else trio.Event()
 
     async def shutdown_trigger() -> None:

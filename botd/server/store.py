@@ -53,6 +53,7 @@ from ..models import (
     JobSubmit,
     JobView,
     RegisterRequest,
+    SessionHolder,
     Stats,
 )
 
@@ -87,12 +88,16 @@ class StoreUnavailable(StoreError):
 
 
 class StoreRejected(StoreError):
-    """Raised when the state does not allow a request; carries the HTTP status and error code."""
+    """Raised when the state does not allow a request; carries the HTTP status and error code
+    (and, for a superseded session, who holds the bot id now)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, holder: SessionHolder | None = None
+    ) -> None:
         self.status = status
         self.code = code
         self.message = message
+        self.holder = holder
         super().__init__(f"{status} {code}: {message}")
 
 
@@ -100,9 +105,12 @@ def _unknown_bot(bot_id: str) -> StoreRejected:
     return StoreRejected(404, "unknown_bot", f"bot {bot_id!r} is not registered; register it again")
 
 
-def _superseded(bot_id: str, why: str) -> StoreRejected:
+def _superseded(bot_id: str, why: str, holder: SessionHolder | None = None) -> StoreRejected:
     return StoreRejected(
-        409, "session_superseded", f"bot {bot_id!r}: {why}; register again for a new session"
+        409,
+        "session_superseded",
+        f"bot {bot_id!r}: {why}; register again for a new session",
+        holder,
     )
 
 
@@ -227,7 +235,8 @@ CREATE TABLE IF NOT EXISTS bots (
     pid INTEGER NOT NULL,
     labels TEXT NOT NULL,
     last_seen REAL NOT NULL,
-    seen_at REAL NOT NULL
+    seen_at REAL NOT NULL,
+    registered_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY,
@@ -268,6 +277,13 @@ _JOB_COLUMNS = (
     "job_id, kind, payload, status, priority, max_attempts, attempts, timeout_s,"
     " idempotency_key, result, error, bot_id, created_at, finished_at"
 )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an earlier botd up to the schema (columns added since)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(bots)")}
+    if "registered_at" not in have:
+        conn.execute("ALTER TABLE bots ADD COLUMN registered_at REAL NOT NULL DEFAULT 0")
 
 
 def _new_id() -> str:
@@ -343,6 +359,7 @@ class SqliteBackend:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            _add_missing_columns(conn)
         except BaseException:
             conn.close()
             raise
@@ -429,14 +446,21 @@ class SqliteBackend:
 
     def _session(self, conn: sqlite3.Connection, bot_id: str, session_id: str) -> None:
         row = conn.execute(
-            "SELECT session_id, status FROM bots WHERE bot_id = ?", (bot_id,)
+            "SELECT session_id, status, hostname, pid, registered_at FROM bots WHERE bot_id = ?",
+            (bot_id,),
         ).fetchone()
         if row is None:
             raise _unknown_bot(bot_id)
         if row[1] == "deregistered":
             raise _superseded(bot_id, "the bot deregistered, which ended its session")
         if row[0] != session_id:
-            raise _superseded(bot_id, f"session {session_id!r} was replaced by a newer one")
+            holder = SessionHolder(hostname=row[2], pid=row[3], since=rfc3339(row[4]))
+            raise _superseded(
+                bot_id,
+                f"session {session_id!r} was replaced by a newer one, registered by host"
+                f" {holder.hostname!r} pid {holder.pid} at {holder.since}",
+                holder,
+            )
 
     def _seen(self, conn: sqlite3.Connection, bot_id: str, at: Moment, state: str | None) -> None:
         if state:
@@ -525,13 +549,13 @@ class SqliteBackend:
             ended = self._end_leases(conn, drop, spend=True, at=at)
             conn.execute(
                 "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
-                " version, pid, labels, last_seen, seen_at)"
-                " VALUES (?, ?, 'active', NULL, ?, ?, ?, ?, ?, ?, ?)"
+                " version, pid, labels, last_seen, seen_at, registered_at)"
+                " VALUES (?, ?, 'active', NULL, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (bot_id) DO UPDATE SET session_id = excluded.session_id,"
                 " status = 'active', state = NULL, capacity = excluded.capacity,"
                 " hostname = excluded.hostname, version = excluded.version, pid = excluded.pid,"
                 " labels = excluded.labels, last_seen = excluded.last_seen,"
-                " seen_at = excluded.seen_at",
+                " seen_at = excluded.seen_at, registered_at = excluded.registered_at",
                 (
                     req.bot_id,
                     session_id,
@@ -542,6 +566,7 @@ class SqliteBackend:
                     json.dumps(req.labels),
                     at.wall,
                     at.mono,
+                    at.wall,
                 ),
             )
             return session_id, ended.requeued
