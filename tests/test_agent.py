@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from botd.agent import Agent
+from botd.breaker import BreakerState
 from botd.config import load_config
 from botd.exit_codes import ExitCode
 from botd.lifecycle import State
@@ -328,3 +329,104 @@ async def test_a_bug_in_an_infrastructure_task_exits_70(autojump_clock: Any) -> 
             while not code:
                 await trio.sleep(0.1)
         assert code == [70]
+
+
+# --- the call policy, from the agent's side ------------------------------------------------
+
+
+async def wait_until(check: Any, timeout: float = 600) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.05)
+
+
+async def test_a_session_lost_during_a_half_open_claim_probe_leaves_no_zombie(
+    autojump_clock: Any,
+) -> None:
+    """Claims answer 500 until the claim breaker opens; it goes half-open and its probe
+    long-polls an empty queue; heartbeats then answer 409 for 1.5 s; the server heals. In
+    each of 4 rounds the bot claims and finishes new jobs within 10 s (it used to say READY
+    and never claim again: the cancelled probe kept the breaker's one slot)."""
+    async with bot(circuit_breaker_threshold=3, circuit_breaker_timeout=5.0) as env:
+        await env.wait_state(State.READY)
+        claims = env.agent.breakers["job_claim"]
+        for _ in range(4):
+            env.transport.faults = {"/v1/jobs/claim": "500"}
+            await wait_until(lambda: claims.state is BreakerState.OPEN)
+            env.transport.faults = {}
+            await wait_until(lambda: claims.probe_in_flight)
+            errors = env.states().count("error")
+            env.transport.faults = {r"/heartbeat$": "superseded"}
+            await trio.sleep(1.5)
+            assert env.states().count("error") > errors  # the probe's session was lost
+            env.transport.faults = {}
+            healed = trio.current_time()
+            ids = await env.submit(3)
+            jobs = await env.wait_final(ids, timeout=10)
+            assert {j["status"] for j in jobs} == {"succeeded"}
+            assert trio.current_time() - healed <= 10
+            assert not claims.probe_in_flight
+
+
+async def test_one_heartbeat_409_ends_the_session_at_once(autojump_clock: Any) -> None:
+    """A 409 on the heartbeat alone (every claim still works) is a lost session, not a
+    retryable failure: the bot goes to ERROR on that beat, registers again, and claims
+    within 1 s of its new session."""
+    async with bot() as env:
+        await env.wait_state(State.READY)
+        session = env.agent.session
+        beats = env.transport.count(r"/heartbeat$")
+        env.transport.faults = {r"/heartbeat$": "superseded"}
+        await env.wait_state(State.ERROR)
+        assert env.transport.count(r"/heartbeat$") == beats + 1
+        assert env.agent.breakers["heartbeat"].failure_count == 0
+        env.transport.faults = {}
+        await env.wait_state(State.READY)
+        ready = trio.current_time()
+        assert env.agent.session != session
+        await wait_until(lambda: any(t >= ready for t in env.transport.times("/v1/jobs/claim")))
+        first_claim = min(t for t in env.transport.times("/v1/jobs/claim") if t >= ready)
+        assert first_claim - ready < 1.0
+
+
+async def test_sessions_superseded_for_30s_register_fewer_than_10_times(
+    autojump_clock: Any,
+) -> None:
+    # The defaults: RETRY_BASE_DELAY=1, RETRY_MAX_DELAY=60 (the bot() helper shortens them).
+    async with bot(retry_base_delay=1.0, retry_max_delay=60.0, heartbeat_interval_ms=5000) as env:
+        await env.wait_state(State.READY)
+        before = env.transport.count("/v1/bots/register")
+        env.transport.faults = {r"/heartbeat$": "superseded"}
+        began = trio.current_time()
+        await trio.sleep(30)
+        env.transport.faults = {}
+        times = env.transport.times("/v1/bots/register")[before:]
+        assert 2 <= len([t for t in times if t - began <= 30]) < 10
+        # The server heals: a stable session starts the backoff over.
+        await env.wait_state(State.READY, State.PROCESSING)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [r"/heartbeat$", "/v1/jobs/claim", r"/ack$"],
+    ids=["heartbeat", "claim", "ack"],
+)
+async def test_401_from_any_loop_stops_the_bot_with_78(autojump_clock: Any, path: str) -> None:
+    # Concurrency 2: while the job runs, the next claim waits in its long poll, so the job's
+    # result is acked on its own (POST /v1/leases/{id}/ack).
+    async with bot(start=False, claim_wait=5.0, concurrency=2) as env:
+        code: list[int] = []
+
+        async def run() -> None:
+            code.append(await env.agent.run())
+
+        env.nursery.start_soon(run)
+        await env.wait_state(State.READY)
+        env.transport.faults = {path: "unauthorized"}
+        if path == r"/ack$":
+            await env.submit(1)
+        with trio.fail_after(120):
+            while not code:
+                await trio.sleep(0.1)
+        assert code == [ExitCode.CONFIG] == [78]
+        assert env.states()[-2:] == ["shutting_down", "stopped"]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -309,3 +312,52 @@ def test_conservation(ops: list[tuple[str, Any]], durable: bool) -> None:
             trio.run(scenario, Path(tmp) / "state")
     else:
         trio.run(scenario, None)
+
+
+def _on_disk(state_dir: Path) -> set[str]:
+    """The lease ids committed to the outbox file, read on a connection of its own."""
+    conn = sqlite3.connect(state_dir / DB_NAME)
+    try:
+        return {row[0] for row in conn.execute("SELECT lease_id FROM outbox")}
+    finally:
+        conn.close()
+
+
+async def test_a_put_during_a_commit_returns_only_once_its_own_entry_is_committed(
+    tmp_path: Path,
+) -> None:
+    """Group commit: puts that arrive while a commit runs share the next one, and each
+    returns only when its own entry is on disk (not when the running commit ends)."""
+    outbox = await Outbox.open(tmp_path)
+    store = outbox._store
+    assert store is not None
+    real_put_many = store.put_many
+    commits: list[list[str]] = []
+    in_commit, release = threading.Event(), threading.Event()
+
+    def put_many(entries: list[Any]) -> None:
+        commits.append([e.lease_id for e in entries])
+        if len(commits) == 1:  # hold the first commit until the test lets it go
+            in_commit.set()
+            release.wait(10)
+        real_put_many(entries)
+
+    store.put_many = put_many  # type: ignore[method-assign]
+    seen_at_return: dict[str, set[str]] = {}
+
+    async def put(lease: str) -> None:
+        await outbox.put(f"job-{lease}", ack(lease))
+        seen_at_return[lease] = _on_disk(tmp_path)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put, "a")
+        await trio.to_thread.run_sync(in_commit.wait)  # a's commit is running
+        nursery.start_soon(put, "b")
+        nursery.start_soon(put, "c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen_at_return == {}  # nobody returns while the first commit runs
+        release.set()
+    assert [sorted(batch) for batch in commits] == [["lease-a"], ["lease-b", "lease-c"]]
+    for lease in ("a", "b", "c"):
+        assert f"lease-{lease}" in seen_at_return[lease], lease
+    await outbox.close()
