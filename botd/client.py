@@ -117,7 +117,7 @@ def _error_of(response: httpx.Response, endpoint: str) -> Exception:
 
 class _ReuseProbe:
     """An httpcore trace hook that tells whether a request went out on a pooled connection
-    and whether any of the answer came back (see :meth:`ServerClient._request`)."""
+    and whether the answer's head came back (see :meth:`ServerClient._request`)."""
 
     __slots__ = ("answered", "connected")
 
@@ -133,7 +133,7 @@ class _ReuseProbe:
 
     @property
     def stale_connection(self) -> bool:
-        """True when a pooled connection failed before any of the answer came back."""
+        """True when a pooled connection failed before the answer's head came back."""
         return not self.connected and not self.answered
 
 

@@ -7,7 +7,6 @@ several times a second. Real processes, the default heartbeat interval.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ import pytest
 from tests.support.procs import Procs, bot_env, free_ports, server_up, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    owner = Procs(tmp_path)
-    try:
-        yield owner
-    finally:
-        owner.close()
 
 
 def test_two_bots_with_one_bot_id_name_each_other(procs: Procs, tmp_path: Path) -> None:

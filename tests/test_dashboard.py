@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +111,6 @@ async def test_page_needs_no_token_but_its_data_does(autojump_clock: trio.abc.Cl
 
 
 # --- the page in a real browser, on a real fleet -----------------------------------------
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    owner = Procs(tmp_path)
-    try:
-        yield owner
-    finally:
-        owner.close()
 
 
 def _artifact_dirs(tmp_path: Path) -> list[Path]:

@@ -10,6 +10,7 @@ makes a bot that says READY and never claims again).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -190,13 +191,6 @@ async def test_a_heartbeat_goes_out_while_its_breaker_is_open(autojump_clock: An
         assert heartbeat.beats == 1  # a lease is renewed whatever the breaker says
 
 
-@pytest.mark.parametrize("outcome", ["401", "403"])
-async def test_heartbeat_401_403_is_unrecoverable(autojump_clock: Any, outcome: str) -> None:
-    async with rig(scripts={"heartbeat": [outcome]}) as r:
-        with pytest.raises(Unrecoverable):
-            await r.heartbeat().run(SESSION)
-
-
 # --- registration ------------------------------------------------------------------------
 
 
@@ -236,25 +230,21 @@ async def test_registration_gives_up_after_max_startup_attempts(autojump_clock: 
         assert trio.current_time() - began <= 0.5 + 1.0
 
 
-@pytest.mark.parametrize("outcome", ["401", "403"])
-async def test_registration_401_403_is_unrecoverable(autojump_clock: Any, outcome: str) -> None:
-    async with rig(scripts={"register": [outcome]}) as r:
-        with pytest.raises(Unrecoverable):
-            await r.registrar().register([], startup=False)
-        assert r.server.count("register") == 1
-
-
 # --- claiming ----------------------------------------------------------------------------
 
 
-async def claim_until(r: Rig, done: Any, limit: float = 120) -> None:
-    """Run a claimer until ``done()`` (checked every 0.1 s) or fail after ``limit`` s."""
+async def run_until(loop: Any, done: Any, limit: float = 120) -> None:
+    """Run ``loop()`` until ``done()`` (checked every 0.1 s); fail after ``limit`` s."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(r.claimer().run, SESSION)
+        nursery.start_soon(loop)
         with trio.fail_after(limit):
             while not done():
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
+
+
+async def claim_until(r: Rig, done: Any, limit: float = 120) -> None:
+    await run_until(functools.partial(r.claimer().run, SESSION), done, limit)
 
 
 async def test_claims_run_jobs_and_carry_their_acks(autojump_clock: Any) -> None:
@@ -297,13 +287,6 @@ async def test_a_claim_404_409_loses_the_session_and_keeps_the_acks(
         assert r.breakers["job_claim"].failure_count == 0
 
 
-@pytest.mark.parametrize("outcome", ["401", "403"])
-async def test_a_claim_401_403_is_unrecoverable(autojump_clock: Any, outcome: str) -> None:
-    async with rig(scripts={"claim": [outcome]}) as r:
-        with pytest.raises(Unrecoverable):
-            await r.claimer().run(SESSION)
-
-
 async def test_a_cancelled_half_open_probe_claim_gives_its_slot_back(autojump_clock: Any) -> None:
     """The zombie bot: the probe long-polls, the session is lost, the next claimer waits."""
     async with rig(threshold=1, scripts={"claim": ["500", "ok"]}) as r:
@@ -326,12 +309,7 @@ async def test_a_cancelled_half_open_probe_claim_gives_its_slot_back(autojump_cl
 
 
 async def report_until(r: Rig, done: Any, limit: float = 120) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(r.reporter.run)
-        with trio.fail_after(limit):
-            while not done():
-                await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
+    await run_until(r.reporter.run, done, limit)
 
 
 async def test_results_are_acked_and_leave_the_outbox(autojump_clock: Any) -> None:
@@ -372,13 +350,27 @@ async def test_an_ack_answered_about_its_lease_is_final(autojump_clock: Any, sta
         assert not events_of(records, "ack_failed")
 
 
+# --- 401/403, from any loop --------------------------------------------------------------
+
+
 @pytest.mark.parametrize("outcome", ["401", "403"])
-async def test_an_ack_401_403_is_unrecoverable(autojump_clock: Any, outcome: str) -> None:
-    async with rig(scripts={"ack": [outcome]}) as r:
+@pytest.mark.parametrize("endpoint", ["register", "heartbeat", "claim", "ack"])
+async def test_401_403_is_unrecoverable_in_every_loop(
+    autojump_clock: Any, endpoint: str, outcome: str
+) -> None:
+    async with rig(scripts={endpoint: [outcome]}) as r:
         await r.outbox.put("j1", Ack(lease_id="l1", outcome="succeeded", result=1))
+        loop = {
+            "register": lambda: r.registrar().register([], startup=False),
+            "heartbeat": lambda: r.heartbeat().run(SESSION),
+            "claim": lambda: r.claimer().run(SESSION),
+            "ack": r.reporter.run,
+        }[endpoint]
         with pytest.raises(Unrecoverable):
-            await r.reporter.run()
-        assert r.outbox.count == 1
+            await loop()
+        assert r.server.count(endpoint) == 1  # no retry: it will not pass by itself
+        if endpoint == "ack":
+            assert r.outbox.count == 1
 
 
 # --- health ------------------------------------------------------------------------------
