@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
+import outcome
 import trio
 from loguru import logger
 from prometheus_client import (
@@ -58,6 +59,7 @@ from ..models import (
 )
 from .dashboard import dashboard
 from .store import BOT_STATUSES, Store, StoreRejected, StoreUnavailable
+from .store.base import PRUNE_BATCH
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_S",
@@ -78,6 +80,7 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_LIST_LIMIT = 100
 _TIMER_MAX_SLEEP_S = 1.0
+_PRUNE_EVERY_S = 60.0
 
 
 class HttpError(BotdError):
@@ -139,6 +142,22 @@ class ServerMetrics:
         self.store_up = Gauge(
             "botd_server_store_up", "1 when the last store query succeeded.", registry=r
         )
+        self.oldest_queued = Gauge(
+            "botd_server_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job, by kind (absent when none is queued).",
+            ["kind"],
+            registry=r,
+        )
+        self.claims_abandoned = Counter(
+            "botd_server_claims_abandoned_total",
+            "Long polls whose client went away; their leases, if any, were given back.",
+            registry=r,
+        )
+        self.jobs_pruned = Counter(
+            "botd_server_jobs_pruned_total",
+            "Finished jobs deleted after the retention period.",
+            registry=r,
+        )
         for status in ("recorded", "duplicate", "conflict", "lease_lost", "unknown_lease"):
             self.acks.labels(status=status)
 
@@ -146,10 +165,14 @@ class ServerMetrics:
         """Read the store's counts into the gauges; a failing store sets store_up 0."""
         try:
             stats = await store.stats()
+            ages = await store.oldest_queued()
         except StoreUnavailable:
             self.store_up.set(0)
             return
         self.store_up.set(1)
+        self.oldest_queued.clear()
+        for kind, age in ages.items():
+            self.oldest_queued.labels(kind=kind).set(age)
         for status in JOB_STATUSES:
             self.jobs.labels(status=status).set(stats.jobs.get(status, 0))
         for status in BOT_STATUSES:
@@ -206,10 +229,11 @@ class ServerCore:
             self.jobs_may_be_available()
             self.schedule_changed()
 
-    async def claim(self, req: ClaimRequest) -> ClaimResponse:
+    async def claim(self, req: ClaimRequest, *, gone: trio.Event | None = None) -> ClaimResponse:
         """Apply the acks and claim; if nothing is due, wait up to wait_s for a job.
 
-        Ends when: jobs were leased, ``wait_s`` passed, or the server is closing.
+        Ends when: jobs were leased, ``wait_s`` passed, the server is closing, or ``gone``
+        is set (the client went away: a claim that waits for nobody takes no job).
         Errors: StoreRejected/StoreUnavailable from the store, as they come.
         """
         deadline = trio.current_time() + req.wait_s
@@ -220,8 +244,8 @@ class ServerCore:
         retry = attrs.evolve(req, acks=[])
         while not jobs and req.max_jobs > 0 and not self.closing:
             with trio.move_on_at(deadline) as scope:
-                await event.wait()
-            if scope.cancelled_caught or self.closing:
+                await _first_of(event, gone)
+            if scope.cancelled_caught or self.closing or (gone is not None and gone.is_set()):
                 break
             event = self._available
             jobs = (await self.store.claim(retry, lease_ttl_s=self.lease_ttl_s)).jobs
@@ -273,6 +297,52 @@ class ServerCore:
             if at_deadline and not schedule.is_set():
                 # A lease or retry deadline passed: a retry may have become due.
                 self.jobs_may_be_available()
+
+    async def run_pruning(self, retention_s: float) -> None:
+        """Delete finished jobs older than ``retention_s``, a batch at a time, every minute.
+
+        Never returns unless cancelled; a failing store is logged and tried again later.
+        """
+        while True:
+            pruned = 0
+            try:
+                while True:
+                    n = await self.store.prune(older_than_s=retention_s)
+                    pruned += n
+                    if n < PRUNE_BATCH:
+                        break
+            except StoreUnavailable as exc:
+                logger.bind(event="prune_store_unavailable", error=str(exc)).warning(
+                    "pruning skipped: the store is unavailable"
+                )
+            if pruned:
+                self.metrics.jobs_pruned.inc(pruned)
+                logger.bind(event="jobs_pruned", count=pruned).info("finished jobs pruned")
+            await trio.sleep(_PRUNE_EVERY_S)
+
+
+async def _first_of(event: trio.Event, other: trio.Event | None) -> None:
+    """Wait until ``event`` or ``other`` is set."""
+    if other is None:
+        await event.wait()
+        return
+    async with trio.open_nursery() as nursery:
+
+        async def until(which: trio.Event) -> None:
+            await which.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until, event)
+        nursery.start_soon(until, other)
+
+
+async def _watch_disconnect(request: Request, gone: trio.Event) -> None:
+    """Set ``gone`` when the client of ``request`` (body already read) disconnects."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            gone.set()
+            return
 
 
 def core_of(app: Starlette) -> ServerCore:
@@ -511,7 +581,25 @@ def create_app(
 
     async def claim(request: Request) -> Response:
         req = await _decode(request, ClaimRequest)
-        return _json(await core.claim(req))
+        gone = trio.Event()
+        async with trio.open_nursery() as nursery:
+            if req.wait_s > 0:
+                nursery.start_soon(_watch_disconnect, request, gone)
+            # Captured, so that a store error leaves this nursery as itself, not as a group.
+            claimed = await outcome.acapture(core.claim, req, gone=gone)
+            nursery.cancel_scope.cancel()
+        answer = claimed.unwrap()
+        if gone.is_set():
+            # Nobody will read this answer: give its leases back without spending attempts.
+            core.metrics.claims_abandoned.inc()
+            leases = [job.lease_id for job in answer.jobs]
+            requeued = await store.release(leases) if leases else 0
+            if requeued:
+                core.jobs_may_be_available()
+            logger.bind(event="claim_abandoned", bot_id=req.bot_id, released=requeued).info(
+                "the client went away during its long poll; no job was handed out"
+            )
+        return _json(answer)
 
     async def ack(request: Request) -> Response:
         body = await _decode(request, Ack)

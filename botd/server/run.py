@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Sequence
 
 import attrs
@@ -24,8 +25,16 @@ from loguru import logger
 
 from .. import logs
 from ..errors import leaf_exceptions
+from ..exit_codes import ExitCode
 from .app import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, core_of, create_app
-from .store import SqliteStore, StoreUnavailable
+from .store import (
+    Store,
+    StoreError,
+    StoreIncompatible,
+    StoreUnavailable,
+    is_postgres_url,
+    open_store,
+)
 
 __all__ = [
     "ServerConfig",
@@ -36,6 +45,12 @@ __all__ = [
 ]
 
 TOKEN_ENV = "BOTD_SERVER_TOKEN"
+DB_ENV = "BOTD_SERVER_DB"
+DEFAULT_DB = "botd-server.db"
+DEFAULT_RETENTION_S = 7 * 86400.0
+DEFAULT_POOL_SIZE = 10
+DEFAULT_STATEMENT_TIMEOUT_S = 5.0
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 GRACEFUL_TIMEOUT_S = 5.0
 #: How long an idle keep-alive connection stays open. It is longer than anything a bot waits
 #: between two requests on one connection (a heartbeat interval, a long poll of at most 30 s
@@ -50,18 +65,55 @@ def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) ->
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+def _db_password(db: str) -> str | None:
+    """The password in a database URL, so that the logs can hide it."""
+    if not is_postgres_url(db):
+        return None
+    try:
+        return urllib.parse.urlsplit(db).password
+    except ValueError:
+        return None
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number of seconds, or a number with s, m, h or d (``7d``)."""
+    raw = text.strip().lower()
+    scale = _UNITS.get(raw[-1:]) if raw else None
+    number = raw[:-1] if scale is not None else raw
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give seconds, or a number with s, m, h or d (7d)"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be > 0")
+    return value
+
+
 @attrs.frozen
 class ServerConfig:
     """How to run the reference server. The token is kept out of ``repr``."""
 
     host: str = "127.0.0.1"
     port: int = attrs.field(default=3001, validator=[attrs.validators.ge(0)])
-    db: str = ":memory:"
+    db: str = attrs.field(default=DEFAULT_DB, repr=False)
     token: str | None = attrs.field(default=None, repr=False)
     lease_ttl: float = attrs.field(default=DEFAULT_LEASE_TTL_S, validator=_positive)
     heartbeat_interval: float = attrs.field(
         default=DEFAULT_HEARTBEAT_INTERVAL_S, validator=_positive
     )
+    retention: float = attrs.field(default=DEFAULT_RETENTION_S, validator=_positive)
+    db_pool_size: int = attrs.field(default=DEFAULT_POOL_SIZE, validator=[attrs.validators.ge(1)])
+    statement_timeout: float = attrs.field(default=DEFAULT_STATEMENT_TIMEOUT_S, validator=_positive)
+
+    def make_store(self) -> Store:
+        """The store ``db`` names (PostgreSQL for a URL, else a SQLite file)."""
+        if is_postgres_url(self.db):
+            return open_store(
+                self.db, pool_size=self.db_pool_size, statement_timeout_s=self.statement_timeout
+            )
+        return open_store(self.db)
 
 
 def _bind(host: str, port: int) -> str:
@@ -83,13 +135,17 @@ async def serve(
     in-flight requests (at most 5 s), the timer stops and the store is closed.
     Errors: a port that cannot be bound raises OSError before ``started``.
     """
-    store = SqliteStore(config.db)
+    store = config.make_store()
     try:
         await store.open(lease_ttl_s=config.lease_ttl)
     except StoreUnavailable as exc:
-        logger.bind(event="store_open_failed", db=config.db, error=str(exc)).error(
+        logger.bind(event="store_open_failed", db=store.where, error=str(exc)).error(
             "the job store failed to open; /v1/health reports degraded until it works"
         )
+    except StoreIncompatible:
+        with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+            await store.aclose()
+        raise
     app = create_app(
         store,
         token=config.token,
@@ -113,6 +169,8 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(core.run_timers)
+            await nursery.start(store.watch, core.jobs_may_be_available)
+            nursery.start_soon(core.run_pruning, config.retention)
 
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 await hypercorn_serve(
@@ -125,7 +183,7 @@ async def serve(
 
             binds: list[str] = await nursery.start(http)
             url = binds[0] if binds else f"http://{_bind(config.host, config.port)}"
-            logger.bind(event="server_listening", url=url, db=config.db).info("server listening")
+            logger.bind(event="server_listening", url=url, db=store.where).info("server listening")
             task_status.started(url)
     finally:
         with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
@@ -138,7 +196,30 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=3001, help="port to bind, 0 for any (3001)")
     parser.add_argument(
-        "--db", default=":memory:", help="SQLite file path, or :memory: (the default)"
+        "--db",
+        default=os.environ.get(DB_ENV) or DEFAULT_DB,
+        help="the job store: a postgresql://user@host/db URL (several replicas share it),"
+        f" a SQLite file path, or :memory: (forgets every job on exit)"
+        f" (default: env {DB_ENV}, else {DEFAULT_DB} in the working directory)",
+    )
+    parser.add_argument(
+        "--retention",
+        type=parse_duration,
+        default=DEFAULT_RETENTION_S,
+        help="delete finished jobs this long after they end: seconds, or 90s, 30m, 12h, 7d (7d)",
+    )
+    parser.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=DEFAULT_POOL_SIZE,
+        help=f"PostgreSQL connections per server process ({DEFAULT_POOL_SIZE})",
+    )
+    parser.add_argument(
+        "--statement-timeout",
+        type=float,
+        default=DEFAULT_STATEMENT_TIMEOUT_S,
+        help="PostgreSQL: seconds a statement, or the wait for a connection, may take before"
+        f" the request answers 503 ({DEFAULT_STATEMENT_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--token",
@@ -177,6 +258,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         token=token,
         lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval,
+        retention=args.retention,
+        db_pool_size=args.db_pool_size,
+        statement_timeout=args.statement_timeout,
     )
 
 
@@ -212,16 +296,24 @@ def run_server_from_args(args: argparse.Namespace) -> int:
         logs.setup_logging(
             level=str(args.log_level).upper(),
             fmt=args.log_format,
-            secrets=[config.token] if config.token else [],
+            secrets=[x for x in (config.token, _db_password(config.db)) if x],
         )
     except ValueError as exc:
         print(f"botd server: {exc}", file=sys.stderr)
         return 2
     failures: list[str] = []
+    refused: list[str] = []
     try:
         trio.run(serve_until_signalled, config)
+    except* StoreError as group:
+        refused = [str(exc) for exc in leaf_exceptions(group)]
     except* OSError as group:
         failures = [str(exc) for exc in leaf_exceptions(group)]
+    if refused:
+        for message in refused:
+            logger.bind(event="store_refused", error=message).error("cannot use the database")
+            print(f"botd server: {message}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
     if failures:
         where = f"{config.host}:{config.port}"
         print(f"botd server: cannot serve on {where}: {'; '.join(failures)}", file=sys.stderr)

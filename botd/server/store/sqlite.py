@@ -1,7 +1,4 @@
-"""The job store of the reference server: the :class:`Store` interface and :class:`SqliteStore`.
-
-The HTTP layer (:mod:`botd.server.app`) talks to a :class:`Store` only; no SQL lives there,
-so a PostgreSQL store can come later. :class:`SqliteStore` is the embedded default:
+"""The embedded job store: :class:`SqliteStore`, SQLite in one process.
 
 - every method is one transaction, so each request sees and leaves a consistent state;
 - ``:memory:`` runs inline on the Trio thread (there is no I/O to block on, and tests on
@@ -11,15 +8,8 @@ so a PostgreSQL store can come later. :class:`SqliteStore` is the embedded defau
   default); the wall clock ``wall`` is read only for RFC 3339 display timestamps.
 
 The SQL itself lives in :class:`SqliteBackend`, a synchronous object whose methods take the
-moment (``Moment``) as an argument; the Hypothesis state machine drives it directly.
-
-Errors: a failing database raises :class:`StoreUnavailable` (the HTTP layer answers
-503 ``store_unavailable``); a request the state does not allow raises
-:class:`StoreRejected` with its HTTP status and error code. Nothing else escapes.
-
-Invariant kept by every method: each job is in exactly one status; a succeeded job has
-exactly one recorded result; no job is ever lost (a lease ends by an ack, a release, an
-expiry or a re-registration, and each of those puts the job somewhere).
+moment (``Moment``) as an argument; the Hypothesis state machine drives it directly. The
+rules of acks and ended leases come from :mod:`.base`, shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -28,18 +18,14 @@ import contextlib
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
 from loguru import logger
 
-from .. import codec
-from ..errors import BotdError
-from ..models import (
+from ...models import (
     JOB_STATUSES,
     Ack,
     AckResult,
@@ -47,86 +33,42 @@ from ..models import (
     ClaimedJob,
     ClaimRequest,
     ClaimResponse,
-    FailureInfo,
     HeartbeatRequest,
     HeartbeatResponse,
     JobSubmit,
     JobView,
     RegisterRequest,
-    SessionHolder,
     Stats,
 )
+from .base import (
+    BOT_STATUSES,
+    FINAL_STATUSES_SQL,
+    PRUNE_BATCH,
+    SCHEMA_VERSION,
+    AckRow,
+    EndRow,
+    ExpiryReport,
+    StoreIncompatible,
+    StoreUnavailable,
+    decide_acks,
+    decide_ends,
+    failure_of,
+    invariant_problems,
+    job_finished,
+    json_or_none,
+    new_id,
+    rfc3339,
+    session_problem,
+    unknown_bot,
+    unknown_job,
+)
 
-__all__ = [
-    "BOT_STATUSES",
-    "ExpiryReport",
-    "Moment",
-    "SqliteBackend",
-    "SqliteStore",
-    "Store",
-    "StoreError",
-    "StoreRejected",
-    "StoreUnavailable",
-    "retry_backoff",
-    "rfc3339",
-]
+__all__ = ["Moment", "SqliteBackend", "SqliteStore"]
 
 T = TypeVar("T")
 
-BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
-MAX_RETRY_BACKOFF_S = 30.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQL_CHUNK = 500  # stay well below SQLite's host-parameter limit
-
-
-class StoreError(BotdError):
-    """Raised by a store; the root of the server's store errors."""
-
-
-class StoreUnavailable(StoreError):
-    """Raised when the database fails (corrupt, unwritable, gone); answer 503 and carry on."""
-
-
-class StoreRejected(StoreError):
-    """Raised when the state does not allow a request; carries the HTTP status and error code
-    (and, for a superseded session, who holds the bot id now)."""
-
-    def __init__(
-        self, status: int, code: str, message: str, holder: SessionHolder | None = None
-    ) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        self.holder = holder
-        super().__init__(f"{status} {code}: {message}")
-
-
-def _unknown_bot(bot_id: str) -> StoreRejected:
-    return StoreRejected(404, "unknown_bot", f"bot {bot_id!r} is not registered; register it again")
-
-
-def _superseded(bot_id: str, why: str, holder: SessionHolder | None = None) -> StoreRejected:
-    return StoreRejected(
-        409,
-        "session_superseded",
-        f"bot {bot_id!r}: {why}; register again for a new session",
-        holder,
-    )
-
-
-def _unknown_job(job_id: str) -> StoreRejected:
-    return StoreRejected(404, "unknown_job", f"no job {job_id!r}; check the job_id")
-
-
-def retry_backoff(attempt: int) -> float:
-    """Seconds a retryable failure waits before its job is claimable again."""
-    return float(min(MAX_RETRY_BACKOFF_S, 0.5 * 2 ** max(0, attempt - 1)))
-
-
-def rfc3339(wall: float) -> str:
-    """Format a wall-clock time (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
-    text = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 @attrs.frozen
@@ -139,85 +81,6 @@ class Moment:
     def display(self, deadline: float) -> str:
         """The RFC 3339 wall-clock time of a deadline on the ``mono`` clock."""
         return rfc3339(self.wall + (deadline - self.mono))
-
-
-@attrs.frozen
-class ExpiryReport:
-    """What one expiry pass did: leases expired, jobs requeued or dead, bots marked gone."""
-
-    expired: int = 0
-    requeued: int = 0
-    dead: int = 0
-    gone: int = 0
-
-
-class Store(Protocol):
-    """What the HTTP layer needs from a job store. Every method is one transaction.
-
-    Every method raises :class:`StoreUnavailable` when the database fails and
-    :class:`StoreRejected` when the request is not allowed in the current state.
-    """
-
-    async def open(self, *, lease_ttl_s: float) -> None:
-        """Create the schema and rebase a previous run's deadlines on this run's clock."""
-
-    async def aclose(self) -> None:
-        """Close the database; further calls raise StoreUnavailable."""
-
-    async def health(self) -> None:
-        """Run a real read and write; raise StoreUnavailable if either fails."""
-
-    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
-        """Start a new session for ``req.bot_id``; returns (session_id, jobs requeued)."""
-
-    async def get_bot(self, bot_id: str) -> BotInfo:
-        """The bot, or 404 unknown_bot."""
-
-    async def list_bots(self) -> list[BotInfo]:
-        """Every bot the store knows, in bot_id order."""
-
-    async def heartbeat(
-        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
-    ) -> tuple[HeartbeatResponse, int]:
-        """Extend the listed leases the bot holds; report cancelled and lost leases.
-
-        Returns the answer and how many jobs went back to the queue: the session's leases
-        that the bot did not list, granted or confirmed over ``lease_ttl_s / 3`` ago, are
-        released without spending an attempt (the bot never got them: a lost claim answer).
-        """
-
-    async def deregister(self, bot_id: str, session_id: str) -> int:
-        """End the session; its leases go back to the queue. Returns how many."""
-
-    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
-        """Queue a job; returns (job, created). An existing idempotency_key gives created=False."""
-
-    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
-        """Queue jobs in one transaction; (job, created) for each, in order."""
-
-    async def get_job(self, job_id: str) -> JobView:
-        """The job, or 404 unknown_job."""
-
-    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
-        """The newest ``limit`` jobs, optionally of one status."""
-
-    async def cancel_job(self, job_id: str) -> JobView:
-        """Cancel a queued or leased job (idempotent); 409 job_finished for a finished one."""
-
-    async def stats(self) -> Stats:
-        """Job counts per status and bot counts per status (every status present)."""
-
-    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
-        """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting)."""
-
-    async def ack(self, ack: Ack) -> AckResult:
-        """Apply one ack and say what happened to it."""
-
-    async def expire(self, *, gone_after_s: float) -> ExpiryReport:
-        """Expire leases past their deadline and mark silent bots gone."""
-
-    async def next_deadline(self) -> float | None:
-        """The earliest future lease expiry or retry time, on the ``now`` clock."""
 
 
 # --- the synchronous SQLite backend -----------------------------------------------------
@@ -259,6 +122,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, not_before);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -279,23 +143,24 @@ _JOB_COLUMNS = (
 )
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Bring a database written by an earlier botd up to the schema (columns added since)."""
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring a database written by an earlier botd up to the schema (columns added since);
+    refuse one written by a newer botd."""
+    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(found[0]) if found else 0
+    if version > SCHEMA_VERSION:
+        raise StoreIncompatible(
+            f"database {path!r} has schema version {version}, newer than this botd's"
+            f" {SCHEMA_VERSION}: run the newer botd, or point --db at another database"
+        )
     have = {row[1] for row in conn.execute("PRAGMA table_info(bots)")}
     if "registered_at" not in have:
         conn.execute("ALTER TABLE bots ADD COLUMN registered_at REAL NOT NULL DEFAULT 0")
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _failure_json(info: FailureInfo) -> str:
-    return json.dumps(codec.unstructure(info), separators=(",", ":"))
+    if version < SCHEMA_VERSION:
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
 
 
 def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
@@ -305,31 +170,6 @@ def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-@attrs.define
-class _AckRow:
-    """One lease and its job, as read for applying acks (mutated as a batch is applied)."""
-
-    lease_id: str
-    job_id: str
-    lease_state: str
-    outcome: str | None
-    job_status: str
-    job_lease: str | None
-    attempts: int
-    max_attempts: int
-
-
-@attrs.frozen
-class _JobUpdate:
-    job_id: str
-    status: str
-    attempts: int
-    result: str | None
-    error: str | None
-    not_before: float
-    finished_at: float | None
 
 
 class SqliteBackend:
@@ -359,7 +199,7 @@ class SqliteBackend:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
-            _add_missing_columns(conn)
+            _migrate(conn, self.path)
         except BaseException:
             conn.close()
             raise
@@ -449,18 +289,10 @@ class SqliteBackend:
             "SELECT session_id, status, hostname, pid, registered_at FROM bots WHERE bot_id = ?",
             (bot_id,),
         ).fetchone()
-        if row is None:
-            raise _unknown_bot(bot_id)
-        if row[1] == "deregistered":
-            raise _superseded(bot_id, "the bot deregistered, which ended its session")
-        if row[0] != session_id:
-            holder = SessionHolder(hostname=row[2], pid=row[3], since=rfc3339(row[4]))
-            raise _superseded(
-                bot_id,
-                f"session {session_id!r} was replaced by a newer one, registered by host"
-                f" {holder.hostname!r} pid {holder.pid} at {holder.since}",
-                holder,
-            )
+        found = None if row is None else (row[0], row[1], row[2], row[3], rfc3339(row[4]))
+        problem = session_problem(bot_id, session_id, found)
+        if problem is not None:
+            raise problem
 
     def _seen(self, conn: sqlite3.Connection, bot_id: str, at: Moment, state: str | None) -> None:
         if state:
@@ -494,41 +326,30 @@ class SqliteBackend:
         """
         if not lease_ids:
             return ExpiryReport()
-        rows: list[tuple[str, str, str, str | None, int, int]] = []
+        rows: list[EndRow] = []
         for part in _chunks(lease_ids):
-            rows += conn.execute(
-                "SELECT l.lease_id, l.job_id, j.status, j.lease_id, j.attempts, j.max_attempts"
-                " FROM leases l JOIN jobs j ON j.job_id = l.job_id"
-                f" WHERE l.state = 'active' AND l.lease_id IN ({_marks(len(part))})",
-                tuple(part),
-            ).fetchall()
-        conn.executemany(
-            "UPDATE leases SET state = 'expired' WHERE lease_id = ?", [(r[0],) for r in rows]
-        )
-        requeue: list[tuple[int, str]] = []
-        dead: list[tuple[str, float, str]] = []
-        for lease_id, job_id, status, job_lease, attempts, max_attempts in rows:
-            if status != "leased" or job_lease != lease_id:
-                continue  # cancelled meanwhile: the job stays where it is
-            if not spend:
-                requeue.append((max(0, attempts - 1), job_id))
-            elif attempts >= max_attempts:
-                info = FailureInfo(
-                    "lease_expired",
-                    f"the lease expired on all {max_attempts} attempts without a result",
-                    retryable=False,
+            rows += [
+                EndRow(*r)
+                for r in conn.execute(
+                    "SELECT l.lease_id, l.job_id, j.status, j.lease_id, j.attempts,"
+                    " j.max_attempts FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+                    f" WHERE l.state = 'active' AND l.lease_id IN ({_marks(len(part))})",
+                    tuple(part),
                 )
-                dead.append((_failure_json(info), at.wall, job_id))
-            else:
-                requeue.append((attempts, job_id))
+            ]
+        ends = decide_ends(rows, spend=spend)
+        conn.executemany(
+            "UPDATE leases SET state = 'expired' WHERE lease_id = ?", [(x,) for x in ends.leases]
+        )
         conn.executemany(
             "UPDATE jobs SET status = 'queued', attempts = ?, not_before = 0 WHERE job_id = ?",
-            requeue,
+            [(attempts, job_id) for job_id, attempts in ends.requeue],
         )
         conn.executemany(
-            "UPDATE jobs SET status = 'dead', error = ?, finished_at = ? WHERE job_id = ?", dead
+            "UPDATE jobs SET status = 'dead', error = ?, finished_at = ? WHERE job_id = ?",
+            [(error, at.wall, job_id) for job_id, error in ends.dead],
         )
-        return ExpiryReport(expired=len(rows), requeued=len(requeue), dead=len(dead))
+        return ends.report()
 
     def register(self, req: RegisterRequest, at: Moment, lease_ttl_s: float) -> tuple[str, int]:
         """New session; listed held leases move to it, the bot's other leases end (spent).
@@ -537,7 +358,7 @@ class SqliteBackend:
         """
 
         def run(conn: sqlite3.Connection) -> tuple[str, int]:
-            session_id = _new_id()
+            session_id = new_id()
             held = self._held(conn, req.bot_id)
             listed = set(req.active_leases)
             keep = [lease for lease in held if lease in listed]
@@ -609,7 +430,7 @@ class SqliteBackend:
         """The bot, or 404 unknown_bot."""
         bots = self._tx(lambda conn: self._bots(conn, bot_id))
         if not bots:
-            raise _unknown_bot(bot_id)
+            raise unknown_bot(bot_id)
         return bots[0]
 
     def list_bots(self) -> list[BotInfo]:
@@ -685,7 +506,6 @@ class SqliteBackend:
 
     @staticmethod
     def _view(row: Sequence[Any]) -> JobView:
-        error = _json_or_none(row[10])
         return JobView(
             job_id=row[0],
             kind=row[1],
@@ -696,8 +516,8 @@ class SqliteBackend:
             attempts=row[6],
             timeout_s=row[7],
             idempotency_key=row[8],
-            result=_json_or_none(row[9]),
-            error=None if error is None else codec.structure(error, FailureInfo),
+            result=json_or_none(row[9]),
+            error=failure_of(row[10]),
             bot_id=row[11],
             created_at=rfc3339(row[12]),
             finished_at=None if row[13] is None else rfc3339(row[13]),
@@ -707,7 +527,7 @@ class SqliteBackend:
         row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
         found = row.fetchone()
         if found is None:
-            raise _unknown_job(job_id)
+            raise unknown_job(job_id)
         return self._view(found)
 
     def submit(self, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
@@ -725,7 +545,7 @@ class SqliteBackend:
             ).fetchone()
             if row is not None:
                 return self._job(conn, row[0]), False
-        job_id = _new_id()
+        job_id = new_id()
         conn.execute(
             "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
             " attempts, timeout_s, idempotency_key, created_at)"
@@ -777,11 +597,7 @@ class SqliteBackend:
                 return self._job(conn, job_id)
             if job.status == "cancelled":
                 return job
-            raise StoreRejected(
-                409,
-                "job_finished",
-                f"job {job_id!r} already ended as {job.status!r}; there is nothing to cancel",
-            )
+            raise job_finished(job_id, job.status)
 
         return self._tx(run)
 
@@ -805,111 +621,38 @@ class SqliteBackend:
         self, conn: sqlite3.Connection, acks: Sequence[Ack], at: Moment
     ) -> list[AckResult]:
         ids = list(dict.fromkeys(a.lease_id for a in acks))
-        rows: dict[str, _AckRow] = {}
+        rows: dict[str, AckRow] = {}
         for part in _chunks(ids):
             for r in conn.execute(
                 "SELECT l.lease_id, l.job_id, l.state, l.outcome, j.status, j.lease_id,"
-                " j.attempts, j.max_attempts FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+                " j.attempts, j.max_attempts, j.error FROM leases l"
+                " JOIN jobs j ON j.job_id = l.job_id"
                 f" WHERE l.lease_id IN ({_marks(len(part))})",
                 tuple(part),
             ):
-                rows[r[0]] = _AckRow(*r)
-        results: list[AckResult] = []
-        lease_updates: list[tuple[str, str]] = []
-        job_updates: dict[str, _JobUpdate] = {}
-        errors: dict[str, str | None] = {}
-        for ack in acks:
-            row = rows.get(ack.lease_id)
-            result, update = self._ack_one(ack, row, at, job_updates, errors, conn)
-            results.append(result)
-            if result.status == "recorded" and row is not None:
-                lease_updates.append((ack.outcome, ack.lease_id))
-                row.lease_state, row.outcome = "done", ack.outcome
-                if update is not None:
-                    job_updates[update.job_id] = update
-                    row.job_status = update.status
+                rows[r[0]] = AckRow(*r)
+        results, done, changes = decide_acks(acks, rows)
         conn.executemany(
-            "UPDATE leases SET state = 'done', outcome = ? WHERE lease_id = ?", lease_updates
+            "UPDATE leases SET state = 'done', outcome = ? WHERE lease_id = ?",
+            [(outcome, lease_id) for lease_id, outcome in done],
         )
         conn.executemany(
             "UPDATE jobs SET status = ?, attempts = ?, result = ?, error = ?, not_before = ?,"
             " finished_at = ? WHERE job_id = ?",
             [
-                (u.status, u.attempts, u.result, u.error, u.not_before, u.finished_at, u.job_id)
-                for u in job_updates.values()
+                (
+                    c.status,
+                    c.attempts,
+                    c.result,
+                    c.error,
+                    at.mono + c.retry_in_s if c.retry_in_s else 0.0,
+                    at.wall if c.final else None,
+                    c.job_id,
+                )
+                for c in changes.values()
             ],
         )
         return results
-
-    def _ack_one(
-        self,
-        ack: Ack,
-        row: _AckRow | None,
-        at: Moment,
-        pending: dict[str, _JobUpdate],
-        errors: dict[str, str | None],
-        conn: sqlite3.Connection,
-    ) -> tuple[AckResult, _JobUpdate | None]:
-        lease = ack.lease_id
-        if row is None:
-            return AckResult(lease, "unknown_lease", "no such lease; drop this ack"), None
-        if row.lease_state == "done":
-            if row.outcome == ack.outcome:
-                return AckResult(lease, "duplicate", "already recorded; nothing to do"), None
-            return AckResult(
-                lease,
-                "conflict",
-                f"this lease was already acked as {row.outcome!r}; the first ack stands",
-            ), None
-        if row.job_status == "cancelled":
-            return AckResult(lease, "recorded", "the job was cancelled; outcome noted"), None
-        late = row.lease_state != "active"
-        if row.job_lease != lease or (late and row.job_status != "queued"):
-            return AckResult(
-                lease,
-                "lease_lost",
-                f"the lease expired and job {row.job_id!r} is now {row.job_status!r}"
-                " elsewhere; drop this result",
-            ), None
-        # The job is ours: leased by this lease, or (late) requeued and not yet re-leased.
-        if row.job_id not in errors:
-            if row.job_id in pending:
-                errors[row.job_id] = pending[row.job_id].error
-            else:
-                found = conn.execute(
-                    "SELECT error FROM jobs WHERE job_id = ?", (row.job_id,)
-                ).fetchone()
-                errors[row.job_id] = found[0] if found else None
-        error_now = errors[row.job_id]
-        attempts = row.attempts
-
-        def update(
-            status: str,
-            *,
-            attempts: int = attempts,
-            result: str | None = None,
-            error: str | None = error_now,
-            not_before: float = 0.0,
-        ) -> _JobUpdate:
-            final = status not in ("queued", "leased")
-            return _JobUpdate(
-                row.job_id, status, attempts, result, error, not_before, at.wall if final else None
-            )
-
-        recorded = AckResult(lease, "recorded")
-        if ack.outcome == "succeeded":
-            return recorded, update("succeeded", result=json.dumps(ack.result), error=None)
-        if ack.outcome == "released":
-            if late:
-                return recorded, None
-            return recorded, update("queued", attempts=max(0, attempts - 1))
-        info = ack.error or FailureInfo("error", "the bot reported a failure without details")
-        failure = _failure_json(info)
-        errors[row.job_id] = failure
-        if not info.retryable or attempts >= row.max_attempts:
-            return recorded, update("failed", error=failure)
-        due = 0.0 if late else at.mono + retry_backoff(attempts)
-        return recorded, update("queued", error=failure, not_before=due)
 
     def claim(self, req: ClaimRequest, at: Moment, lease_ttl_s: float) -> ClaimResponse:
         """Apply the acks, then lease up to max_jobs due queued jobs: priority, then age."""
@@ -940,7 +683,7 @@ class SqliteBackend:
             job_rows: list[tuple[int, str, str, int]] = []
             lease_rows: list[tuple[str, str, str, str, int, float]] = []
             for seq, job_id, kind, payload, attempts, timeout_s in rows:
-                lease_id = _new_id()
+                lease_id = new_id()
                 attempt = attempts + 1
                 job_rows.append((attempt, req.bot_id, lease_id, seq))
                 lease_rows.append((lease_id, job_id, req.bot_id, req.session_id, attempt, expires))
@@ -968,6 +711,10 @@ class SqliteBackend:
             return ClaimResponse(jobs=jobs, acks=acks)
 
         return self._tx(run)
+
+    def release(self, lease_ids: Sequence[str], at: Moment) -> int:
+        """Give back active leases without spending their attempts; jobs requeued."""
+        return self._tx(lambda conn: self._end_leases(conn, lease_ids, spend=False, at=at).requeued)
 
     def ack(self, ack: Ack, at: Moment) -> AckResult:
         """Apply one ack (see the protocol's ack semantics)."""
@@ -1009,31 +756,41 @@ class SqliteBackend:
 
         return self._tx(run)
 
+    def oldest_queued(self, at: Moment) -> dict[str, float]:
+        """Seconds since the oldest queued job of each kind was submitted."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, float]:
+            rows = conn.execute(
+                "SELECT kind, min(created_at) FROM jobs WHERE status = 'queued' GROUP BY kind"
+            ).fetchall()
+            return {kind: max(0.0, at.wall - created) for kind, created in rows}
+
+        return self._tx(run)
+
+    def prune(self, at: Moment, older_than_s: float) -> int:
+        """Delete up to PRUNE_BATCH jobs that ended over ``older_than_s`` ago, with their
+        leases; returns how many jobs."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            seqs = [
+                (seq, job_id)
+                for seq, job_id in conn.execute(
+                    "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL"
+                    f" AND finished_at <= ? AND status IN ({FINAL_STATUSES_SQL}) LIMIT ?",
+                    (at.wall - older_than_s, PRUNE_BATCH),
+                )
+            ]
+            conn.executemany("DELETE FROM leases WHERE job_id = ?", [(j,) for _, j in seqs])
+            conn.executemany("DELETE FROM jobs WHERE seq = ?", [(q,) for q, _ in seqs])
+            return len(seqs)
+
+        return self._tx(run)
+
     def check_invariant(self) -> list[str]:
         """Problems with the store's invariant (empty when it holds); for tests and audits."""
 
         def run(conn: sqlite3.Connection) -> list[str]:
-            problems: list[str] = []
-            for job_id, status in conn.execute("SELECT job_id, status FROM jobs"):
-                if status not in JOB_STATUSES:
-                    problems.append(f"job {job_id} has unknown status {status!r}")
-            for (job_id,) in conn.execute(
-                "SELECT j.job_id FROM jobs j WHERE j.status = 'leased' AND NOT EXISTS"
-                " (SELECT 1 FROM leases l WHERE l.lease_id = j.lease_id AND l.state = 'active')"
-            ):
-                problems.append(f"leased job {job_id} has no active lease")
-            for (job_id,) in conn.execute(
-                "SELECT job_id FROM jobs WHERE status = 'succeeded' AND (result IS NULL OR"
-                " (SELECT count(*) FROM leases l WHERE l.job_id = jobs.job_id AND"
-                " l.outcome = 'succeeded' AND l.state = 'done') != 1)"
-            ):
-                problems.append(f"succeeded job {job_id} does not have exactly one recorded result")
-            for lease_id, job_id in conn.execute(
-                "SELECT l.lease_id, l.job_id FROM leases l JOIN jobs j ON j.job_id = l.job_id"
-                " WHERE l.state = 'active' AND j.status NOT IN ('leased', 'cancelled')"
-            ):
-                problems.append(f"active lease {lease_id} on job {job_id} that is not leased")
-            return problems
+            return invariant_problems(lambda sql: conn.execute(sql).fetchall())
 
         return self._tx(run)
 
@@ -1063,6 +820,7 @@ class SqliteStore:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.backend = SqliteBackend(path)
+        self.where = path or ":memory:"
         self._now = now
         self._wall = wall
         self._limiter = trio.CapacityLimiter(1)
@@ -1080,7 +838,7 @@ class SqliteStore:
         """Create the schema; give a previous run's leases a fresh lease_ttl_s."""
         at = self._moment()
         await self._run(lambda: self.backend.open(at, lease_ttl_s))
-        logger.bind(event="store_opened", db=self.backend.path).info("job store opened")
+        logger.bind(event="store_opened", db=self.where).info("job store opened")
 
     async def aclose(self) -> None:
         """Close the connection."""
@@ -1090,6 +848,16 @@ class SqliteStore:
         """A real read and write; raises StoreUnavailable on failure."""
         at = self._moment()
         await self._run(lambda: self.backend.health(at))
+
+    async def watch(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Nothing to watch: only this process writes to the database."""
+        task_status.started()
+        await trio.sleep_forever()
 
     async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
         """See :meth:`Store.register`."""
@@ -1162,3 +930,18 @@ class SqliteStore:
         """See :meth:`Store.next_deadline`."""
         at = self._moment()
         return await self._run(lambda: self.backend.next_deadline(at))
+
+    async def release(self, lease_ids: Sequence[str]) -> int:
+        """See :meth:`Store.release`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.release(lease_ids, at))
+
+    async def oldest_queued(self) -> dict[str, float]:
+        """See :meth:`Store.oldest_queued`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.oldest_queued(at))
+
+    async def prune(self, *, older_than_s: float) -> int:
+        """See :meth:`Store.prune`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.prune(at, older_than_s))

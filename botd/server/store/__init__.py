@@ -1,0 +1,66 @@
+"""The job stores of the reference server.
+
+:mod:`.base` has the :class:`Store` interface, its errors and the protocol's rules;
+:mod:`.sqlite` the embedded store (one process), :mod:`.postgres` the store that several
+server replicas share. :func:`open_store` picks one from ``--db``: a ``postgresql://`` (or
+``postgres://``) URL selects PostgreSQL, anything else is a SQLite path (``:memory:`` by
+name only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import (
+    BOT_STATUSES,
+    SCHEMA_VERSION,
+    ExpiryReport,
+    Store,
+    StoreError,
+    StoreIncompatible,
+    StoreRejected,
+    StoreUnavailable,
+    retry_backoff,
+    rfc3339,
+)
+from .sqlite import Moment, SqliteBackend, SqliteStore
+
+__all__ = [
+    "BOT_STATUSES",
+    "SCHEMA_VERSION",
+    "ExpiryReport",
+    "Moment",
+    "SqliteBackend",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreIncompatible",
+    "StoreRejected",
+    "StoreUnavailable",
+    "is_postgres_url",
+    "open_store",
+    "retry_backoff",
+    "rfc3339",
+]
+
+
+def is_postgres_url(db: str) -> bool:
+    """True when ``db`` names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(db: str, **postgres: Any) -> Store:
+    """The store for ``db``: PostgreSQL for a URL (``postgres`` options go to it), else SQLite.
+
+    Raises StoreError when PostgreSQL is asked for and its driver is not installed.
+    """
+    if is_postgres_url(db):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"--db {db.split('@')[-1]!r} needs the PostgreSQL driver ({exc.name}):"
+                " pip install 'botd[postgres]'"
+            ) from None
+        return PostgresStore(db, **postgres)
+    return SqliteStore(db)

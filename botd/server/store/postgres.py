@@ -1,0 +1,1022 @@
+"""The shared job store: :class:`PostgresStore`, for several server replicas on one database.
+
+How it works under Trio:
+
+- psycopg 3 (its async API is asyncio only) through ``trio.to_thread.run_sync``, behind a
+  ``CapacityLimiter`` the size of a psycopg_pool ``ConnectionPool``: a request never waits
+  for a thread while holding none of the pool, and a cancelled request waits for its
+  transaction to end, so no request leaves half a transaction behind;
+- every method is one transaction; a deadlock or serialization failure is retried, and so
+  is a pooled connection that broke while idle (the database restarted) before anything ran;
+- every lease deadline, expiry and retry time comes from the database's clock (``now()``):
+  replicas share rows, and their monotonic clocks mean nothing to each other;
+- row locks are always taken in one order (bot, then leases, then jobs); claims and expiry
+  take rows with ``FOR UPDATE SKIP LOCKED``, so replicas never wait on each other for work
+  and no lease is expired twice;
+- a transaction that makes jobs claimable (a submit, a release, a requeue, an expiry) sends
+  one ``NOTIFY botd_jobs``; :meth:`PostgresStore.watch` keeps one ``LISTEN`` connection and
+  wakes this replica's waiting claims when another replica sends one. If that connection
+  drops it reconnects and wakes every waiter; every 2 s it also checks for due jobs, which
+  bounds the wait for a notification that was missed.
+
+Errors: the database down, restarting or slower than the statement timeout raises
+:class:`StoreUnavailable` within about that timeout (503 ``store_unavailable``); a schema
+newer than this botd raises :class:`StoreIncompatible`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+import psycopg
+import psycopg_pool
+import trio
+from loguru import logger
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import ConnStatus
+
+from ...models import (
+    JOB_STATUSES,
+    Ack,
+    AckResult,
+    BotInfo,
+    ClaimedJob,
+    ClaimRequest,
+    ClaimResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobSubmit,
+    JobView,
+    RegisterRequest,
+    Stats,
+)
+from .base import (
+    BOT_STATUSES,
+    FINAL_STATUSES_SQL,
+    PRUNE_BATCH,
+    SCHEMA_VERSION,
+    AckRow,
+    EndRow,
+    Ends,
+    ExpiryReport,
+    StoreIncompatible,
+    StoreUnavailable,
+    decide_acks,
+    decide_ends,
+    failure_of,
+    invariant_problems,
+    job_finished,
+    json_or_none,
+    new_id,
+    session_problem,
+    superseded,
+    unknown_bot,
+    unknown_job,
+)
+
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "DEFAULT_STATEMENT_TIMEOUT_S",
+    "EXPIRE_BATCH",
+    "LISTEN_FALLBACK_S",
+    "MIGRATIONS",
+    "NOTIFY_CHANNEL",
+    "PostgresStore",
+    "redact_dsn",
+]
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+DEFAULT_POOL_SIZE = 10
+DEFAULT_STATEMENT_TIMEOUT_S = 5.0
+NOTIFY_CHANNEL = "botd_jobs"
+#: The longest a waiting claim can miss a notification: the listener checks this often.
+LISTEN_FALLBACK_S = 2.0
+#: How many leases one expiry pass takes (the next pass, at most a second later, goes on).
+EXPIRE_BATCH = 1000
+#: pg_advisory_xact_lock key that serializes migrations ("botd" in ASCII).
+_MIGRATION_LOCK = 0x626F7464
+_ATTEMPTS = 3
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+_SCHEMA_V1 = """
+CREATE TABLE botd_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE bots (
+    bot_id text PRIMARY KEY,
+    session_id text NOT NULL,
+    status text NOT NULL,
+    state text,
+    capacity integer NOT NULL,
+    hostname text NOT NULL,
+    version text NOT NULL,
+    pid integer NOT NULL,
+    labels text NOT NULL,
+    last_seen timestamptz NOT NULL,
+    registered_at timestamptz NOT NULL
+);
+CREATE INDEX bots_active ON bots (last_seen) WHERE status = 'active';
+CREATE TABLE jobs (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id text NOT NULL UNIQUE,
+    kind text NOT NULL,
+    payload text NOT NULL,
+    status text NOT NULL,
+    priority integer NOT NULL,
+    max_attempts integer NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    timeout_s double precision,
+    idempotency_key text UNIQUE,
+    result text,
+    error text,
+    bot_id text,
+    lease_id text,
+    not_before timestamptz NOT NULL DEFAULT '-infinity',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX jobs_queue ON jobs (priority DESC, seq) WHERE status = 'queued';
+CREATE INDEX jobs_queue_kind ON jobs (kind, priority DESC, seq) WHERE status = 'queued';
+CREATE INDEX jobs_due ON jobs (not_before) WHERE status = 'queued';
+CREATE INDEX jobs_status ON jobs (status, seq);
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE leases (
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    lease_id text PRIMARY KEY,
+    job_id text NOT NULL,
+    bot_id text NOT NULL,
+    session_id text NOT NULL,
+    attempt integer NOT NULL,
+    state text NOT NULL,
+    expires timestamptz NOT NULL,
+    outcome text
+);
+CREATE INDEX leases_active ON leases (expires) WHERE state = 'active';
+CREATE INDEX leases_bot ON leases (bot_id, seq) WHERE state = 'active';
+CREATE INDEX leases_job ON leases (job_id);
+"""
+
+#: Schema migrations: (version, SQL). Each one runs once, in order, under the lock.
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_V1),)
+assert MIGRATIONS[-1][0] == SCHEMA_VERSION
+
+_JOB_COLUMNS = (
+    "job_id, kind, payload, status, priority, max_attempts, attempts, timeout_s,"
+    " idempotency_key, result, error, bot_id, created_at, finished_at"
+)
+
+_CLAIM = """
+WITH picked AS MATERIALIZED (
+    SELECT seq FROM jobs
+    WHERE status = 'queued' AND not_before <= now() {kinds}
+    ORDER BY priority DESC, seq
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE jobs j
+    SET status = 'leased', attempts = j.attempts + 1, bot_id = %(bot)s,
+        lease_id = replace(gen_random_uuid()::text, '-', '')
+    FROM picked WHERE j.seq = picked.seq
+    RETURNING j.seq, j.priority, j.job_id, j.kind, j.payload, j.attempts, j.timeout_s,
+              j.lease_id
+), granted AS (
+    INSERT INTO leases (lease_id, job_id, bot_id, session_id, attempt, state, expires)
+    SELECT lease_id, job_id, %(bot)s, %(session)s, attempts, 'active',
+           now() + %(ttl)s * interval '1 second'
+    FROM leased
+)
+SELECT job_id, lease_id, kind, payload, attempts, timeout_s,
+       now() + %(ttl)s * interval '1 second'
+FROM leased ORDER BY priority DESC, seq
+"""
+
+_APPLY_ACKS = """
+WITH done AS (
+    UPDATE leases SET state = 'done', outcome = u.outcome
+    FROM unnest(%(lease_ids)s::text[], %(outcomes)s::text[]) AS u(lease_id, outcome)
+    WHERE leases.lease_id = u.lease_id
+)
+UPDATE jobs SET status = u.status, attempts = u.attempts, result = u.result, error = u.error,
+    not_before = CASE WHEN u.retry_in > 0 THEN now() + u.retry_in * interval '1 second'
+                      ELSE '-infinity' END,
+    finished_at = CASE WHEN u.final THEN now() END
+FROM unnest(%(job_ids)s::text[], %(statuses)s::text[], %(attempts)s::int[],
+            %(results)s::text[], %(errors)s::text[], %(retry_in)s::float8[],
+            %(final)s::bool[])
+     AS u(job_id, status, attempts, result, error, retry_in, final)
+WHERE jobs.job_id = u.job_id
+"""
+
+_END_LEASES = """
+WITH ended AS (
+    UPDATE leases SET state = 'expired' WHERE lease_id = ANY(%(leases)s::text[])
+), requeued AS (
+    UPDATE jobs SET status = 'queued', attempts = u.attempts, not_before = '-infinity'
+    FROM unnest(%(requeue)s::text[], %(attempts)s::int[]) AS u(job_id, attempts)
+    WHERE jobs.job_id = u.job_id
+)
+UPDATE jobs SET status = 'dead', error = u.error, finished_at = now()
+FROM unnest(%(dead)s::text[], %(errors)s::text[]) AS u(job_id, error)
+WHERE jobs.job_id = u.job_id
+"""
+
+_LEASE_ROWS = (
+    "SELECT l.lease_id, l.job_id, j.status, j.lease_id, j.attempts, j.max_attempts"
+    " FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN as ``postgresql://user@host:port/dbname``: never a password."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable DSN)"
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+def _iso(moment: datetime) -> str:
+    text = moment.isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def _view(row: Sequence[Any]) -> JobView:
+    return JobView(
+        job_id=row[0],
+        kind=row[1],
+        payload=json.loads(row[2]),
+        status=row[3],
+        priority=row[4],
+        max_attempts=row[5],
+        attempts=row[6],
+        timeout_s=row[7],
+        idempotency_key=row[8],
+        result=json_or_none(row[9]),
+        error=failure_of(row[10]),
+        bot_id=row[11],
+        created_at=_iso(row[12]),
+        finished_at=None if row[13] is None else _iso(row[13]),
+    )
+
+
+def _retryable_connection_error(exc: psycopg.Error) -> bool:
+    """A connection that failed before the server ran anything: the database restarted."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+class _ClockedConnection:
+    """A connection whose statements read a test's clock instead of ``now()``."""
+
+    def __init__(self, conn: Conn, clock_sql: str) -> None:
+        self._conn = conn
+        self._clock_sql = clock_sql
+
+    def execute(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
+        return self._conn.execute(query.replace("now()", self._clock_sql), params)
+
+
+class PostgresStore:
+    """The :class:`~botd.server.store.base.Store` that several server replicas share.
+
+    Args:
+        dsn: a libpq connection string or ``postgresql://`` URL.
+        pool_size: connections this replica keeps (and requests it runs at once).
+        statement_timeout_s: the longest a statement, or the wait for a pooled connection,
+            may take before the request answers 503.
+        clock_sql: for tests only: an SQL expression that replaces ``now()`` in every
+            statement (a clock the test moves, kept in the database, so that a state
+            machine can let hours pass in no time). Production leaves it None.
+
+    Resource handling: the pool opens in :meth:`open` and closes in :meth:`aclose`; the
+    LISTEN connection lives inside :meth:`watch`. Nothing is kept only in this process:
+    any replica can answer any request.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+        clock_sql: str | None = None,
+    ) -> None:
+        if pool_size < 1 or not statement_timeout_s > 0:
+            raise ValueError("pool_size must be >= 1 and statement_timeout_s > 0")
+        self.dsn = dsn
+        self.where = redact_dsn(dsn)
+        self.replica = new_id()
+        self.statement_timeout_s = statement_timeout_s
+        timeout_ms = int(statement_timeout_s * 1000)
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, int(statement_timeout_s)),
+            "application_name": "botd-server",
+            "options": f"-c statement_timeout={timeout_ms}"
+            f" -c lock_timeout={timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={4 * timeout_ms}",
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+        }
+        self._pool = psycopg_pool.ConnectionPool(
+            dsn,
+            min_size=pool_size,
+            max_size=pool_size,
+            kwargs=self._connect_kwargs,
+            timeout=statement_timeout_s,
+            open=False,
+            name="botd",
+        )
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._opening = trio.Lock()
+        self._opened = False
+        self._closed = False
+        self._schema_ready = False
+        self._clock_sql = clock_sql
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"database {self.where}: {str(exc).strip() or type(exc).__name__}")
+
+    def _migrate(self, wait: float) -> None:
+        """Apply the missing migrations under an advisory lock (replicas that start together
+        take turns); refuse a schema newer than this botd."""
+        with self._pool.connection(timeout=wait) as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS botd_schema (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM botd_schema").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreIncompatible(
+                    f"database {self.where} has schema version {version}, newer than this"
+                    f" botd's {SCHEMA_VERSION}: run the newer botd, or point --db at another"
+                    " database"
+                )
+            for target, sql in MIGRATIONS:
+                if target > version:
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO botd_schema (version) VALUES (%s)", (target,))
+                    logger.bind(event="schema_migrated", version=target).info(
+                        "database schema migrated"
+                    )
+        self._schema_ready = True
+
+    def _tx(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn`` in one transaction on a pooled connection (in a worker thread)."""
+        if self._closed:
+            raise StoreUnavailable(f"database {self.where}: the store is closed")
+        # The attempts share the timeout: a request answers within it. (All connections are
+        # only ever in use at once when they are broken: the limiter admits pool_size calls.)
+        wait = self.statement_timeout_s / _ATTEMPTS
+        for attempt in range(_ATTEMPTS):
+            ran = False
+            try:
+                if not self._schema_ready:
+                    self._migrate(wait)
+                with self._pool.connection(timeout=wait) as conn:
+                    with conn.transaction():
+                        out = fn(self._clocked(conn))
+                        ran = True
+                    return out
+            except psycopg_pool.PoolTimeout as exc:
+                raise StoreUnavailable(
+                    f"database {self.where}: no connection within"
+                    f" {self.statement_timeout_s:g} s (is PostgreSQL up?)"
+                ) from exc
+            except psycopg.Error as exc:
+                again = exc.sqlstate in _RETRY_SQLSTATES or (
+                    not ran
+                    and isinstance(exc, psycopg.OperationalError)
+                    and _retryable_connection_error(exc)
+                )
+                if again and attempt < _ATTEMPTS - 1:
+                    continue
+                raise self._fail(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _clocked(self, conn: Conn) -> Conn:
+        if self._clock_sql is None:
+            return conn
+        return cast(Conn, _ClockedConnection(conn, self._clock_sql))
+
+    async def _run(self, fn: Callable[[Conn], T]) -> T:
+        if not self._opened:
+            await self._open_pool()
+        return await trio.to_thread.run_sync(self._tx, fn, limiter=self._limiter)
+
+    async def _open_pool(self) -> None:
+        """Start the pool (once); it connects in the background, so this does not wait."""
+        async with self._opening:
+            if not self._opened and not self._closed:
+                await trio.to_thread.run_sync(lambda: self._pool.open(wait=False))
+                self._opened = True
+
+    def _notify(self, conn: Conn) -> None:
+        """Tell the other replicas that jobs may be claimable (once per transaction)."""
+        conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, self.replica))
+
+    # -- lifecycle and health ------------------------------------------------------------
+
+    async def open(self, *, lease_ttl_s: float) -> None:
+        """Open the pool and migrate the schema. Raises StoreUnavailable when the database
+        cannot be reached (the store keeps trying on later calls) and StoreIncompatible
+        when its schema is newer than this botd."""
+        await self._run(lambda conn: None)
+        logger.bind(event="store_opened", db=self.where).info("job store opened")
+
+    async def aclose(self) -> None:
+        """Close the pool (waits for its connections to close)."""
+        await trio.to_thread.run_sync(self.close_sync)
+
+    def close_sync(self) -> None:
+        """Close the pool from synchronous code (a test's teardown); idempotent."""
+        self._closed = True
+        if self._opened:
+            self._pool.close(timeout=5.0)
+
+    async def health(self) -> None:
+        """A real read and a real write; raises StoreUnavailable if either fails."""
+
+        def run(conn: Conn) -> None:
+            conn.execute("SELECT count(*) FROM botd_schema").fetchone()
+            conn.execute(
+                "INSERT INTO botd_meta (key, value) VALUES ('health_probe', now()::text)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            )
+
+        await self._run(run)
+
+    # -- the LISTEN connection -----------------------------------------------------------
+
+    def _listen_connect(self) -> Conn:
+        conn = psycopg.connect(self.dsn, autocommit=True, **self._connect_kwargs)
+        try:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _any_due(conn: Conn) -> bool:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND not_before <= now())"
+        ).fetchone()
+        return bool(row and row[0])
+
+    async def _listen(self, conn: Conn, wake: Callable[[], None]) -> None:
+        """Wake on every other replica's notification until the connection fails."""
+        pgconn = conn.pgconn
+        while True:
+            with trio.move_on_after(LISTEN_FALLBACK_S) as waited:
+                await trio.lowlevel.wait_readable(pgconn.socket)
+            if waited.cancelled_caught:
+                if await trio.to_thread.run_sync(self._any_due, conn):
+                    wake()
+                continue
+            pgconn.consume_input()
+            if pgconn.status != ConnStatus.OK:
+                raise psycopg.OperationalError("the LISTEN connection was closed")
+            woken = False
+            while (note := pgconn.notifies()) is not None:
+                woken = woken or note.extra.decode(errors="replace") != self.replica
+            if woken:
+                wake()
+
+    async def watch(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep one LISTEN connection and call ``wake`` when another replica makes a job
+        claimable; on a lost connection reconnect (with backoff) and wake every waiter."""
+        task_status.started()
+        delay = 0.25
+        while True:
+            try:
+                conn = await trio.to_thread.run_sync(self._listen_connect)
+            except psycopg.Error as exc:
+                logger.bind(event="listen_unavailable", db=self.where, error=str(exc)).warning(
+                    "cannot LISTEN for new jobs; retrying"
+                )
+                await trio.sleep(delay)
+                delay = min(2 * delay, LISTEN_FALLBACK_S)
+                continue
+            delay = 0.25
+            wake()  # anything sent while we were not listening
+            try:
+                await self._listen(conn, wake)
+            except psycopg.Error as exc:
+                logger.bind(event="listen_lost", db=self.where, error=str(exc)).warning(
+                    "the LISTEN connection was lost; reconnecting"
+                )
+            finally:
+                conn.close()
+            wake()
+
+    # -- bots ----------------------------------------------------------------------------
+
+    def _touch(self, conn: Conn, bot_id: str, session_id: str, state: str | None) -> None:
+        """Check the session and mark the bot seen (this locks the bot's row first)."""
+        cur = conn.execute(
+            "UPDATE bots SET last_seen = now(), status = 'active', state = coalesce(%s, state)"
+            " WHERE bot_id = %s AND session_id = %s AND status <> 'deregistered'",
+            (state or None, bot_id, session_id),
+        )
+        if cur.rowcount == 1:
+            return
+        row = conn.execute(
+            "SELECT session_id, status, hostname, pid, registered_at FROM bots WHERE bot_id = %s",
+            (bot_id,),
+        ).fetchone()
+        found = None if row is None else (row[0], row[1], row[2], row[3], _iso(row[4]))
+        raise session_problem(bot_id, session_id, found) or superseded(
+            bot_id, "the session changed meanwhile"
+        )
+
+    def _held(self, conn: Conn, bot_id: str) -> dict[str, str]:
+        """The bot's active leases -> the status of their job (the leases locked)."""
+        rows = conn.execute(
+            "SELECT l.lease_id, j.status FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+            " WHERE l.bot_id = %s AND l.state = 'active' ORDER BY l.lease_id FOR UPDATE OF l",
+            (bot_id,),
+        ).fetchall()
+        return {lease_id: status for lease_id, status in rows}
+
+    def _end_leases(self, conn: Conn, lease_ids: Sequence[str], *, spend: bool) -> Ends:
+        """End active leases without an ack (see :func:`decide_ends`), in one statement."""
+        if not lease_ids:
+            return Ends([], [], [])
+        rows = [
+            EndRow(*r)
+            for r in conn.execute(
+                f"{_LEASE_ROWS} WHERE l.state = 'active' AND l.lease_id = ANY(%s)"
+                " ORDER BY l.lease_id FOR UPDATE OF l, j",
+                (list(lease_ids),),
+            )
+        ]
+        ends = decide_ends(rows, spend=spend)
+        self._write_ends(conn, ends)
+        return ends
+
+    def _write_ends(self, conn: Conn, ends: Ends) -> None:
+        if not ends.leases:
+            return
+        conn.execute(
+            _END_LEASES,
+            {
+                "leases": ends.leases,
+                "requeue": [job for job, _ in ends.requeue],
+                "attempts": [attempts for _, attempts in ends.requeue],
+                "dead": [job for job, _ in ends.dead],
+                "errors": [error for _, error in ends.dead],
+            },
+        )
+        if ends.requeue:
+            self._notify(conn)
+
+    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+        """See :meth:`Store.register`."""
+
+        def run(conn: Conn) -> tuple[str, int]:
+            session_id = new_id()
+            conn.execute(
+                "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
+                " version, pid, labels, last_seen, registered_at)"
+                " VALUES (%s, %s, 'active', NULL, %s, %s, %s, %s, %s, now(), now())"
+                " ON CONFLICT (bot_id) DO UPDATE SET session_id = excluded.session_id,"
+                " status = 'active', state = NULL, capacity = excluded.capacity,"
+                " hostname = excluded.hostname, version = excluded.version, pid = excluded.pid,"
+                " labels = excluded.labels, last_seen = excluded.last_seen,"
+                " registered_at = excluded.registered_at",
+                (
+                    req.bot_id,
+                    session_id,
+                    req.capacity,
+                    req.hostname,
+                    req.version,
+                    req.pid,
+                    json.dumps(req.labels),
+                ),
+            )
+            held = self._held(conn, req.bot_id)
+            listed = set(req.active_leases)
+            keep = [lease for lease in held if lease in listed]
+            drop = [lease for lease in held if lease not in listed]
+            if keep:
+                conn.execute(
+                    "UPDATE leases SET session_id = %s, expires = now() + %s * interval '1 second'"
+                    " WHERE lease_id = ANY(%s)",
+                    (session_id, lease_ttl_s, keep),
+                )
+            ended = self._end_leases(conn, drop, spend=True)
+            return session_id, len(ended.requeue)
+
+        return await self._run(run)
+
+    def _bots(self, conn: Conn, bot_id: str | None) -> list[BotInfo]:
+        where = "WHERE bot_id = %s" if bot_id is not None else ""
+        args: tuple[str, ...] = (bot_id,) if bot_id is not None else ()
+        rows = conn.execute(
+            "SELECT bot_id, session_id, status, state, capacity, hostname, version, labels,"
+            f" last_seen FROM bots {where} ORDER BY bot_id",
+            args,
+        ).fetchall()
+        leases: dict[str, list[str]] = {}
+        for owner, lease_id in conn.execute(
+            "SELECT bot_id, lease_id FROM leases WHERE state = 'active'"
+            f"{' AND bot_id = %s' if bot_id is not None else ''} ORDER BY seq",
+            args,
+        ):
+            leases.setdefault(owner, []).append(lease_id)
+        return [
+            BotInfo(
+                bot_id=r[0],
+                session_id=r[1],
+                status=r[2],
+                state=r[3],
+                capacity=r[4],
+                hostname=r[5],
+                version=r[6],
+                labels=json.loads(r[7]),
+                last_seen=_iso(r[8]),
+                active_leases=leases.get(r[0], []),
+            )
+            for r in rows
+        ]
+
+    async def get_bot(self, bot_id: str) -> BotInfo:
+        """See :meth:`Store.get_bot`."""
+        bots = await self._run(lambda conn: self._bots(conn, bot_id))
+        if not bots:
+            raise unknown_bot(bot_id)
+        return bots[0]
+
+    async def list_bots(self) -> list[BotInfo]:
+        """See :meth:`Store.list_bots`."""
+        return await self._run(lambda conn: self._bots(conn, None))
+
+    async def heartbeat(
+        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
+    ) -> tuple[HeartbeatResponse, int]:
+        """See :meth:`Store.heartbeat` (and SqliteBackend.heartbeat for the rules)."""
+
+        def run(conn: Conn) -> tuple[HeartbeatResponse, int]:
+            session_id = req.session_id
+            self._touch(conn, bot_id, session_id, req.state)
+            held = self._held(conn, bot_id)
+            listed = list(dict.fromkeys(req.active_leases))
+            extend = [lease for lease in listed if lease in held]
+            lost = [lease for lease in listed if lease not in held]
+            unlisted = set(held) - set(listed)
+            never_received: list[str] = []
+            if unlisted:
+                never_received = [
+                    lease
+                    for (lease,) in conn.execute(
+                        "SELECT lease_id FROM leases WHERE bot_id = %s AND session_id = %s"
+                        " AND state = 'active' AND expires <= now() + %s * interval '1 second'",
+                        (bot_id, session_id, lease_ttl_s - lease_ttl_s / 3),
+                    )
+                    if lease in unlisted
+                ]
+            released = self._end_leases(conn, never_received, spend=False)
+            cancel = [
+                lease
+                for lease, status in held.items()
+                if status == "cancelled" and lease not in never_received
+            ]
+            expires_at: str | None = None
+            if extend:
+                row = conn.execute(
+                    "WITH x AS (UPDATE leases SET expires = now() + %s * interval '1 second'"
+                    " WHERE lease_id = ANY(%s)) SELECT now() + %s * interval '1 second'",
+                    (lease_ttl_s, extend, lease_ttl_s),
+                ).fetchone()
+                expires_at = _iso(row[0]) if row else None
+            answer = HeartbeatResponse(
+                lease_expires_at=expires_at, cancel_leases=cancel, lost_leases=lost
+            )
+            return answer, len(released.requeue)
+
+        return await self._run(run)
+
+    async def deregister(self, bot_id: str, session_id: str) -> int:
+        """See :meth:`Store.deregister`."""
+
+        def run(conn: Conn) -> int:
+            self._touch(conn, bot_id, session_id, None)
+            ends = self._end_leases(conn, list(self._held(conn, bot_id)), spend=False)
+            conn.execute(
+                "UPDATE bots SET status = 'deregistered', last_seen = now() WHERE bot_id = %s",
+                (bot_id,),
+            )
+            return len(ends.requeue)
+
+        return await self._run(run)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(conn: Conn, job_id: str, *, lock: bool = False) -> JobView:
+        row = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            raise unknown_job(job_id)
+        return _view(row)
+
+    def _submit(self, conn: Conn, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+        """Insert in one statement; a known idempotency_key returns that job, not created."""
+        if not jobs:
+            return []
+        ids = [new_id() for _ in jobs]
+        created = {
+            r[0]
+            for r in conn.execute(
+                "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
+                " timeout_s, idempotency_key)"
+                " SELECT u.job_id, u.kind, u.payload, 'queued', u.priority, u.max_attempts,"
+                " u.timeout_s, u.key FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::int[], %s::int[], %s::float8[], %s::text[]) WITH ORDINALITY"
+                " AS u(job_id, kind, payload, priority, max_attempts, timeout_s, key, ord)"
+                " ORDER BY u.ord ON CONFLICT (idempotency_key) DO NOTHING RETURNING job_id",
+                (
+                    ids,
+                    [j.kind for j in jobs],
+                    [json.dumps(j.payload) for j in jobs],
+                    [j.priority for j in jobs],
+                    [j.max_attempts for j in jobs],
+                    [j.timeout_s for j in jobs],
+                    [j.idempotency_key for j in jobs],
+                ),
+            )
+        }
+        keys = [j.idempotency_key for j, i in zip(jobs, ids, strict=True) if i not in created]
+        by_id: dict[str, JobView] = {}
+        by_key: dict[str, JobView] = {}
+        for row in conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ANY(%s) OR idempotency_key = ANY(%s)",
+            (list(created), keys),
+        ):
+            view = _view(row)
+            by_id[view.job_id] = view
+            if view.idempotency_key is not None:
+                by_key[view.idempotency_key] = view
+        if created:
+            self._notify(conn)
+        out: list[tuple[JobView, bool]] = []
+        for job, job_id in zip(jobs, ids, strict=True):
+            if job_id in created:
+                out.append((by_id[job_id], True))
+            else:
+                assert job.idempotency_key is not None
+                out.append((by_key[job.idempotency_key], False))
+        return out
+
+    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+        """See :meth:`Store.submit`."""
+        return (await self._run(lambda conn: self._submit(conn, [job])))[0]
+
+    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+        """See :meth:`Store.submit_many`."""
+        return await self._run(lambda conn: self._submit(conn, jobs))
+
+    async def get_job(self, job_id: str) -> JobView:
+        """See :meth:`Store.get_job`."""
+        return await self._run(lambda conn: self._job(conn, job_id))
+
+    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
+        """See :meth:`Store.list_jobs`."""
+
+        def run(conn: Conn) -> list[JobView]:
+            if status is None:
+                cur = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
+                )
+            else:
+                cur = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY seq DESC LIMIT %s",
+                    (status, limit),
+                )
+            return [_view(row) for row in cur.fetchall()]
+
+        return await self._run(run)
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        """See :meth:`Store.cancel_job`."""
+
+        def run(conn: Conn) -> JobView:
+            job = self._job(conn, job_id, lock=True)
+            if job.status in ("queued", "leased"):
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE job_id = %s",
+                    (job_id,),
+                )
+                return self._job(conn, job_id)
+            if job.status == "cancelled":
+                return job
+            raise job_finished(job_id, job.status)
+
+        return await self._run(run)
+
+    async def stats(self) -> Stats:
+        """See :meth:`Store.stats`."""
+
+        def run(conn: Conn) -> Stats:
+            jobs = dict.fromkeys(JOB_STATUSES, 0)
+            for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+                jobs[status] = n
+            bots = dict.fromkeys(BOT_STATUSES, 0)
+            for status, n in conn.execute("SELECT status, count(*) FROM bots GROUP BY status"):
+                bots[status] = n
+            return Stats(jobs=jobs, bots=bots)
+
+        return await self._run(run)
+
+    async def oldest_queued(self) -> dict[str, float]:
+        """See :meth:`Store.oldest_queued`."""
+
+        def run(conn: Conn) -> dict[str, float]:
+            rows = conn.execute(
+                "SELECT kind, extract(epoch FROM now() - min(created_at))::float8 FROM jobs"
+                " WHERE status = 'queued' GROUP BY kind"
+            ).fetchall()
+            return {kind: max(0.0, float(age)) for kind, age in rows}
+
+        return await self._run(run)
+
+    # -- work ----------------------------------------------------------------------------
+
+    def _apply_acks(self, conn: Conn, acks: Sequence[Ack]) -> list[AckResult]:
+        """Read the batch's leases (locked, in lease order), decide, write in one statement."""
+        ids = list(dict.fromkeys(a.lease_id for a in acks))
+        rows = {
+            r[0]: AckRow(*r)
+            for r in conn.execute(
+                "SELECT l.lease_id, l.job_id, l.state, l.outcome, j.status, j.lease_id,"
+                " j.attempts, j.max_attempts, j.error FROM leases l"
+                " JOIN jobs j ON j.job_id = l.job_id WHERE l.lease_id = ANY(%s)"
+                " ORDER BY l.lease_id FOR UPDATE OF l, j",
+                (ids,),
+            )
+        }
+        results, done, changes = decide_acks(acks, rows)
+        if done:
+            job_changes = list(changes.values())
+            conn.execute(
+                _APPLY_ACKS,
+                {
+                    "lease_ids": [lease for lease, _ in done],
+                    "outcomes": [outcome for _, outcome in done],
+                    "job_ids": [c.job_id for c in job_changes],
+                    "statuses": [c.status for c in job_changes],
+                    "attempts": [c.attempts for c in job_changes],
+                    "results": [c.result for c in job_changes],
+                    "errors": [c.error for c in job_changes],
+                    "retry_in": [c.retry_in_s for c in job_changes],
+                    "final": [c.final for c in job_changes],
+                },
+            )
+            if any(c.status == "queued" and not c.retry_in_s for c in job_changes):
+                self._notify(conn)
+        return results
+
+    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
+        """See :meth:`Store.claim`: the acks in one statement, the claim in another."""
+
+        def run(conn: Conn) -> ClaimResponse:
+            self._touch(conn, req.bot_id, req.session_id, None)
+            acks = self._apply_acks(conn, req.acks) if req.acks else []
+            if req.max_jobs <= 0 or (req.kinds is not None and not req.kinds):
+                return ClaimResponse(jobs=[], acks=acks)
+            params: dict[str, Any] = {
+                "n": req.max_jobs,
+                "bot": req.bot_id,
+                "session": req.session_id,
+                "ttl": lease_ttl_s,
+            }
+            kinds = ""
+            if req.kinds is not None:
+                kinds = "AND kind = ANY(%(kinds)s)"
+                params["kinds"] = list(req.kinds)
+            jobs = [
+                ClaimedJob(
+                    job_id=job_id,
+                    lease_id=lease_id,
+                    kind=kind,
+                    payload=json.loads(payload),
+                    attempt=attempt,
+                    timeout_s=timeout_s,
+                    lease_expires_at=_iso(expires),
+                )
+                for job_id, lease_id, kind, payload, attempt, timeout_s, expires in conn.execute(
+                    _CLAIM.format(kinds=kinds),
+                    params,
+                )
+            ]
+            return ClaimResponse(jobs=jobs, acks=acks)
+
+        return await self._run(run)
+
+    async def release(self, lease_ids: Sequence[str]) -> int:
+        """See :meth:`Store.release`."""
+        if not lease_ids:
+            return 0
+        ends = await self._run(lambda conn: self._end_leases(conn, lease_ids, spend=False))
+        return len(ends.requeue)
+
+    async def ack(self, ack: Ack) -> AckResult:
+        """See :meth:`Store.ack`."""
+        return (await self._run(lambda conn: self._apply_acks(conn, [ack])))[0]
+
+    async def expire(self, *, gone_after_s: float) -> ExpiryReport:
+        """See :meth:`Store.expire`. Every replica runs it; SKIP LOCKED shares the work, and
+        a lease another replica is expiring (or acking) right now is left to it."""
+
+        def run(conn: Conn) -> ExpiryReport:
+            gone = conn.execute(
+                "UPDATE bots SET status = 'gone' WHERE bot_id IN (SELECT bot_id FROM bots"
+                " WHERE status = 'active' AND last_seen <= now() - %s * interval '1 second'"
+                " FOR UPDATE SKIP LOCKED)",
+                (gone_after_s,),
+            ).rowcount
+            rows = [
+                EndRow(*r)
+                for r in conn.execute(
+                    f"{_LEASE_ROWS} WHERE l.state = 'active' AND l.expires <= now()"
+                    " ORDER BY l.expires LIMIT %s FOR UPDATE OF l, j SKIP LOCKED",
+                    (EXPIRE_BATCH,),
+                )
+            ]
+            ends = decide_ends(rows, spend=True)
+            self._write_ends(conn, ends)
+            report = ends.report()
+            return ExpiryReport(report.expired, report.requeued, report.dead, max(0, gone))
+
+        return await self._run(run)
+
+    async def next_deadline(self) -> float | None:
+        """See :meth:`Store.next_deadline`: the database's deadline, as a Trio time."""
+        seconds = await self.deadline_in()
+        # Counted from after the query, so the deadline is never early: a waiter woken before
+        # a retry is due would find nothing, and the next pass would no longer see it coming.
+        return None if seconds is None else trio.current_time() + max(0.0, seconds) + 0.001
+
+    async def deadline_in(self) -> float | None:
+        """Seconds from the database's now to the earliest lease expiry or future retry
+        time (negative when it passed), or None when there is none."""
+
+        def run(conn: Conn) -> float | None:
+            row = conn.execute(
+                "SELECT extract(epoch FROM least("
+                " (SELECT min(expires) FROM leases WHERE state = 'active'),"
+                " (SELECT min(not_before) FROM jobs WHERE status = 'queued'"
+                "  AND not_before > now())) - now())::float8"
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._run(run)
+
+    async def prune(self, *, older_than_s: float) -> int:
+        """See :meth:`Store.prune`: one statement deletes a batch of jobs and their leases."""
+
+        def run(conn: Conn) -> int:
+            cur = conn.execute(
+                "WITH doomed AS MATERIALIZED (SELECT seq, job_id FROM jobs"
+                " WHERE finished_at <= now() - %s * interval '1 second'"
+                f" AND status IN ({FINAL_STATUSES_SQL}) ORDER BY finished_at LIMIT %s"
+                " FOR UPDATE SKIP LOCKED),"
+                " gone AS (DELETE FROM leases USING doomed WHERE leases.job_id = doomed.job_id)"
+                " DELETE FROM jobs USING doomed WHERE jobs.seq = doomed.seq",
+                (older_than_s, PRUNE_BATCH),
+            )
+            return max(0, cur.rowcount)
+
+        return await self._run(run)
+
+    # -- for tests and audits ------------------------------------------------------------
+
+    async def check_invariant(self) -> list[str]:
+        """Problems with the store's invariant (empty when it holds)."""
+        return await self._run(
+            lambda conn: invariant_problems(lambda sql: conn.execute(sql).fetchall())
+        )
+
+    async def wall_clock(self) -> float:
+        """The database's clock, in seconds since the epoch (tests compare deadlines)."""
+        row = await self._run(lambda conn: conn.execute("SELECT now()").fetchone())
+        return row[0].timestamp() if row else time.time()
