@@ -7,12 +7,19 @@ machine needs nothing but ``pip install nox && nox``:
 - chromium, from Debian's ``chromium`` package (the dashboard's browser test);
 - systemd-analyze, from Debian's ``systemd`` package (``systemd-analyze verify`` of the units);
 - supervisord, from PyPI (``supervisor``, in the test extra);
+- haproxy, from Debian's ``haproxy`` package (the tests run ``contrib/haproxy/haproxy.cfg`` in
+  front of several server replicas; ``nox -s bench`` too);
+- PostgreSQL's server binaries (initdb, pg_ctl, postgres), from Debian's ``postgresql``
+  package: the tests start throwaway clusters of their own (``tests/support/postgres.py``),
+  and so does ``nox -s bench``. Debian puts them in ``/usr/lib/postgresql/<version>/bin``,
+  off PATH; they are looked for there too. psycopg, the client, is a PyPI dependency;
 - redis-server, from Debian's ``redis-server`` package (only ``nox -s bench``: the Celery
   baseline's broker).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
@@ -27,13 +34,29 @@ DEBIAN_TOOLS = {
     "chromium": "chromium",
     "systemd-analyze": "systemd",
     "redis-server": "redis-server",
+    "haproxy": "haproxy",
+    "initdb": "postgresql",
+}
+#: Where Debian installs a tool off PATH (a non-root PATH has no sbin; PostgreSQL's server
+#: binaries are in a versioned dir): tests/support/postgres.py and haproxy.py look there too.
+OFF_PATH = {
+    "initdb": "/usr/lib/postgresql/*/bin/initdb",
+    "haproxy": "/usr/sbin/haproxy",
 }
 LINTED = ["botd", "tests", "benchmarks", "noxfile.py"]
 
 
+def have_tool(tool: str) -> bool:
+    """``tool`` is on PATH, or where Debian puts it off PATH (:data:`OFF_PATH`)."""
+    if shutil.which(tool) is not None:
+        return True
+    pattern = OFF_PATH.get(tool)
+    return pattern is not None and bool(glob.glob(pattern))
+
+
 def ensure_debian_tools(session: nox.Session, *tools: str) -> None:
-    """apt-get install the Debian packages behind ``tools`` that are not on PATH yet."""
-    missing = [DEBIAN_TOOLS[t] for t in tools if shutil.which(t) is None]
+    """apt-get install the Debian packages behind ``tools`` that are not installed yet."""
+    missing = [DEBIAN_TOOLS[t] for t in tools if not have_tool(t)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -67,14 +90,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    ensure_debian_tools(session, "promtool", "chromium", "systemd-analyze")
+    ensure_debian_tools(session, "promtool", "chromium", "systemd-analyze", "haproxy", "initdb")
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    ensure_debian_tools(session, "redis-server")
+    ensure_debian_tools(session, "redis-server", "haproxy", "initdb")
     session.install("-e", ".[test,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
 

@@ -1,13 +1,26 @@
-"""Test options (``--soak`` makes the chaos test run longer) and the shared ``procs`` fixture."""
+"""Test options (``--soak`` makes the chaos test run longer) and the shared fixtures.
+
+- ``procs``: the real processes a test starts, killed at its end;
+- ``pg_server``: one throwaway PostgreSQL cluster for the whole session
+  (:class:`tests.support.postgres.PostgresServer`);
+- ``pg_dsn``: a fresh database of its own for one test, dropped after it; yields its DSN;
+- ``store_kind``, ``clock``, ``new_store``: run a test on both job stores
+  (:mod:`tests.support.stores`).
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer
 from tests.support.procs import Procs
+
+pytest_plugins = ["tests.support.stores"]
 
 
 @pytest.fixture
@@ -27,3 +40,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the chaos test longer: more jobs and more faults (nox -s soak)",
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL cluster, shared by the session; stopped and removed at its end.
+
+    A test may restart or kill it (the chaos test does); ``pg_dsn`` starts it again if needed.
+    """
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The DSN of a new, empty database for this test (named after it); dropped afterwards."""
+    if not pg_server.is_running():
+        pg_server.start()
+    stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+    name = f"t_{stem}_{uuid.uuid4().hex[:8]}"
+    dsn = pg_server.create_database(name)
+    try:
+        yield dsn
+    finally:
+        if not pg_server.is_running():
+            pg_server.start()
+        pg_server.drop_database(name)
