@@ -18,6 +18,13 @@ It reports re-executions (jobs run more times than their planned failures explai
 
     chaos: jobs=1000 faults=N lost=0 duplicate_results=0 re_executions=K wall=XXs
 
+The same test runs on PostgreSQL (``store="postgres"``): two ``botd server`` replicas on one
+database behind Debian's haproxy (started from ``contrib/haproxy/haproxy.cfg``), each bot
+through a chaos proxy of its own. Its faults: SIGKILLs of a replica (restarted), immediate-mode
+restarts of PostgreSQL, a 5 s partition of one bot, a SIGKILL of a bot, bursts of latency, of
+connection resets and of truncated responses. The verdict is read from PostgreSQL the same
+way, and the summary line is the same.
+
 ``--soak`` runs more jobs and more rounds of faults. ``CHAOS_SEED`` reproduces a run's choices.
 """
 
@@ -35,11 +42,14 @@ from typing import Any
 
 import attrs
 import httpx
+import psycopg
 import pytest
 import trio
 
 from botd.models import FINAL_JOB_STATUSES
 from tests.chaos_proxy import ChaosProxy
+from tests.support.haproxy import Haproxy
+from tests.support.postgres import PostgresServer
 from tests.support.procs import (
     Execution,
     Proc,
@@ -95,16 +105,23 @@ def job_spec(rng: random.Random, i: int) -> dict[str, Any]:
 
 @attrs.define
 class Rig:
-    """The processes and the proxy of one chaos run, and what was done to them."""
+    """The processes and the proxies of one chaos run, and what was done to them.
+
+    On SQLite: one server on ``server_ports[0]`` and its file ``db``, one proxy for every
+    bot. On PostgreSQL (``pg`` set): the replicas on ``server_ports`` share the database
+    ``db`` (a DSN) behind ``haproxy``, and each bot has a proxy of its own.
+    """
 
     tmp: Path
     procs: Procs
-    proxy: ChaosProxy
-    server_port: int
-    db: Path
+    proxies: list[ChaosProxy]
+    server_ports: list[int]
+    db: Path | str
     exec_cmd: str
     rng: random.Random
-    server: Proc | None = None
+    pg: PostgresServer | None = None
+    haproxy: Haproxy | None = None
+    servers: list[Proc | None] = attrs.field(factory=list)
     bots: list[Proc] = attrs.field(factory=list)
     incarnations: dict[str, int] = attrs.field(factory=Counter)
     killed_pids: set[int] = attrs.field(factory=set)
@@ -114,23 +131,30 @@ class Rig:
 
     @property
     def server_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}"
+        """Where the test itself submits and reads: the server, or haproxy."""
+        if self.haproxy is not None:
+            return self.haproxy.url
+        return f"http://127.0.0.1:{self.server_ports[0]}"
 
-    async def start_server(self) -> None:
-        self.server = self.procs.server(
-            "server", self.server_port, self.db, lease_ttl=LEASE_TTL_S, heartbeat=HEARTBEAT_S
+    async def start_server(self, index: int = 0) -> None:
+        while len(self.servers) <= index:
+            self.servers.append(None)
+        port = self.server_ports[index]
+        name = "server" if self.pg is None else f"replica{index + 1}"
+        server = self.procs.server(
+            name, port, self.db, lease_ttl=LEASE_TTL_S, heartbeat=HEARTBEAT_S
         )
+        self.servers[index] = server
         async with httpx.AsyncClient(timeout=1.0) as client:
 
             async def up() -> bool | None:
                 try:
-                    resp = await client.get(f"{self.server_url}/v1/health")
+                    resp = await client.get(f"http://127.0.0.1:{port}/v1/health")
                 except httpx.HTTPError:
                     return None
                 return True if resp.status_code == 200 else None
 
-            assert self.server is not None
-            await await_for("the server to answer", up, (self.server,), timeout=20)
+            await await_for(f"{name} to answer", up, (server,), timeout=20)
 
     def start_bot(self, index: int) -> Proc:
         name = f"bot{index}"
@@ -138,7 +162,7 @@ class Rig:
         (ops_port,) = free_ports(1)
         env = bot_env(
             f"chaos-{name}",
-            self.proxy.url,
+            self.proxies[index % len(self.proxies)].url,
             self.tmp / f"state-{name}",
             ops_port,
             BOT_HANDLER="exec",
@@ -175,47 +199,71 @@ class Rig:
         self.start_bot(index)
 
     async def kill_server(self) -> None:
-        assert self.server is not None
-        self.server.kill()
-        self.faults.append("SIGKILL server")
+        index = self.rng.randrange(len(self.server_ports))
+        server = self.servers[index]
+        assert server is not None
+        server.kill()
+        self.faults.append(f"SIGKILL {server.name}")
         await trio.sleep(self.rng.uniform(0.5, 2.0))
-        await self.start_server()
+        await self.start_server(index)
+
+    async def restart_postgres(self) -> None:
+        assert self.pg is not None
+        await trio.to_thread.run_sync(self.pg.restart, "immediate")
+        self.faults.append("PostgreSQL restart -m immediate")
+
+    def normal(self) -> None:
+        for proxy in self.proxies:
+            proxy.normal()
 
     async def partition(self) -> None:
-        self.proxy.blackhole()
-        self.faults.append("partition 5s")
+        """A 5 s partition: of every bot on SQLite, of one bot on PostgreSQL."""
+        (self.rng.choice(self.proxies) if len(self.proxies) > 1 else self.proxies[0]).blackhole()
+        self.faults.append("partition 5s" if len(self.proxies) == 1 else "partition of a bot 5s")
         await trio.sleep(5.0)
-        self.proxy.normal()
+        self.normal()
 
     async def latency(self) -> None:
         delay = self.rng.uniform(0.05, 0.3)
-        self.proxy.latency(delay)
+        for proxy in self.proxies:
+            proxy.latency(delay)
         self.faults.append(f"latency {delay * 1000:.0f}ms")
         await trio.sleep(self.rng.uniform(1.5, 3.0))
-        self.proxy.normal()
+        self.normal()
 
     async def resets(self) -> None:
         p = self.rng.uniform(0.2, 0.6)
-        self.proxy.resets(p)
+        for proxy in self.proxies:
+            proxy.resets(p)
         self.faults.append(f"resets p={p:.2f}")
         await trio.sleep(self.rng.uniform(1.0, 2.5))
-        self.proxy.normal()
+        self.normal()
 
     async def truncate(self) -> None:
         p = self.rng.uniform(0.2, 0.6)
-        self.proxy.truncate(p)
+        for proxy in self.proxies:
+            proxy.truncate(p)
         self.faults.append(f"truncate p={p:.2f}")
         await trio.sleep(self.rng.uniform(1.0, 2.0))
-        self.proxy.normal()
+        self.normal()
 
     async def run_faults(self, rounds: int) -> None:
-        """Each round: 3 bot kills, 1 server kill, 1 partition, bursts of the rest."""
+        """Each round on SQLite: 3 bot kills, 1 server kill, 1 partition, bursts of the rest.
+        On PostgreSQL: 2 replica kills, 2 restarts of PostgreSQL, 1 partition of a bot,
+        1 bot kill, bursts of the rest."""
         for _ in range(rounds):
-            schedule = [
-                self.latency, self.kill_bot, self.resets, self.kill_server, self.truncate,
-                self.kill_bot, self.partition, self.latency, self.kill_bot, self.resets,
-                self.truncate,
-            ]  # fmt: skip
+            if self.pg is None:
+                schedule = [
+                    self.latency, self.kill_bot, self.resets, self.kill_server, self.truncate,
+                    self.kill_bot, self.partition, self.latency, self.kill_bot, self.resets,
+                    self.truncate,
+                ]  # fmt: skip
+            else:
+                schedule = [
+                    self.latency, self.kill_server, self.resets, self.restart_postgres,
+                    self.partition, self.latency, self.kill_bot, self.resets, self.kill_server,
+                    self.truncate, self.restart_postgres,
+                ]  # fmt: skip
             for fault in schedule:
                 await trio.sleep(self.rng.uniform(1.0, 2.5))
                 await fault()
@@ -282,24 +330,32 @@ class Verdict:
     problems: list[str]
 
 
-def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdict:
-    """Compare the server's database with the executions log."""
+_JOBS = "SELECT job_id, status, payload, result, attempts, error FROM jobs"
+_LEASES = "SELECT lease_id, job_id, bot_id, attempt, state, outcome FROM leases"
+Rows = dict[str, tuple[Any, ...]]
+
+
+def read_database(db: Path | str) -> tuple[Rows, Rows]:
+    """The jobs and leases rows of the server's database (a SQLite file or a DSN)."""
+    if isinstance(db, str):
+        with psycopg.connect(db) as pg:
+            return (
+                {r[0]: tuple(r[1:]) for r in pg.execute(_JOBS)},
+                {r[0]: tuple(r[1:]) for r in pg.execute(_LEASES)},
+            )
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        jobs = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                "SELECT job_id, status, payload, result, attempts, error FROM jobs"
-            )
-        }
-        leases = {
-            r[0]: r[1:]
-            for r in conn.execute(
-                "SELECT lease_id, job_id, bot_id, attempt, state, outcome FROM leases"
-            )
-        }
+        return (
+            {r[0]: tuple(r[1:]) for r in conn.execute(_JOBS)},
+            {r[0]: tuple(r[1:]) for r in conn.execute(_LEASES)},
+        )
     finally:
         conn.close()
+
+
+def judge(db: Path | str, executions: list[Execution], killed_pids: set[int]) -> Verdict:
+    """Compare the server's database with the executions log."""
+    jobs, leases = read_database(db)
     problems: list[str] = []
     statuses = Counter(status for status, *_ in jobs.values())
     lost = sum(1 for status, *_ in jobs.values() if status != "succeeded")
@@ -385,7 +441,10 @@ def judge(db: Path, executions: list[Execution], killed_pids: set[int]) -> Verdi
     )
 
 
-async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_chaos(
+    tmp_path: Path, pytestconfig: pytest.Config, capsys: Any, store: str, request: Any
+) -> None:
     plan = SOAK if pytestconfig.getoption("soak") else NORMAL
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
@@ -394,14 +453,38 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
     exec_cmd, exec_log = exec_command(tmp_path)
     marker = str(tmp_path / "exec_job.py")
     procs = Procs(tmp_path, markers=[marker])
-    (server_port,) = free_ports(1)
-    proxy = ChaosProxy(server_port, rng=random.Random(seed + 1))
-    rig = Rig(tmp_path, procs, proxy, server_port, tmp_path / "server.db", exec_cmd, rng)
+    if store == "sqlite":
+        server_ports = free_ports(1)
+        proxies = [ChaosProxy(server_ports[0], rng=random.Random(seed + 1))]
+        rig = Rig(tmp_path, procs, proxies, server_ports, tmp_path / "server.db", exec_cmd, rng)
+    else:
+        server_ports = free_ports(2)
+        proxies = [ChaosProxy(0, rng=random.Random(seed + 1 + i)) for i in range(BOTS)]
+        (tmp_path / "haproxy").mkdir()
+        rig = Rig(
+            tmp_path,
+            procs,
+            proxies,
+            server_ports,
+            str(request.getfixturevalue("pg_dsn")),
+            exec_cmd,
+            rng,
+            pg=request.getfixturevalue("pg_server"),
+            haproxy=Haproxy(tmp_path / "haproxy"),
+        )
     try:
         with trio.fail_after(plan.deadline_s):
             async with trio.open_nursery() as nursery:
-                await nursery.start(proxy.run)
-                await rig.start_server()
+                for index in range(len(server_ports)):
+                    await rig.start_server(index)
+                if rig.haproxy is not None:
+                    await trio.to_thread.run_sync(rig.haproxy.start, server_ports)
+                    await trio.to_thread.run_sync(rig.haproxy.wait_healthy, len(server_ports))
+                    assert rig.haproxy.port is not None
+                    for proxy in proxies:
+                        proxy.upstream = ("127.0.0.1", rig.haproxy.port)
+                for proxy in proxies:
+                    await nursery.start(proxy.run)
                 for index in range(BOTS):
                     rig.start_bot(index)
                 for proc in rig.bots:
@@ -409,7 +492,7 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
                 async with trio.open_nursery() as work:
                     work.start_soon(submit_all, rig, plan, specs)
                     work.start_soon(rig.run_faults, plan.rounds)
-                proxy.normal()
+                rig.normal()
                 stats = await wait_all_final(rig, plan.jobs, timeout=plan.deadline_s)
                 # A clean stop: each bot drains, flushes its outbox and deregisters.
                 codes = {}
@@ -417,9 +500,12 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
                     proc.signal(signal.SIGTERM)
                 for proc in rig.bots:
                     codes[proc.name] = await proc.await_exit(timeout=20)
-                assert rig.server is not None
-                rig.server.signal(signal.SIGTERM)
-                await rig.server.await_exit(timeout=20)
+                for server in rig.servers:
+                    assert server is not None
+                    server.signal(signal.SIGTERM)
+                for server in rig.servers:
+                    assert server is not None
+                    await server.await_exit(timeout=20)
                 nursery.cancel_scope.cancel()
         assert codes == {p.name: 0 for p in rig.bots}, [p.tail() for p in rig.bots]
         # No exec child outlives its bot (those of killed bots end on their own).
@@ -431,6 +517,8 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
         verdict = judge(rig.db, read_executions(exec_log), rig.killed_pids)
     finally:
         procs.close()
+        if rig.haproxy is not None:
+            rig.haproxy.stop()
     wall = time.monotonic() - began
     assert len(rig.faults) >= 11 * plan.rounds
     lease_lost = sum(len(p.events("lease_lost")) for p in procs.all)
@@ -440,9 +528,10 @@ async def test_chaos(tmp_path: Path, pytestconfig: pytest.Config, capsys: Any) -
         f"wall={wall:.0f}s"
     )
     detail = (
-        f"chaos detail: seed={seed} statuses={dict(verdict.statuses)} "
+        f"chaos detail: store={store} seed={seed} statuses={dict(verdict.statuses)} "
         f"why re-executed={dict(verdict.reasons)} lease_lost events={lease_lost} "
-        f"proxy={dict(proxy.counters)} bot starts={dict(rig.incarnations)} "
+        f"proxy={dict(sum((p.counters for p in proxies), Counter()))} "
+        f"bot starts={dict(rig.incarnations)} "
         f"faults={rig.faults} final stats={stats}"
     )
     with capsys.disabled():

@@ -151,8 +151,9 @@ async def test_botd_server_keeps_an_idle_connection_past_a_heartbeat_interval() 
 
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
+        config = ServerConfig(port=0, db=":memory:")
         url = await nursery.start(lambda task_status: serve(
-            ServerConfig(port=0), shutdown=stop, task_status=task_status))  # fmt: skip
+            config, shutdown=stop, task_status=task_status))  # fmt: skip
         limits = httpx.Limits(keepalive_expiry=60)  # the client keeps it: may the server?
         async with httpx.AsyncClient(base_url=url, limits=limits) as http:
             first = await http.get("/v1/health", extensions={"trace": trace})

@@ -1,4 +1,8 @@
-"""Protocol v1 contract: every route and error code, over httpx.ASGITransport on autojump_clock."""
+"""Protocol v1 contract: every route and error code, over httpx.ASGITransport.
+
+Every test runs on both stores (``store_kind``): SQLite on ``autojump_clock``, and a real
+PostgreSQL (a fresh database per test) on real time, since its deadlines are the database's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from trio.abc import Clock
 
 from botd import codec
 from botd.models import (
@@ -20,7 +25,7 @@ from botd.models import (
     RegisterResponse,
     Stats,
 )
-from tests.support.server import asgi_client, make_app
+from tests.support.server import StoreMaker, asgi_client, make_app
 
 
 def error_of(resp: httpx.Response) -> str:
@@ -48,8 +53,8 @@ async def claim(client: httpx.AsyncClient, bot: str, session: str, **kw: Any) ->
     return codec.structure(resp.json(), ClaimResponse)
 
 
-async def test_health_ok(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app(token="s3cret")
+async def test_health_ok(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store(), token="s3cret")
     async with asgi_client(app) as client:
         resp = await client.get("/v1/health")  # no token needed
     assert resp.status_code == 200
@@ -58,8 +63,10 @@ async def test_health_ok(autojump_clock: trio.abc.Clock) -> None:
     assert resp.json()["version"]
 
 
-async def test_auth_required_on_v1_and_token_never_echoed(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app(token="s3cret")
+async def test_auth_required_on_v1_and_token_never_echoed(
+    clock: Clock | None, new_store: StoreMaker
+) -> None:
+    app, _ = make_app(store=new_store(), token="s3cret")
     async with asgi_client(app) as anon, asgi_client(app, token="wrong", timers=False) as bad:
         for resp in [
             await anon.get("/v1/stats"),
@@ -75,8 +82,8 @@ async def test_auth_required_on_v1_and_token_never_echoed(autojump_clock: trio.a
         assert (await good.get("/v1/stats")).status_code == 200
 
 
-async def test_register_get_list_bot(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app(lease_ttl_s=7.0, heartbeat_interval_s=2.0)
+async def test_register_get_list_bot(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store(), lease_ttl_s=7.0, heartbeat_interval_s=2.0)
     async with asgi_client(app) as client:
         resp = await client.post(
             "/v1/bots/register",
@@ -123,9 +130,9 @@ async def test_register_get_list_bot(autojump_clock: trio.abc.Clock) -> None:
     ],
 )
 async def test_register_rejects_bad_input_naming_the_field(
-    autojump_clock: trio.abc.Clock, body: dict[str, Any], field: str
+    clock: Clock | None, new_store: StoreMaker, body: dict[str, Any], field: str
 ) -> None:
-    app, _ = make_app()
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         resp = await client.post("/v1/bots/register", json=body)
     assert resp.status_code == 400
@@ -133,8 +140,8 @@ async def test_register_rejects_bad_input_naming_the_field(
     assert field in resp.json()["error"]["message"]
 
 
-async def test_bad_json_and_non_object_bodies(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_bad_json_and_non_object_bodies(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         for content in [b"{nope", b"", b"[1,2]", b"\xff\xfe"]:
             resp = await client.post("/v1/jobs", content=content)
@@ -142,8 +149,8 @@ async def test_bad_json_and_non_object_bodies(autojump_clock: trio.abc.Clock) ->
             assert error_of(resp) == "invalid_request"
 
 
-async def test_body_over_one_mib_is_413(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_body_over_one_mib_is_413(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     big = b'{"kind":"k","payload":"' + b"x" * (1024 * 1024) + b'"}'
     async with asgi_client(app) as client:
         resp = await client.post("/v1/jobs", content=big)
@@ -161,8 +168,10 @@ async def test_body_over_one_mib_is_413(autojump_clock: trio.abc.Clock) -> None:
         assert (await client.post("/v1/jobs", content=ok)).status_code == 201
 
 
-async def test_unknown_route_and_method_are_json(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_unknown_route_and_method_are_json(
+    clock: Clock | None, new_store: StoreMaker
+) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         resp = await client.get("/v1/nothing/here")
         assert resp.status_code == 404
@@ -172,8 +181,12 @@ async def test_unknown_route_and_method_are_json(autojump_clock: trio.abc.Clock)
         assert error_of(resp) == "method_not_allowed"
 
 
-async def test_heartbeat_extends_cancels_and_reports_lost(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app(lease_ttl_s=10.0)
+async def test_heartbeat_extends_cancels_and_reports_lost(
+    clock: Clock | None, new_store: StoreMaker
+) -> None:
+    # On real time (PostgreSQL) the same test runs five times faster.
+    unit = 1.0 if clock is not None else 0.2
+    app, _ = make_app(store=new_store(), lease_ttl_s=10.0 * unit)
     async with asgi_client(app) as client:
         session = await register(client)
         job_a, job_b = await submit(client), await submit(client)
@@ -187,7 +200,7 @@ async def test_heartbeat_extends_cancels_and_reports_lost(autojump_clock: trio.a
 
         # Heartbeat every 6 s for 30 s: leases outlive their 10 s TTL because they are renewed.
         for _ in range(5):
-            await trio.sleep(6)
+            await trio.sleep(6 * unit)
             resp = await client.post(
                 "/v1/bots/bot-1/heartbeat",
                 json={
@@ -221,9 +234,10 @@ async def test_heartbeat_extends_cancels_and_reports_lost(autojump_clock: trio.a
 
 
 async def test_reregister_keeps_listed_leases_and_requeues_the_rest(
-    autojump_clock: trio.abc.Clock,
+    clock: Clock | None,
+    new_store: StoreMaker,
 ) -> None:
-    app, _ = make_app()
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         for _ in range(3):
@@ -249,8 +263,8 @@ async def test_reregister_keeps_listed_leases_and_requeues_the_rest(
         assert all(j.attempt == 2 for j in again.jobs)
 
 
-async def test_deregister(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_deregister(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         job = await submit(client, max_attempts=1)
@@ -275,8 +289,8 @@ async def test_deregister(autojump_clock: trio.abc.Clock) -> None:
         assert error_of(resp) == "session_superseded"
 
 
-async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_submit_get_list_and_idempotency(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         resp = await client.post(
             "/v1/jobs",
@@ -327,8 +341,8 @@ async def test_submit_get_list_and_idempotency(autojump_clock: trio.abc.Clock) -
             assert field in resp.json()["error"]["message"]
 
 
-async def test_cancel(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_cancel(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         queued = await submit(client)
@@ -363,8 +377,8 @@ async def test_cancel(autojump_clock: trio.abc.Clock) -> None:
         assert (await client.get(f"/v1/jobs/{leased.job_id}")).json()["status"] == "cancelled"
 
 
-async def test_stats(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_stats(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         await register(client, "bot-2")
@@ -383,8 +397,10 @@ async def test_stats(autojump_clock: trio.abc.Clock) -> None:
     assert stats.bots == {"active": 2, "gone": 0, "deregistered": 0}
 
 
-async def test_silent_bot_shows_gone_and_comes_back(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app(lease_ttl_s=5.0, heartbeat_interval_s=1.0)
+async def test_silent_bot_shows_gone_and_comes_back(
+    clock: Clock | None, new_store: StoreMaker
+) -> None:
+    app, _ = make_app(store=new_store(), lease_ttl_s=5.0, heartbeat_interval_s=1.0)
     async with asgi_client(app) as client:
         session = await register(client)
         await trio.sleep(4)
@@ -395,8 +411,8 @@ async def test_silent_bot_shows_gone_and_comes_back(autojump_clock: trio.abc.Clo
         assert (await client.get("/v1/bots/bot-1")).json()["status"] == "active"
 
 
-async def test_claim_errors(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_claim_errors(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         resp = await client.post("/v1/jobs/claim", json={"bot_id": "nobody", "session_id": "s"})
@@ -419,8 +435,10 @@ async def test_claim_errors(autojump_clock: trio.abc.Clock) -> None:
             assert field in resp.json()["error"]["message"]
 
 
-async def test_claim_order_priority_then_age_and_kinds(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_claim_order_priority_then_age_and_kinds(
+    clock: Clock | None, new_store: StoreMaker
+) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         low = await submit(client, priority=0)
@@ -435,8 +453,8 @@ async def test_claim_order_priority_then_age_and_kinds(autojump_clock: trio.abc.
         assert (await claim(client, "bot-1", session, max_jobs=0)).jobs == []
 
 
-async def test_single_ack_statuses(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app()
+async def test_single_ack_statuses(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store())
     async with asgi_client(app) as client:
         session = await register(client)
         job = await submit(client)
@@ -470,8 +488,8 @@ async def test_single_ack_statuses(autojump_clock: trio.abc.Clock) -> None:
         assert "lease_id" in resp.json()["error"]["message"]
 
 
-async def test_metrics(autojump_clock: trio.abc.Clock) -> None:
-    app, _ = make_app(token="t")
+async def test_metrics(clock: Clock | None, new_store: StoreMaker) -> None:
+    app, _ = make_app(store=new_store(), token="t")
     async with asgi_client(app, token="t") as client:
         session = await register(client)
         await submit(client)

@@ -1,7 +1,9 @@
-"""Hypothesis state machine over the store: any interleaving keeps the invariant.
+"""Hypothesis state machine over both stores: any interleaving keeps the invariant.
 
-It drives :class:`SqliteBackend` (the synchronous SQL of the store) with a fake clock, so
-it is exact and fast: submit, claim (with piggybacked acks), single acks, heartbeats,
+The same machine drives :class:`SqliteBackend` (the synchronous SQL of the SQLite store)
+with a fake clock, and :class:`PostgresStore` on a real PostgreSQL whose ``now()`` is
+replaced by a clock kept in the database (``clock_sql``), so both are exact and fast and
+hours can pass in no time: submit, claim (with piggybacked acks), single acks, heartbeats,
 re-registrations, deregistrations, cancels and the passing of time (then expiry).
 After every step: every job is in exactly one known status and none is lost; a leased job
 has exactly one active lease; a succeeded job has exactly one recorded result, and it came
@@ -11,9 +13,12 @@ repeated is ``duplicate`` and a different outcome for an acked lease is ``confli
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import hypothesis.strategies as st
+import psycopg
+import trio
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -21,30 +26,186 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from botd.models import (
     FINAL_JOB_STATUSES,
     JOB_STATUSES,
     Ack,
+    AckResult,
+    BotInfo,
     ClaimRequest,
+    ClaimResponse,
     FailureInfo,
     HeartbeatRequest,
+    HeartbeatResponse,
     JobSubmit,
+    JobView,
     RegisterRequest,
+    Stats,
 )
 from botd.server.store import Moment, SqliteBackend, StoreRejected
+from botd.server.store.postgres import PostgresStore
+
+T = TypeVar("T")
 
 BOTS = ("bot-a", "bot-b", "bot-c")
 TTL = 2.0
 outcomes = st.sampled_from(["succeeded", "failed", "released"])
 
 
+class SqliteDriver:
+    """The machine's view of the SQLite store: its backend on a fake monotonic clock."""
+
+    def __init__(self) -> None:
+        self.backend = SqliteBackend(":memory:")
+        self.mono = 1000.0
+
+    def at(self) -> Moment:
+        return Moment(self.mono, 1_700_000_000.0 + self.mono)
+
+    def advance(self, dt: float) -> None:
+        self.mono += dt
+
+    def register(self, req: RegisterRequest) -> str:
+        return self.backend.register(req, self.at(), TTL)[0]
+
+    def get_bot(self, bot_id: str) -> BotInfo:
+        return self.backend.get_bot(bot_id)
+
+    def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+        return self.backend.submit(job, self.at())
+
+    def get_job(self, job_id: str) -> JobView:
+        return self.backend.get_job(job_id)
+
+    def claim(self, req: ClaimRequest) -> ClaimResponse:
+        return self.backend.claim(req, self.at(), TTL)
+
+    def ack(self, ack: Ack) -> AckResult:
+        return self.backend.ack(ack, self.at())
+
+    def heartbeat(self, bot_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
+        return self.backend.heartbeat(bot_id, req, self.at(), TTL)[0]
+
+    def deregister(self, bot_id: str, session_id: str) -> None:
+        self.backend.deregister(bot_id, session_id, self.at())
+
+    def cancel_job(self, job_id: str) -> JobView:
+        return self.backend.cancel_job(job_id, self.at())
+
+    def expire(self) -> None:
+        self.backend.expire(self.at(), gone_after_s=5.0)
+
+    def deadline_in(self) -> float | None:
+        nxt = self.backend.next_deadline(self.at())
+        return None if nxt is None else nxt - self.mono
+
+    def check_invariant(self) -> list[str]:
+        return self.backend.check_invariant()
+
+    def list_jobs(self) -> list[JobView]:
+        return self.backend.list_jobs(None, 1000)
+
+    def stats(self) -> Stats:
+        return self.backend.stats()
+
+
+class PostgresDriver:
+    """The machine's view of the PostgreSQL store, on a clock kept in the database.
+
+    Each call is one ``trio.run`` (the store is async); ``reset`` empties the tables
+    between Hypothesis examples, much faster than a new database.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.store = PostgresStore(
+            dsn, pool_size=2, clock_sql="botd_test_now()", statement_timeout_s=30.0
+        )
+        self._run(self.store.open(lease_ttl_s=TTL))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS botd_test_clock (t timestamptz NOT NULL);"
+                "CREATE OR REPLACE FUNCTION botd_test_now() RETURNS timestamptz"
+                " LANGUAGE sql STABLE AS 'SELECT t FROM botd_test_clock'"
+            )
+
+    @staticmethod
+    def _run(call: Awaitable[T]) -> T:
+        async def run() -> T:
+            return await call
+
+        return trio.run(run)
+
+    def reset(self) -> PostgresDriver:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE bots, jobs, leases RESTART IDENTITY")
+            conn.execute("DELETE FROM botd_test_clock")
+            conn.execute("INSERT INTO botd_test_clock VALUES ('2026-01-01T00:00:00Z')")
+        return self
+
+    def advance(self, dt: float) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE botd_test_clock SET t = t + %s * interval '1 second'", (dt,))
+
+    def register(self, req: RegisterRequest) -> str:
+        return self._run(self.store.register(req, lease_ttl_s=TTL))[0]
+
+    def get_bot(self, bot_id: str) -> BotInfo:
+        return self._run(self.store.get_bot(bot_id))
+
+    def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+        return self._run(self.store.submit(job))
+
+    def get_job(self, job_id: str) -> JobView:
+        return self._run(self.store.get_job(job_id))
+
+    def claim(self, req: ClaimRequest) -> ClaimResponse:
+        return self._run(self.store.claim(req, lease_ttl_s=TTL))
+
+    def ack(self, ack: Ack) -> AckResult:
+        return self._run(self.store.ack(ack))
+
+    def heartbeat(self, bot_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
+        return self._run(self.store.heartbeat(bot_id, req, lease_ttl_s=TTL))[0]
+
+    def deregister(self, bot_id: str, session_id: str) -> None:
+        self._run(self.store.deregister(bot_id, session_id))
+
+    def cancel_job(self, job_id: str) -> JobView:
+        return self._run(self.store.cancel_job(job_id))
+
+    def expire(self) -> None:
+        self._run(self.store.expire(gone_after_s=5.0))
+
+    def deadline_in(self) -> float | None:
+        return self._run(self.store.deadline_in())
+
+    def check_invariant(self) -> list[str]:
+        return self._run(self.store.check_invariant())
+
+    def list_jobs(self) -> list[JobView]:
+        return self._run(self.store.list_jobs(status=None, limit=1000))
+
+    def stats(self) -> Stats:
+        return self._run(self.store.stats())
+
+    def close(self) -> None:
+        self.store.close_sync()
+
+
+Driver = SqliteDriver | PostgresDriver
+
+
 class StoreMachine(RuleBasedStateMachine):
+    #: Makes the driver of one example (a fresh store, or an emptied one).
+    make_driver: Callable[[], Driver] = SqliteDriver
+
     def __init__(self) -> None:
         super().__init__()
-        self.store = SqliteBackend(":memory:")
-        self.mono = 1000.0
+        self.store = type(self).make_driver()
         self.jobs: set[str] = set()
         self.job_order: list[str] = []  # insertion order: draws must not depend on random ids
         self.final: dict[str, str] = {}
@@ -59,9 +220,6 @@ class StoreMachine(RuleBasedStateMachine):
         if job_id not in self.jobs:
             self.jobs.add(job_id)
             self.job_order.append(job_id)
-
-    def at(self) -> Moment:
-        return Moment(self.mono, 1_700_000_000.0 + self.mono)
 
     def make_ack(self, lease: str, outcome: str, retryable: bool) -> Ack:
         error = FailureInfo("boom", "it broke", retryable) if outcome == "failed" else None
@@ -88,9 +246,9 @@ class StoreMachine(RuleBasedStateMachine):
     @initialize(n=st.integers(1, 4))
     def start(self, n: int) -> None:
         for bot in BOTS[:2]:
-            self.sessions[bot], _ = self.store.register(RegisterRequest(bot_id=bot), self.at(), TTL)
+            self.sessions[bot] = self.store.register(RegisterRequest(bot_id=bot))
         for _ in range(n):
-            view, _ = self.store.submit(JobSubmit(kind="k", max_attempts=2), self.at())
+            view, _ = self.store.submit(JobSubmit(kind="k", max_attempts=2))
             self.add_job(view.job_id)
 
     @rule(
@@ -106,7 +264,7 @@ class StoreMachine(RuleBasedStateMachine):
             priority=priority,
             idempotency_key=key,
         )
-        view, created = self.store.submit(job, self.at())
+        view, created = self.store.submit(job)
         if key is not None and key in self.keys:
             assert not created
             assert view.job_id == self.keys[key]
@@ -121,9 +279,7 @@ class StoreMachine(RuleBasedStateMachine):
     def register(self, bot: str, data: st.DataObject) -> None:
         held = [lease for lease, owner in self.lease_bot.items() if owner == bot]
         keep = data.draw(st.lists(st.sampled_from(held), unique=True)) if held else []
-        session, _ = self.store.register(
-            RegisterRequest(bot_id=bot, active_leases=keep), self.at(), TTL
-        )
+        session = self.store.register(RegisterRequest(bot_id=bot, active_leases=keep))
         assert session != self.sessions.get(bot)
         self.sessions[bot] = session
         info = self.store.get_bot(bot)
@@ -150,7 +306,7 @@ class StoreMachine(RuleBasedStateMachine):
         req = ClaimRequest(bot_id=bot, session_id=session, max_jobs=max_jobs, acks=acks)
         before = {a.lease_id: self.status_of(self.leases[a.lease_id]) for a in acks}
         try:
-            got = self.store.claim(req, self.at(), TTL)
+            got = self.store.claim(req)
         except StoreRejected as exc:
             assert exc.code == "session_superseded"
             assert stale or self.store.get_bot(bot).status == "deregistered"
@@ -173,7 +329,7 @@ class StoreMachine(RuleBasedStateMachine):
         lease = data.draw(st.sampled_from(list(self.leases)))
         ack = self.make_ack(lease, outcome, retryable)
         before = self.status_of(self.leases[lease])
-        result = self.store.ack(ack, self.at())
+        result = self.store.ack(ack)
         self.check_ack(ack, result.status, before)
 
     @precondition(lambda self: bool(self.sessions))
@@ -183,7 +339,7 @@ class StoreMachine(RuleBasedStateMachine):
         listed = data.draw(st.lists(st.sampled_from(list(self.leases) or ["none"]), unique=True))
         req = HeartbeatRequest(session_id=self.sessions[bot], active_leases=listed)
         try:
-            resp, _ = self.store.heartbeat(bot, req, self.at(), TTL)
+            resp = self.store.heartbeat(bot, req)
         except StoreRejected as exc:
             assert exc.code == "session_superseded"
             assert self.store.get_bot(bot).status == "deregistered"
@@ -198,7 +354,7 @@ class StoreMachine(RuleBasedStateMachine):
     def deregister(self, data: st.DataObject) -> None:
         bot = data.draw(st.sampled_from(sorted(self.sessions)))
         try:
-            self.store.deregister(bot, self.sessions[bot], self.at())
+            self.store.deregister(bot, self.sessions[bot])
         except StoreRejected as exc:
             assert exc.code == "session_superseded"
             return
@@ -210,7 +366,7 @@ class StoreMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(self.job_order))
         before = self.status_of(job_id)
         try:
-            view = self.store.cancel_job(job_id, self.at())
+            view = self.store.cancel_job(job_id)
         except StoreRejected as exc:
             assert exc.code == "job_finished"
             assert before in FINAL_JOB_STATUSES - {"cancelled"}
@@ -219,17 +375,17 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 2.5, 10.0]))
     def advance_and_expire(self, dt: float) -> None:
-        self.mono += dt
-        self.store.expire(self.at(), gone_after_s=5.0)
-        nxt = self.store.next_deadline(self.at())
-        assert nxt is None or nxt > self.mono
+        self.store.advance(dt)
+        self.store.expire()
+        left = self.store.deadline_in()
+        assert left is None or left > 0, "after expiry, no deadline has passed"
 
     # -- the invariant ---------------------------------------------------------------
 
     @invariant()
     def invariant_holds(self) -> None:
         assert self.store.check_invariant() == []
-        views = {j.job_id: j for j in self.store.list_jobs(None, 1000)}
+        views = {j.job_id: j for j in self.store.list_jobs()}
         assert set(views) == self.jobs, "no job lost, none invented"
         stats = self.store.stats()
         assert sum(stats.jobs.values()) == len(self.jobs)
@@ -259,3 +415,19 @@ class StoreMachine(RuleBasedStateMachine):
 
 StoreMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 TestStoreMachine = StoreMachine.TestCase
+
+
+def test_postgres_store_keeps_the_same_invariant(pg_dsn: str) -> None:
+    """The same machine on PostgreSQL (fewer examples: each step is a few round trips)."""
+    driver = PostgresDriver(pg_dsn)
+
+    class PostgresMachine(StoreMachine):
+        make_driver = driver.reset
+
+    try:
+        run_state_machine_as_test(
+            PostgresMachine,
+            settings=settings(max_examples=25, stateful_step_count=30, deadline=None),
+        )
+    finally:
+        driver.close()

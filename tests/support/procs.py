@@ -181,7 +181,13 @@ class Procs:
         return proc
 
     def server(
-        self, name: str, port: int, db: Path, *, lease_ttl: float = 5.0, heartbeat: float = 0.3
+        self,
+        name: str,
+        port: int,
+        db: Path | str,
+        *,
+        lease_ttl: float = 5.0,
+        heartbeat: float = 0.3,
     ) -> Proc:
         """Start ``botd server`` on 127.0.0.1:``port`` and ``db`` (does not wait for it)."""
         return self.spawn(
@@ -213,7 +219,7 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, **extra}
 
 
-def server_args(port: int, db: Path, *, lease_ttl: float, heartbeat: float) -> list[str]:
+def server_args(port: int, db: Path | str, *, lease_ttl: float, heartbeat: float) -> list[str]:
     return ["server", "--port", str(port), "--db", str(db),
             "--lease-ttl", f"{lease_ttl:g}", "--heartbeat-interval", f"{heartbeat:g}"]  # fmt: skip
 

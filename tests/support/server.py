@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from starlette.applications import Starlette
 
 from botd.server.app import core_of, create_app
 from botd.server.run import ServerConfig, serve
-from botd.server.store import SqliteStore
+from botd.server.store import SqliteStore, Store
 
 __all__ = [
+    "StoreMaker",
     "asgi_client",
     "free_port",
     "make_app",
@@ -39,14 +40,22 @@ __all__ = [
 
 BASE_URL = "http://botd.test"
 
+#: Makes a fresh, empty store of the kind a test is parametrized on (the ``new_store``
+#: fixture); the fixture closes what it made.
+StoreMaker = Callable[[], Store]
 
-def make_app(*, db: str = ":memory:", **kw: Any) -> tuple[Starlette, SqliteStore]:
-    """An app on a fresh store (``:memory:`` by default); ``kw`` goes to ``create_app``.
+
+def make_app(
+    *, db: str = ":memory:", store: Store | None = None, **kw: Any
+) -> tuple[Starlette, Store]:
+    """An app on ``store``, or on a fresh SQLite store (``:memory:`` by default); ``kw`` goes
+    to ``create_app``.
 
     The store opens lazily on first use. The lease-expiry timer is not running: start
     ``core_of(app).run_timers`` in a nursery, or use :func:`asgi_client`.
     """
-    store = SqliteStore(db)
+    if store is None:
+        store = SqliteStore(db)
     return create_app(store, **kw), store
 
 
@@ -71,6 +80,7 @@ async def asgi_client(
 async def running_server(**kw: Any) -> AsyncIterator[str]:
     """Serve on 127.0.0.1 port 0 in this Trio run; yields the URL. ``kw`` -> ServerConfig."""
     kw.setdefault("port", 0)
+    kw.setdefault("db", ":memory:")
     config = ServerConfig(**kw)
     async with trio.open_nursery() as nursery:
         url: str = await nursery.start(serve, config)
