@@ -265,6 +265,7 @@ class ServerCore:
         Errors: a failing store is logged and retried after 1 s; nothing else is expected.
         """
         task_status.started()
+        down = False  # log the outage once, and its end, not every second of it
         while True:
             self._schedule = trio.Event()
             schedule = self._schedule
@@ -284,14 +285,21 @@ class ServerCore:
                 if report.gone:
                     logger.bind(event="bots_gone", count=report.gone).info("bots went silent")
                 nxt = await self.store.next_deadline()
+                if down:
+                    down = False
+                    logger.bind(event="timer_store_recovered").info(
+                        "lease expiry resumed: the store answers again"
+                    )
                 at_deadline = nxt is not None and nxt <= wake_at
                 if nxt is not None:
                     wake_at = min(wake_at, nxt)
             except StoreUnavailable as exc:
                 at_deadline = False
-                logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
-                    "lease expiry skipped: the store is unavailable"
-                )
+                if not down:
+                    down = True
+                    logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
+                        "lease expiry paused: the store is unavailable (retried every second)"
+                    )
             with trio.move_on_at(wake_at):
                 await schedule.wait()
             if at_deadline and not schedule.is_set():
@@ -343,6 +351,25 @@ async def _watch_disconnect(request: Request, gone: trio.Event) -> None:
         if message.get("type") == "http.disconnect":
             gone.set()
             return
+
+
+class _RateLimitedLog:
+    """One WARNING per ``every_s`` at most, with how many were left out since the last one:
+    an outage of the database fails every request, and must not flood the log."""
+
+    def __init__(self, event: str, *, every_s: float) -> None:
+        self.event = event
+        self.every_s = every_s
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def warn(self, path: str, message: str) -> None:
+        now = trio.current_time()
+        if now - self._last < self.every_s:
+            self._suppressed += 1
+            return
+        logger.bind(event=self.event, path=path, suppressed=self._suppressed).warning(message)
+        self._last, self._suppressed = now, 0
 
 
 def core_of(app: Starlette) -> ServerCore:
@@ -436,6 +463,7 @@ def create_app(
         gone_after_s=gone_after_s,
     )
     expected = token.encode() if token else None
+    unavailable_log = _RateLimitedLog("store_unavailable", every_s=1.0)
 
     def check_auth(request: Request) -> None:
         if expected is None:
@@ -461,7 +489,7 @@ def create_app(
             except StoreRejected as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.holder)
             except StoreUnavailable as exc:
-                logger.bind(event="store_unavailable", path=request.url.path).warning(str(exc))
+                unavailable_log.warn(request.url.path, str(exc))
                 return error_response(
                     503,
                     "store_unavailable",

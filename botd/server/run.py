@@ -301,6 +301,9 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"botd server: {exc}", file=sys.stderr)
         return 2
+    # psycopg_pool warns on every failed connection attempt of every pooled connection; the
+    # store logs an outage itself (store_unavailable, timer_store_unavailable, listen_*).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     failures: list[str] = []
     refused: list[str] = []
     try:

@@ -504,16 +504,22 @@ class PostgresStore:
         claimable; on a lost connection reconnect (with backoff) and wake every waiter."""
         task_status.started()
         delay = 0.25
+        failing = False  # log the first failure of an outage, not every retry
         while True:
             try:
                 conn = await trio.to_thread.run_sync(self._listen_connect)
             except psycopg.Error as exc:
-                logger.bind(event="listen_unavailable", db=self.where, error=str(exc)).warning(
-                    "cannot LISTEN for new jobs; retrying"
-                )
+                if not failing:
+                    failing = True
+                    logger.bind(event="listen_unavailable", db=self.where, error=str(exc)).warning(
+                        "cannot LISTEN for new jobs; retrying until the database answers"
+                    )
                 await trio.sleep(delay)
                 delay = min(2 * delay, LISTEN_FALLBACK_S)
                 continue
+            if failing:
+                failing = False
+                logger.bind(event="listen_restored", db=self.where).info("listening again")
             delay = 0.25
             wake()  # anything sent while we were not listening
             try:
