@@ -5,6 +5,8 @@ Each test runs on SQLite (autojump_clock) and on a real PostgreSQL (real time).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import trio
 from trio.abc import Clock
@@ -12,6 +14,7 @@ from trio.abc import Clock
 from botd.models import Ack, ClaimRequest, JobSubmit, RegisterRequest
 from botd.server.store import SqliteStore, Store
 from botd.server.store.postgres import PostgresStore
+from tests.support.logcapture import captured_logs, events_of
 from tests.support.server import StoreMaker, asgi_client, make_app
 
 DAY = 86400.0
@@ -99,3 +102,21 @@ async def test_release_gives_leases_back_without_spending_attempts(
         job = await store.get_job(view.job_id)
         assert (job.status, job.attempts) == ("queued", 0)
     assert await store.release(["no-such-lease"]) == 0
+
+
+async def test_an_outage_is_logged_once_a_second_not_per_request(
+    autojump_clock: Clock, tmp_path: Path
+) -> None:
+    """A database that fails every request: 503 each time, one WARNING a second."""
+    db = tmp_path / "jobs.db"
+    db.write_bytes(b"this is not a database, it is garbage" * 100)
+    app, _ = make_app(db=str(db))
+    with captured_logs() as records:
+        async with asgi_client(app, timers=False) as client:
+            for _ in range(20):
+                resp = await client.get("/v1/stats")
+                assert resp.status_code == 503
+            await trio.sleep(1.5)
+            assert (await client.get("/v1/stats")).status_code == 503
+    lines = events_of(records, "store_unavailable")
+    assert [line["suppressed"] for line in lines] == [0, 19]
