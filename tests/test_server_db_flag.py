@@ -113,3 +113,20 @@ def test_postgres_without_a_server_still_starts_and_reports_degraded(tmp_path: P
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_another_url_scheme_exits_78_and_a_keyword_dsn_is_postgres(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*SERVER, "--port", "0", "--db", "postgresql+psycopg://u@h/d"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 78
+    assert "postgresql+psycopg:// is not a database botd knows" in done.stderr
+    assert list(tmp_path.iterdir()) == [], "no SQLite file named after the URL"
+    from botd.server.store import is_postgres_url
+
+    assert is_postgres_url("host=db.example dbname=botd password=x")
+    assert not is_postgres_url("jobs.db")

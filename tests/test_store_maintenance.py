@@ -11,7 +11,7 @@ import psycopg
 import trio
 from trio.abc import Clock
 
-from botd.models import Ack, ClaimRequest, JobSubmit, RegisterRequest
+from botd.models import Ack, ClaimRequest, FailureInfo, JobSubmit, RegisterRequest
 from botd.server.store import SqliteStore, Store
 from botd.server.store.postgres import PostgresStore
 from tests.support.logcapture import captured_logs, events_of
@@ -82,6 +82,19 @@ async def test_oldest_queued_job_per_kind(clock: Clock | None, new_store: StoreM
     assert ages["a"] >= 0 and ages["b"] >= 0
     if clock is None:  # the wall clock moves only on real time
         assert ages["a"] >= ages["b"] + 0.1
+    # A job waiting out a retry's backoff is not waiting for a bot: it does not count.
+    session, _ = await store.register(RegisterRequest(bot_id="b"), lease_ttl_s=30)
+    await store.submit(JobSubmit(kind="c", max_attempts=3))
+    got = await store.claim(
+        ClaimRequest(bot_id="b", session_id=session, kinds=["c"]), lease_ttl_s=30
+    )
+    failed = Ack(
+        lease_id=got.jobs[0].lease_id,
+        outcome="failed",
+        error=FailureInfo("boom", "try again", retryable=True),
+    )
+    assert (await store.ack(failed)).status == "recorded"
+    assert "c" not in await store.oldest_queued()
     app, _ = make_app(store=store)
     async with asgi_client(app) as client:
         text = (await client.get("/metrics")).text

@@ -58,7 +58,7 @@ from ..models import (
     SessionHolder,
 )
 from .dashboard import dashboard
-from .store import BOT_STATUSES, Store, StoreRejected, StoreUnavailable
+from .store import BOT_STATUSES, Store, StoreIncompatible, StoreRejected, StoreUnavailable
 from .store.base import PRUNE_BATCH
 
 __all__ = [
@@ -262,7 +262,9 @@ class ServerCore:
 
         Sleeps until the store's next deadline (at most 1 s, so silent bots are marked gone),
         or until :meth:`schedule_changed`. This function never returns unless cancelled.
-        Errors: a failing store is logged and retried after 1 s; nothing else is expected.
+        Errors: a failing store is logged and retried after 1 s. StoreIncompatible (the
+        database, reachable at last, has a newer schema) is raised: it stops the server,
+        which exits 78.
         """
         task_status.started()
         down = False  # log the outage once, and its end, not every second of it
@@ -488,6 +490,9 @@ def create_app(
                 return error_response(exc.status, exc.code, exc.message)
             except StoreRejected as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.holder)
+            except StoreIncompatible as exc:
+                # Found after a degraded start; the expiry task stops the server (exit 78).
+                return error_response(503, "store_unavailable", str(exc))
             except StoreUnavailable as exc:
                 unavailable_log.warn(request.url.path, str(exc))
                 return error_response(

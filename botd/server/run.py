@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import urllib.parse
@@ -66,9 +67,12 @@ def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) ->
 
 
 def _db_password(db: str) -> str | None:
-    """The password in a database URL, so that the logs can hide it."""
+    """The password in a database URL or libpq key=value string, so the logs can hide it."""
     if not is_postgres_url(db):
         return None
+    found = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", db)
+    if found:
+        return found.group(1).strip("'")
     try:
         return urllib.parse.urlsplit(db).password
     except ValueError:

@@ -9,6 +9,7 @@ name only).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .base import (
@@ -44,16 +45,28 @@ __all__ = [
 ]
 
 
+_KEYWORD_DSN = re.compile(r"^\s*(host|hostaddr|dbname|user|port|service|password)\s*=")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def is_postgres_url(db: str) -> bool:
-    """True when ``db`` names a PostgreSQL database rather than a SQLite file."""
-    return db.startswith(("postgresql://", "postgres://"))
+    """True when ``db`` names a PostgreSQL database (a ``postgresql://`` or ``postgres://``
+    URL, or a libpq ``key=value`` string) rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://")) or bool(_KEYWORD_DSN.match(db))
 
 
 def open_store(db: str, **postgres: Any) -> Store:
     """The store for ``db``: PostgreSQL for a URL (``postgres`` options go to it), else SQLite.
 
-    Raises StoreError when PostgreSQL is asked for and its driver is not installed.
+    Raises StoreError when PostgreSQL is asked for and its driver is not installed, and for
+    a URL of another scheme (``postgresql+psycopg://``, ``mysql://``): it is not a file name.
     """
+    if not is_postgres_url(db) and _URL.match(db):
+        scheme = db.split("://", 1)[0]
+        raise StoreError(
+            f"--db: {scheme}:// is not a database botd knows; give a postgresql:// URL,"
+            " a SQLite file path, or :memory:"
+        )
     if is_postgres_url(db):
         try:
             from .postgres import PostgresStore

@@ -464,7 +464,9 @@ class Store(Protocol):
         """Job counts per status and bot counts per status (every status present)."""
 
     async def oldest_queued(self) -> dict[str, float]:
-        """Seconds since the oldest queued job of each kind was submitted."""
+        """Seconds the longest-waiting due job of each kind has waited: since its submit, or
+        since its retry came due (a job waiting out a retry's backoff is not waiting for a
+        bot). Kinds with no due job are absent."""
 
     async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
         """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting)."""

@@ -106,6 +106,7 @@ _RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadl
 
 _SCHEMA_V1 = """
 CREATE TABLE botd_meta (key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO botd_meta (key, value) VALUES ('health_probe', now()::text);
 CREATE TABLE bots (
     bot_id text PRIMARY KEY,
     session_id text NOT NULL,
@@ -324,6 +325,9 @@ class PostgresStore:
             "keepalives_idle": 5,
             "keepalives_interval": 2,
             "keepalives_count": 3,
+            # A cut network (no RST, no FIN) fails a statement in flight after this long,
+            # where the server-side statement_timeout cannot act.
+            "tcp_user_timeout": int((statement_timeout_s + 5) * 1000),
         }
         self._pool = psycopg_pool.ConnectionPool(
             dsn,
@@ -335,6 +339,8 @@ class PostgresStore:
             name="botd",
         )
         self._limiter = trio.CapacityLimiter(pool_size)
+        # The threads' own limiter, as large: it never makes a call wait (_limiter does).
+        self._threads = trio.CapacityLimiter(pool_size)
         self._opening = trio.Lock()
         self._opened = False
         self._closed = False
@@ -350,6 +356,9 @@ class PostgresStore:
         """Apply the missing migrations under an advisory lock (replicas that start together
         take turns); refuse a schema newer than this botd."""
         with self._pool.connection(timeout=wait) as conn, conn.transaction():
+            # A migration may take longer than a request may: it runs once, at start.
+            conn.execute("SET LOCAL statement_timeout = '15min'")
+            conn.execute("SET LOCAL lock_timeout = '15min'")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS botd_schema (version integer PRIMARY KEY,"
@@ -413,7 +422,15 @@ class PostgresStore:
     async def _run(self, fn: Callable[[Conn], T]) -> T:
         if not self._opened:
             await self._open_pool()
-        return await trio.to_thread.run_sync(self._tx, fn, limiter=self._limiter)
+        # A request waits for one of the pool's slots no longer than the statement timeout:
+        # when the database is slow, requests answer 503 rather than queue without end.
+        with trio.move_on_after(self.statement_timeout_s):
+            async with self._limiter:
+                return await trio.to_thread.run_sync(self._tx, fn, limiter=self._threads)
+        raise StoreUnavailable(
+            f"database {self.where}: all {self._pool.max_size} connections stayed busy for"
+            f" {self.statement_timeout_s:g} s (is PostgreSQL slow? see --db-pool-size)"
+        )
 
     async def _open_pool(self) -> None:
         """Start the pool (once); it connects in the background, so this does not wait."""
@@ -450,9 +467,11 @@ class PostgresStore:
 
         def run(conn: Conn) -> None:
             conn.execute("SELECT count(*) FROM botd_schema").fetchone()
+            # A real write that never waits: when another replica's probe holds the row, its
+            # write just proved the same thing.
             conn.execute(
-                "INSERT INTO botd_meta (key, value) VALUES ('health_probe', now()::text)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                "UPDATE botd_meta SET value = now()::text WHERE key = (SELECT key FROM botd_meta"
+                " WHERE key = 'health_probe' FOR UPDATE SKIP LOCKED)"
             )
 
         await self._run(run)
@@ -858,8 +877,9 @@ class PostgresStore:
 
         def run(conn: Conn) -> dict[str, float]:
             rows = conn.execute(
-                "SELECT kind, extract(epoch FROM now() - min(created_at))::float8 FROM jobs"
-                " WHERE status = 'queued' GROUP BY kind"
+                "SELECT kind, extract(epoch FROM now() - min(greatest(created_at, not_before)))"
+                "::float8 FROM jobs WHERE status = 'queued' AND not_before <= now()"
+                " GROUP BY kind"
             ).fetchall()
             return {kind: max(0.0, float(age)) for kind, age in rows}
 

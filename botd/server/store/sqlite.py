@@ -757,13 +757,17 @@ class SqliteBackend:
         return self._tx(run)
 
     def oldest_queued(self, at: Moment) -> dict[str, float]:
-        """Seconds since the oldest queued job of each kind was submitted."""
+        """Seconds the longest-waiting due job of each kind has waited (since its submit, or
+        since its retry came due)."""
 
         def run(conn: sqlite3.Connection) -> dict[str, float]:
+            # not_before is on the monotonic clock: as a wall time, at.wall - (at.mono - nb).
             rows = conn.execute(
-                "SELECT kind, min(created_at) FROM jobs WHERE status = 'queued' GROUP BY kind"
+                "SELECT kind, min(max(created_at, ? - (? - not_before))) FROM jobs"
+                " WHERE status = 'queued' AND not_before <= ? GROUP BY kind",
+                (at.wall, at.mono, at.mono),
             ).fetchall()
-            return {kind: max(0.0, at.wall - created) for kind, created in rows}
+            return {kind: max(0.0, at.wall - since) for kind, since in rows}
 
         return self._tx(run)
 
