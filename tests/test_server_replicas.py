@@ -143,7 +143,7 @@ async def test_a_long_poll_on_one_replica_wakes_on_a_submit_to_another(
 
 
 def test_no_lease_is_expired_twice_across_replicas(procs: Procs, pg_dsn: str) -> None:
-    replicas = start_replicas(procs, pg_dsn, 3, lease_ttl=1.0)
+    replicas = start_replicas(procs, pg_dsn, 3, lease_ttl=2.0)
     urls = [url for _, url in replicas]
     n = 60
     resp = httpx.post(
@@ -170,8 +170,24 @@ def test_no_lease_is_expired_twice_across_replicas(procs: Procs, pg_dsn: str) ->
     total = sum(metric(url, "botd_server_lease_expiries_total") for url in urls)
     assert total == n, "the replicas' expiry counters add up to the leases that expired"
     with psycopg.connect(pg_dsn) as conn:
-        rows = conn.execute("SELECT status, attempts, count(*) FROM jobs GROUP BY 1, 2").fetchall()
-    assert rows == [("queued", 1, n)], "each job expired once: one attempt spent"
+        rows = conn.execute(
+            "SELECT j.status, j.attempts, count(l.lease_id) FROM jobs j"
+            " LEFT JOIN leases l ON l.job_id = j.job_id GROUP BY j.seq"
+        ).fetchall()
+    assert {status for status, _, _ in rows} == {"queued"}
+    assert all(attempts == leases for _, attempts, leases in rows), (
+        "each expiry spent one attempt: none was expired twice"
+    )
+    views = [httpx.get(f"{url}/v1/stats", timeout=5).json() for url in urls]
+    assert views[0] == views[1] == views[2], "every replica shows the same fleet"
+    bots = [httpx.get(f"{url}/v1/bots", timeout=5).json() for url in urls]
+    assert bots[0] == bots[1] == bots[2]
+    gauges = [
+        [line for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+         if line.startswith("botd_server_jobs{")]
+        for url in urls
+    ]  # fmt: skip
+    assert gauges[0] == gauges[1] == gauges[2] != []
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
