@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [--out PATH] [--only N,N]``: run the figures, write the report.
 
-The full run writes docs/benchmarks.md (about 10-15 minutes on 2 cores); ``--quick`` scales
+The full run writes docs/benchmarks.md (about 12-18 minutes on 2 cores); ``--quick`` scales
 every figure down (well under a minute) and writes only where ``--out`` says. A figure that
 fails is reported as failed with its error, and the others still run; the exit code is 1
 then.
@@ -23,6 +23,7 @@ from .dispatch import dispatch_latency
 from .findings import FINDINGS
 from .idle import idle_cost
 from .memory import memory
+from .pg_bench import PG_FINDINGS, pg_figures
 from .ready import time_to_ready
 from .report import Figure, load_average, machine, render
 from .shutdown import shutdown
@@ -41,6 +42,7 @@ BENCHES: list[tuple[tuple[int, ...], Bench]] = [
     ((7,), capacity),
     ((4,), idle_cost),
     ((5,), memory),
+    ((9, 10), pg_figures),
 ]
 TITLES = {
     1: "Time to ready",
@@ -51,6 +53,8 @@ TITLES = {
     6: "Shutdown",
     7: "Server capacity",
     8: "Server alone",
+    9: "Server alone on SQLite and PostgreSQL, PgQueuer as the anchor",
+    10: "Server replicas behind haproxy",
 }
 
 
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Goal missed in figure {f.number} ({f.title}): {f.goal}."
         for f in figures
         if f.met is False
-    ] + list(FINDINGS)
+    ] + [*FINDINGS, *PG_FINDINGS]
     extra = {
         "load average (1/5/15 min) before, after": f"{load_before}; {load_average()}",
         "1-min load when each figure started": "; ".join(loads),

@@ -131,7 +131,7 @@ CREATE TABLE jobs (
     max_attempts integer NOT NULL,
     attempts integer NOT NULL DEFAULT 0,
     timeout_s double precision,
-    idempotency_key text UNIQUE,
+    idempotency_key text,
     result text,
     error text,
     bot_id text,
@@ -143,7 +143,10 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_queue ON jobs (priority DESC, seq) WHERE status = 'queued';
 CREATE INDEX jobs_queue_kind ON jobs (kind, priority DESC, seq) WHERE status = 'queued';
 CREATE INDEX jobs_due ON jobs (not_before) WHERE status = 'queued';
-CREATE INDEX jobs_status ON jobs (status, seq);
+-- Index entries cost every claim and every ack: indexes that most jobs need not be in are
+-- partial. Most jobs have no idempotency key and end succeeded.
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'succeeded';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE leases (
     seq bigint GENERATED ALWAYS AS IDENTITY,
@@ -200,6 +203,12 @@ WITH done AS (
     UPDATE leases SET state = 'done', outcome = u.outcome
     FROM unnest(%(lease_ids)s::text[], %(outcomes)s::text[]) AS u(lease_id, outcome)
     WHERE leases.lease_id = u.lease_id
+), succeeded AS (
+    -- the common case, with two arrays instead of seven (psycopg builds them in Python)
+    UPDATE jobs SET status = 'succeeded', result = u.result, error = NULL,
+        not_before = '-infinity', finished_at = now()
+    FROM unnest(%(ok_ids)s::text[], %(ok_results)s::text[]) AS u(job_id, result)
+    WHERE jobs.job_id = u.job_id
 )
 UPDATE jobs SET status = u.status, attempts = u.attempts, result = u.result, error = u.error,
     not_before = CASE WHEN u.retry_in > 0 THEN now() + u.retry_in * interval '1 second'
@@ -778,7 +787,8 @@ class PostgresStore:
                 " u.timeout_s, u.key FROM unnest(%s::text[], %s::text[], %s::text[],"
                 " %s::int[], %s::int[], %s::float8[], %s::text[]) WITH ORDINALITY"
                 " AS u(job_id, kind, payload, priority, max_attempts, timeout_s, key, ord)"
-                " ORDER BY u.ord ON CONFLICT (idempotency_key) DO NOTHING RETURNING job_id",
+                " ORDER BY u.ord ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL"
+                " DO NOTHING RETURNING job_id",
                 (
                     ids,
                     [j.kind for j in jobs],
@@ -833,9 +843,14 @@ class PostgresStore:
                     f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
                 )
             else:
+                # The status as a literal (one of JOB_STATUSES), so that the plan of a prepared
+                # statement can use the partial index jobs_status.
+                if status not in JOB_STATUSES:
+                    raise ValueError(f"unknown job status {status!r}")
                 cur = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = %s ORDER BY seq DESC LIMIT %s",
-                    (status, limit),
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = '{status}'"
+                    " ORDER BY seq DESC LIMIT %s",
+                    (limit,),
                 )
             return [_view(row) for row in cur.fetchall()]
 
@@ -902,12 +917,15 @@ class PostgresStore:
         }
         results, done, changes = decide_acks(acks, rows)
         if done:
-            job_changes = list(changes.values())
+            ok = [c for c in changes.values() if c.status == "succeeded"]
+            job_changes = [c for c in changes.values() if c.status != "succeeded"]
             conn.execute(
                 _APPLY_ACKS,
                 {
                     "lease_ids": [lease for lease, _ in done],
                     "outcomes": [outcome for _, outcome in done],
+                    "ok_ids": [c.job_id for c in ok],
+                    "ok_results": [c.result for c in ok],
                     "job_ids": [c.job_id for c in job_changes],
                     "statuses": [c.status for c in job_changes],
                     "attempts": [c.attempts for c in job_changes],
