@@ -92,7 +92,9 @@ def typecheck(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     ensure_debian_tools(session, "promtool", "chromium", "systemd-analyze", "haproxy", "initdb")
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    # Two workers: every test marked slow (real processes, sockets and time) runs on one of
+    # them, in order, as in a plain run; the unit tests go beside them (tests/conftest.py).
+    session.run("pytest", "-n", "2", "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session

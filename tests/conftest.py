@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,25 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         yield owner
     finally:
         owner.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (what nox runs), every test marked slow runs
+    on one worker, one after another: the real-process tests never compete with each other
+    for the two cores. Without xdist the mark does nothing."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("real"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the chaos test's summary lines (kept in its report, so they reach the
+    terminal from an xdist worker too)."""
+    for status in ("passed", "failed"):
+        for report in terminalreporter.stats.get(status, []):
+            for name, text in getattr(report, "user_properties", []):
+                if name == "chaos" and report.when == "call":
+                    terminalreporter.write_line(text)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

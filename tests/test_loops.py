@@ -432,7 +432,7 @@ async def run_loop(r: Rig, loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", [*ENDPOINTS_OF, "all"])
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_a_session_cancelled_anywhere_leaves_every_breaker_able_to_admit(
     loop: str, data: st.DataObject

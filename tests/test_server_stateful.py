@@ -427,7 +427,7 @@ def test_postgres_store_keeps_the_same_invariant(pg_dsn: str) -> None:
     try:
         run_state_machine_as_test(
             PostgresMachine,
-            settings=settings(max_examples=25, stateful_step_count=30, deadline=None),
+            settings=settings(max_examples=12, stateful_step_count=30, deadline=None),
         )
     finally:
         driver.close()
