@@ -49,10 +49,13 @@ from ...models import (
 )
 
 __all__ = [
+    "BOT_COLUMNS",
     "BOT_STATUSES",
     "FINAL_STATUSES_SQL",
+    "JOB_COLUMNS",
     "PRUNE_BATCH",
     "SCHEMA_VERSION",
+    "STATS_SQL",
     "AckRow",
     "EndRow",
     "Ends",
@@ -63,11 +66,14 @@ __all__ = [
     "StoreIncompatible",
     "StoreRejected",
     "StoreUnavailable",
+    "bot_infos",
     "decide_acks",
     "decide_ends",
     "invariant_problems",
+    "job_view",
     "retry_backoff",
     "rfc3339",
+    "stats_of",
 ]
 
 BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
@@ -189,6 +195,80 @@ class ExpiryReport:
     requeued: int = 0
     dead: int = 0
     gone: int = 0
+
+
+# --- rows into answers (the same columns in both stores) -------------------------------
+
+#: The columns :func:`job_view` reads, in order.
+JOB_COLUMNS = (
+    "job_id, kind, payload, status, priority, max_attempts, attempts, timeout_s,"
+    " idempotency_key, result, error, bot_id, created_at, finished_at"
+)
+#: The columns :func:`bot_infos` reads, in order.
+BOT_COLUMNS = "bot_id, session_id, status, state, capacity, hostname, version, labels, last_seen"
+#: Formats a store's own timestamp (SQLite: seconds since the epoch; PostgreSQL: a
+#: datetime) as RFC 3339.
+When = Callable[[Any], str]
+
+
+def job_view(row: Sequence[Any], when: When) -> JobView:
+    """A JobView from a row of :data:`JOB_COLUMNS`."""
+    return JobView(
+        job_id=row[0],
+        kind=row[1],
+        payload=json.loads(row[2]),
+        status=row[3],
+        priority=row[4],
+        max_attempts=row[5],
+        attempts=row[6],
+        timeout_s=row[7],
+        idempotency_key=row[8],
+        result=json_or_none(row[9]),
+        error=failure_of(row[10]),
+        bot_id=row[11],
+        created_at=when(row[12]),
+        finished_at=None if row[13] is None else when(row[13]),
+    )
+
+
+def bot_infos(
+    rows: Iterable[Sequence[Any]], leases: Iterable[Sequence[str]], when: When
+) -> list[BotInfo]:
+    """BotInfos from rows of :data:`BOT_COLUMNS` and the (bot_id, lease_id) of active leases."""
+    held: dict[str, list[str]] = {}
+    for owner, lease_id in leases:
+        held.setdefault(owner, []).append(lease_id)
+    return [
+        BotInfo(
+            bot_id=r[0],
+            session_id=r[1],
+            status=r[2],
+            state=r[3],
+            capacity=r[4],
+            hostname=r[5],
+            version=r[6],
+            labels=json.loads(r[7]),
+            last_seen=when(r[8]),
+            active_leases=held.get(r[0], []),
+        )
+        for r in rows
+    ]
+
+
+def stats_of(jobs: Iterable[Sequence[Any]], bots: Iterable[Sequence[Any]]) -> Stats:
+    """Stats from (status, count) rows of jobs and of bots; every status present."""
+    job_counts = dict.fromkeys(JOB_STATUSES, 0)
+    job_counts.update({status: n for status, n in jobs})
+    bot_counts = dict.fromkeys(BOT_STATUSES, 0)
+    bot_counts.update({status: n for status, n in bots})
+    return Stats(jobs=job_counts, bots=bot_counts)
+
+
+#: The two statements :func:`stats_of` reads.
+STATS_SQL = (
+    "SELECT status, count(*) FROM jobs GROUP BY status",
+    "SELECT status, count(*) FROM bots GROUP BY status",
+)
 
 
 # --- the rules of acks and ended leases ------------------------------------------------

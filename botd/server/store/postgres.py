@@ -55,24 +55,27 @@ from ...models import (
     Stats,
 )
 from .base import (
-    BOT_STATUSES,
+    BOT_COLUMNS,
     FINAL_STATUSES_SQL,
+    JOB_COLUMNS,
     PRUNE_BATCH,
     SCHEMA_VERSION,
+    STATS_SQL,
     AckRow,
     EndRow,
     Ends,
     ExpiryReport,
     StoreIncompatible,
     StoreUnavailable,
+    bot_infos,
     decide_acks,
     decide_ends,
-    failure_of,
     invariant_problems,
     job_finished,
-    json_or_none,
+    job_view,
     new_id,
     session_problem,
+    stats_of,
     superseded,
     unknown_bot,
     unknown_job,
@@ -168,10 +171,6 @@ CREATE INDEX leases_job ON leases (job_id);
 MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_V1),)
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
-_JOB_COLUMNS = (
-    "job_id, kind, payload, status, priority, max_attempts, attempts, timeout_s,"
-    " idempotency_key, result, error, bot_id, created_at, finished_at"
-)
 
 _CLAIM = """
 WITH picked AS MATERIALIZED (
@@ -254,25 +253,6 @@ def redact_dsn(dsn: str) -> str:
 def _iso(moment: datetime) -> str:
     text = moment.isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
-
-
-def _view(row: Sequence[Any]) -> JobView:
-    return JobView(
-        job_id=row[0],
-        kind=row[1],
-        payload=json.loads(row[2]),
-        status=row[3],
-        priority=row[4],
-        max_attempts=row[5],
-        attempts=row[6],
-        timeout_s=row[7],
-        idempotency_key=row[8],
-        result=json_or_none(row[9]),
-        error=failure_of(row[10]),
-        bot_id=row[11],
-        created_at=_iso(row[12]),
-        finished_at=None if row[13] is None else _iso(row[13]),
-    )
 
 
 def _retryable_connection_error(exc: psycopg.Error) -> bool:
@@ -664,32 +644,14 @@ class PostgresStore:
         where = "WHERE bot_id = %s" if bot_id is not None else ""
         args: tuple[str, ...] = (bot_id,) if bot_id is not None else ()
         rows = conn.execute(
-            "SELECT bot_id, session_id, status, state, capacity, hostname, version, labels,"
-            f" last_seen FROM bots {where} ORDER BY bot_id",
-            args,
+            f"SELECT {BOT_COLUMNS} FROM bots {where} ORDER BY bot_id", args
         ).fetchall()
-        leases: dict[str, list[str]] = {}
-        for owner, lease_id in conn.execute(
+        lease_rows = conn.execute(
             "SELECT bot_id, lease_id FROM leases WHERE state = 'active'"
             f"{' AND bot_id = %s' if bot_id is not None else ''} ORDER BY seq",
             args,
-        ):
-            leases.setdefault(owner, []).append(lease_id)
-        return [
-            BotInfo(
-                bot_id=r[0],
-                session_id=r[1],
-                status=r[2],
-                state=r[3],
-                capacity=r[4],
-                hostname=r[5],
-                version=r[6],
-                labels=json.loads(r[7]),
-                last_seen=_iso(r[8]),
-                active_leases=leases.get(r[0], []),
-            )
-            for r in rows
-        ]
+        ).fetchall()
+        return bot_infos(rows, lease_rows, _iso)
 
     async def get_bot(self, bot_id: str) -> BotInfo:
         """See :meth:`Store.get_bot`."""
@@ -766,12 +728,12 @@ class PostgresStore:
     @staticmethod
     def _job(conn: Conn, job_id: str, *, lock: bool = False) -> JobView:
         row = conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
             (job_id,),
         ).fetchone()
         if row is None:
             raise unknown_job(job_id)
-        return _view(row)
+        return job_view(row, _iso)
 
     def _submit(self, conn: Conn, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
         """Insert in one statement; a known idempotency_key returns that job, not created."""
@@ -804,10 +766,10 @@ class PostgresStore:
         by_id: dict[str, JobView] = {}
         by_key: dict[str, JobView] = {}
         for row in conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ANY(%s) OR idempotency_key = ANY(%s)",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ANY(%s) OR idempotency_key = ANY(%s)",
             (list(created), keys),
         ):
-            view = _view(row)
+            view = job_view(row, _iso)
             by_id[view.job_id] = view
             if view.idempotency_key is not None:
                 by_key[view.idempotency_key] = view
@@ -840,7 +802,7 @@ class PostgresStore:
         def run(conn: Conn) -> list[JobView]:
             if status is None:
                 cur = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
+                    f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
                 )
             else:
                 # The status as a literal (one of JOB_STATUSES), so that the plan of a prepared
@@ -848,11 +810,11 @@ class PostgresStore:
                 if status not in JOB_STATUSES:
                     raise ValueError(f"unknown job status {status!r}")
                 cur = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = '{status}'"
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = '{status}'"
                     " ORDER BY seq DESC LIMIT %s",
                     (limit,),
                 )
-            return [_view(row) for row in cur.fetchall()]
+            return [job_view(row, _iso) for row in cur.fetchall()]
 
         return await self._run(run)
 
@@ -877,13 +839,8 @@ class PostgresStore:
         """See :meth:`Store.stats`."""
 
         def run(conn: Conn) -> Stats:
-            jobs = dict.fromkeys(JOB_STATUSES, 0)
-            for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
-                jobs[status] = n
-            bots = dict.fromkeys(BOT_STATUSES, 0)
-            for status, n in conn.execute("SELECT status, count(*) FROM bots GROUP BY status"):
-                bots[status] = n
-            return Stats(jobs=jobs, bots=bots)
+            jobs_sql, bots_sql = STATS_SQL
+            return stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
 
         return await self._run(run)
 

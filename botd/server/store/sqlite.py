@@ -26,7 +26,6 @@ import trio
 from loguru import logger
 
 from ...models import (
-    JOB_STATUSES,
     Ack,
     AckResult,
     BotInfo,
@@ -41,24 +40,27 @@ from ...models import (
     Stats,
 )
 from .base import (
-    BOT_STATUSES,
+    BOT_COLUMNS,
     FINAL_STATUSES_SQL,
+    JOB_COLUMNS,
     PRUNE_BATCH,
     SCHEMA_VERSION,
+    STATS_SQL,
     AckRow,
     EndRow,
     ExpiryReport,
     StoreIncompatible,
     StoreUnavailable,
+    bot_infos,
     decide_acks,
     decide_ends,
-    failure_of,
     invariant_problems,
     job_finished,
-    json_or_none,
+    job_view,
     new_id,
     rfc3339,
     session_problem,
+    stats_of,
     unknown_bot,
     unknown_job,
 )
@@ -136,11 +138,6 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_active ON leases (state, expires);
 CREATE INDEX IF NOT EXISTS leases_bot ON leases (bot_id, state);
 """
-
-_JOB_COLUMNS = (
-    "job_id, kind, payload, status, priority, max_attempts, attempts, timeout_s,"
-    " idempotency_key, result, error, bot_id, created_at, finished_at"
-)
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
@@ -398,33 +395,14 @@ class SqliteBackend:
         where = "WHERE bot_id = ?" if bot_id is not None else ""
         args: tuple[str, ...] = (bot_id,) if bot_id is not None else ()
         rows = conn.execute(
-            "SELECT bot_id, session_id, status, state, capacity, hostname, version, labels,"
-            f" last_seen FROM bots {where} ORDER BY bot_id",
-            args,
+            f"SELECT {BOT_COLUMNS} FROM bots {where} ORDER BY bot_id", args
         ).fetchall()
-        leases: dict[str, list[str]] = {}
         lease_rows = conn.execute(
             f"SELECT bot_id, lease_id FROM leases WHERE state = 'active'"
             f"{' AND bot_id = ?' if bot_id is not None else ''} ORDER BY rowid",
             args,
         ).fetchall()
-        for owner, lease_id in lease_rows:
-            leases.setdefault(owner, []).append(lease_id)
-        return [
-            BotInfo(
-                bot_id=r[0],
-                session_id=r[1],
-                status=r[2],
-                state=r[3],
-                capacity=r[4],
-                hostname=r[5],
-                version=r[6],
-                labels=json.loads(r[7]),
-                last_seen=rfc3339(r[8]),
-                active_leases=leases.get(r[0], []),
-            )
-            for r in rows
-        ]
+        return bot_infos(rows, lease_rows, rfc3339)
 
     def get_bot(self, bot_id: str) -> BotInfo:
         """The bot, or 404 unknown_bot."""
@@ -504,31 +482,12 @@ class SqliteBackend:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _view(row: Sequence[Any]) -> JobView:
-        return JobView(
-            job_id=row[0],
-            kind=row[1],
-            payload=json.loads(row[2]),
-            status=row[3],
-            priority=row[4],
-            max_attempts=row[5],
-            attempts=row[6],
-            timeout_s=row[7],
-            idempotency_key=row[8],
-            result=json_or_none(row[9]),
-            error=failure_of(row[10]),
-            bot_id=row[11],
-            created_at=rfc3339(row[12]),
-            finished_at=None if row[13] is None else rfc3339(row[13]),
-        )
-
     def _job(self, conn: sqlite3.Connection, job_id: str) -> JobView:
-        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
         found = row.fetchone()
         if found is None:
             raise unknown_job(job_id)
-        return self._view(found)
+        return job_view(found, rfc3339)
 
     def submit(self, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
         """Queue a job; an idempotency_key seen before returns that job and False."""
@@ -573,14 +532,14 @@ class SqliteBackend:
         def run(conn: sqlite3.Connection) -> list[JobView]:
             if status is None:
                 cur = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                    f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
                 )
             else:
                 cur = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?",
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?",
                     (status, limit),
                 )
-            return [self._view(row) for row in cur.fetchall()]
+            return [job_view(row, rfc3339) for row in cur.fetchall()]
 
         return self._tx(run)
 
@@ -605,13 +564,8 @@ class SqliteBackend:
         """Counts per job status and per bot status, every status present."""
 
         def run(conn: sqlite3.Connection) -> Stats:
-            jobs = dict.fromkeys(JOB_STATUSES, 0)
-            for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
-                jobs[status] = n
-            bots = dict.fromkeys(BOT_STATUSES, 0)
-            for status, n in conn.execute("SELECT status, count(*) FROM bots GROUP BY status"):
-                bots[status] = n
-            return Stats(jobs=jobs, bots=bots)
+            jobs_sql, bots_sql = STATS_SQL
+            return stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
 
         return self._tx(run)
 
