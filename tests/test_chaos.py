@@ -337,11 +337,14 @@ Rows = dict[str, tuple[Any, ...]]
 
 def read_database(db: Path | str) -> tuple[Rows, Rows]:
     """The jobs and leases rows of the server's database (a SQLite file or a DSN)."""
-    if isinstance(db, str):
+    if isinstance(db, str):  # PostgreSQL keeps a lease's state on its job: read the view
         with psycopg.connect(db) as pg:
             return (
                 {r[0]: tuple(r[1:]) for r in pg.execute(_JOBS)},
-                {r[0]: tuple(r[1:]) for r in pg.execute(_LEASES)},
+                {
+                    r[0]: tuple(r[1:])
+                    for r in pg.execute(_LEASES.replace("FROM leases", "FROM lease_history"))
+                },
             )
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:

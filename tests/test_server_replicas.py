@@ -162,7 +162,7 @@ def test_no_lease_is_expired_twice_across_replicas(procs: Procs, pg_dsn: str) ->
     def all_expired() -> bool | None:
         with psycopg.connect(pg_dsn) as conn:
             row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'expired'), count(*) FROM leases"
+                "SELECT count(*) FILTER (WHERE state = 'expired'), count(*) FROM lease_history"
             ).fetchone()
         return True if row == (n, n) else None
 

@@ -464,10 +464,14 @@ _INVARIANT_CHECKS: tuple[tuple[str, str], ...] = (
 )
 
 
-def invariant_problems(query: Callable[[str], Iterable[Sequence[Any]]]) -> list[str]:
+def invariant_problems(
+    query: Callable[[str], Iterable[Sequence[Any]]],
+    checks: Sequence[tuple[str, str]] = _INVARIANT_CHECKS,
+) -> list[str]:
     """Problems with the store's invariant (empty when it holds). ``query`` runs one SQL
-    statement (the same text on SQLite and PostgreSQL) and returns its rows."""
-    return [message.format(*row) for sql, message in _INVARIANT_CHECKS for row in query(sql)]
+    statement and returns its rows; ``checks`` are (SQL, message) pairs, by default those of
+    the schema with a row per lease (SQLite's)."""
+    return [message.format(*row) for sql, message in checks for row in query(sql)]
 
 
 # --- the interface ---------------------------------------------------------------------

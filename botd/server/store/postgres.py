@@ -138,7 +138,14 @@ CREATE TABLE jobs (
     result text,
     error text,
     bot_id text,
+    -- The job's latest lease lives on its row: what a claim, a heartbeat, an ack and an
+    -- expiry change is this row alone (one row, one lock, per job). lease_state is
+    -- 'active', 'done' (acked) or 'expired' (ended without an ack).
     lease_id text,
+    lease_state text,
+    lease_session text,
+    lease_expires timestamptz,
+    lease_outcome text,
     not_before timestamptz NOT NULL DEFAULT '-infinity',
     created_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
@@ -151,20 +158,26 @@ CREATE INDEX jobs_due ON jobs (not_before) WHERE status = 'queued';
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'succeeded';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_held ON jobs (bot_id) WHERE lease_state = 'active';
+CREATE INDEX jobs_lease_expiry ON jobs (lease_expires) WHERE lease_state = 'active';
+-- Every lease ever granted, written once by its claim. Its state is on the job's row while
+-- it is the job's latest lease; outcome is written here only for an ack that lets the job
+-- be leased again (a release, a retryable failure), or for a lease no longer the latest.
 CREATE TABLE leases (
-    seq bigint GENERATED ALWAYS AS IDENTITY,
     lease_id text PRIMARY KEY,
     job_id text NOT NULL,
     bot_id text NOT NULL,
-    session_id text NOT NULL,
     attempt integer NOT NULL,
-    state text NOT NULL,
-    expires timestamptz NOT NULL,
     outcome text
 );
-CREATE INDEX leases_active ON leases (expires) WHERE state = 'active';
-CREATE INDEX leases_bot ON leases (bot_id, seq) WHERE state = 'active';
 CREATE INDEX leases_job ON leases (job_id);
+-- Every lease with its state and outcome, for audits (and the chaos test's verdict).
+CREATE VIEW lease_history AS
+SELECT l.lease_id, l.job_id, l.bot_id, l.attempt,
+       CASE WHEN j.lease_id = l.lease_id THEN j.lease_state
+            WHEN l.outcome IS NOT NULL THEN 'done' ELSE 'expired' END AS state,
+       CASE WHEN j.lease_id = l.lease_id THEN j.lease_outcome ELSE l.outcome END AS outcome
+FROM leases l JOIN jobs j ON j.job_id = l.job_id;
 """
 
 #: Schema migrations: (version, SQL). Each one runs once, in order, under the lock.
@@ -182,15 +195,15 @@ WITH picked AS MATERIALIZED (
 ), leased AS (
     UPDATE jobs j
     SET status = 'leased', attempts = j.attempts + 1, bot_id = %(bot)s,
-        lease_id = replace(gen_random_uuid()::text, '-', '')
+        lease_id = replace(gen_random_uuid()::text, '-', ''), lease_state = 'active',
+        lease_session = %(session)s, lease_expires = now() + %(ttl)s * interval '1 second',
+        lease_outcome = NULL
     FROM picked WHERE j.seq = picked.seq
     RETURNING j.seq, j.priority, j.job_id, j.kind, j.payload, j.attempts, j.timeout_s,
               j.lease_id
 ), granted AS (
-    INSERT INTO leases (lease_id, job_id, bot_id, session_id, attempt, state, expires)
-    SELECT lease_id, job_id, %(bot)s, %(session)s, attempts, 'active',
-           now() + %(ttl)s * interval '1 second'
-    FROM leased
+    INSERT INTO leases (lease_id, job_id, bot_id, attempt)
+    SELECT lease_id, job_id, %(bot)s, attempts FROM leased
 )
 SELECT job_id, lease_id, kind, payload, attempts, timeout_s,
        now() + %(ttl)s * interval '1 second'
@@ -198,44 +211,78 @@ FROM leased ORDER BY priority DESC, seq
 """
 
 _APPLY_ACKS = """
-WITH done AS (
-    UPDATE leases SET state = 'done', outcome = u.outcome
-    FROM unnest(%(lease_ids)s::text[], %(outcomes)s::text[]) AS u(lease_id, outcome)
+WITH history AS (
+    UPDATE leases SET outcome = u.outcome
+    FROM unnest(%(hist_ids)s::text[], %(hist_outcomes)s::text[]) AS u(lease_id, outcome)
     WHERE leases.lease_id = u.lease_id
 ), succeeded AS (
-    -- the common case, with two arrays instead of seven (psycopg builds them in Python)
+    -- the common case, with two arrays (psycopg builds each one in Python)
     UPDATE jobs SET status = 'succeeded', result = u.result, error = NULL,
-        not_before = '-infinity', finished_at = now()
+        not_before = '-infinity', finished_at = now(), lease_state = 'done',
+        lease_outcome = 'succeeded'
     FROM unnest(%(ok_ids)s::text[], %(ok_results)s::text[]) AS u(job_id, result)
     WHERE jobs.job_id = u.job_id
 )
-UPDATE jobs SET status = u.status, attempts = u.attempts, result = u.result, error = u.error,
-    not_before = CASE WHEN u.retry_in > 0 THEN now() + u.retry_in * interval '1 second'
+UPDATE jobs SET
+    status = coalesce(u.status, jobs.status),
+    attempts = coalesce(u.attempts, jobs.attempts),
+    result = CASE WHEN u.status IS NULL THEN jobs.result ELSE u.result END,
+    error = CASE WHEN u.status IS NULL THEN jobs.error ELSE u.error END,
+    not_before = CASE WHEN u.status IS NULL THEN jobs.not_before
+                      WHEN u.retry_in > 0 THEN now() + u.retry_in * interval '1 second'
                       ELSE '-infinity' END,
-    finished_at = CASE WHEN u.final THEN now() END
+    finished_at = CASE WHEN u.status IS NULL THEN jobs.finished_at
+                       WHEN u.final THEN now() END,
+    lease_state = CASE WHEN u.lease_outcome IS NULL THEN jobs.lease_state ELSE 'done' END,
+    lease_outcome = coalesce(u.lease_outcome, jobs.lease_outcome)
 FROM unnest(%(job_ids)s::text[], %(statuses)s::text[], %(attempts)s::int[],
             %(results)s::text[], %(errors)s::text[], %(retry_in)s::float8[],
-            %(final)s::bool[])
-     AS u(job_id, status, attempts, result, error, retry_in, final)
+            %(final)s::bool[], %(lease_outcomes)s::text[])
+     AS u(job_id, status, attempts, result, error, retry_in, final, lease_outcome)
 WHERE jobs.job_id = u.job_id
 """
 
 _END_LEASES = """
-WITH ended AS (
-    UPDATE leases SET state = 'expired' WHERE lease_id = ANY(%(leases)s::text[])
-), requeued AS (
-    UPDATE jobs SET status = 'queued', attempts = u.attempts, not_before = '-infinity'
-    FROM unnest(%(requeue)s::text[], %(attempts)s::int[]) AS u(job_id, attempts)
-    WHERE jobs.job_id = u.job_id
-)
-UPDATE jobs SET status = 'dead', error = u.error, finished_at = now()
-FROM unnest(%(dead)s::text[], %(errors)s::text[]) AS u(job_id, error)
+UPDATE jobs SET lease_state = 'expired',
+    status = coalesce(u.status, jobs.status),
+    attempts = coalesce(u.attempts, jobs.attempts),
+    not_before = CASE WHEN u.status = 'queued' THEN '-infinity' ELSE jobs.not_before END,
+    error = CASE WHEN u.status = 'dead' THEN u.error ELSE jobs.error END,
+    finished_at = CASE WHEN u.status = 'dead' THEN now() ELSE jobs.finished_at END
+FROM unnest(%(jobs)s::text[], %(statuses)s::text[], %(attempts)s::int[], %(errors)s::text[])
+     AS u(job_id, status, attempts, error)
 WHERE jobs.job_id = u.job_id
 """
 
-_LEASE_ROWS = (
-    "SELECT l.lease_id, l.job_id, j.status, j.lease_id, j.attempts, j.max_attempts"
-    " FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+#: An active lease as :class:`EndRow` reads it, from its job's row.
+_ACTIVE = (
+    "SELECT lease_id, job_id, status, lease_id, attempts, max_attempts FROM jobs"
+    " WHERE lease_state = 'active'"
+)
+
+#: The invariant on this schema (the lease's state is on the job's row).
+_INVARIANT = (
+    (
+        "SELECT job_id, status FROM jobs WHERE status NOT IN ("
+        + ", ".join(f"'{s}'" for s in JOB_STATUSES)
+        + ")",
+        "job {0} has unknown status {1!r}",
+    ),
+    (
+        "SELECT job_id FROM jobs WHERE status = 'leased' AND lease_state IS DISTINCT FROM 'active'",
+        "leased job {0} has no active lease",
+    ),
+    (
+        "SELECT job_id FROM jobs WHERE status = 'succeeded' AND (result IS NULL"
+        " OR lease_outcome IS DISTINCT FROM 'succeeded' OR (SELECT count(*) FROM lease_history h"
+        " WHERE h.job_id = jobs.job_id AND h.outcome = 'succeeded') != 1)",
+        "succeeded job {0} does not have exactly one recorded result",
+    ),
+    (
+        "SELECT lease_id, job_id FROM jobs WHERE lease_state = 'active'"
+        " AND status NOT IN ('leased', 'cancelled')",
+        "active lease {0} on job {1} that is not leased",
+    ),
 )
 
 
@@ -561,10 +608,10 @@ class PostgresStore:
         )
 
     def _held(self, conn: Conn, bot_id: str) -> dict[str, str]:
-        """The bot's active leases -> the status of their job (the leases locked)."""
+        """The bot's active leases -> the status of their job (the jobs' rows locked)."""
         rows = conn.execute(
-            "SELECT l.lease_id, j.status FROM leases l JOIN jobs j ON j.job_id = l.job_id"
-            " WHERE l.bot_id = %s AND l.state = 'active' ORDER BY l.lease_id FOR UPDATE OF l",
+            "SELECT lease_id, status FROM jobs WHERE bot_id = %s AND lease_state = 'active'"
+            " ORDER BY seq FOR UPDATE",
             (bot_id,),
         ).fetchall()
         return {lease_id: status for lease_id, status in rows}
@@ -576,30 +623,39 @@ class PostgresStore:
         rows = [
             EndRow(*r)
             for r in conn.execute(
-                f"{_LEASE_ROWS} WHERE l.state = 'active' AND l.lease_id = ANY(%s)"
-                " ORDER BY l.lease_id FOR UPDATE OF l, j",
+                "SELECT j.lease_id, j.job_id, j.status, j.lease_id, j.attempts, j.max_attempts"
+                " FROM leases l JOIN jobs j ON j.job_id = l.job_id AND j.lease_id = l.lease_id"
+                " WHERE l.lease_id = ANY(%s) AND j.lease_state = 'active'"
+                " ORDER BY j.seq FOR UPDATE OF j",
                 (list(lease_ids),),
             )
         ]
-        ends = decide_ends(rows, spend=spend)
-        self._write_ends(conn, ends)
-        return ends
+        return self._write_ends(conn, rows, spend=spend)
 
-    def _write_ends(self, conn: Conn, ends: Ends) -> None:
-        if not ends.leases:
-            return
+    def _write_ends(self, conn: Conn, rows: Sequence[EndRow], *, spend: bool) -> Ends:
+        """Decide the ends of ``rows`` and write them: one statement, one row per job."""
+        ends = decide_ends(rows, spend=spend)
+        if not rows:
+            return ends
+        status: dict[str, tuple[str | None, int | None, str | None]] = {
+            r.job_id: (None, None, None) for r in rows
+        }
+        for job_id, attempts in ends.requeue:
+            status[job_id] = ("queued", attempts, None)
+        for job_id, error in ends.dead:
+            status[job_id] = ("dead", None, error)
         conn.execute(
             _END_LEASES,
             {
-                "leases": ends.leases,
-                "requeue": [job for job, _ in ends.requeue],
-                "attempts": [attempts for _, attempts in ends.requeue],
-                "dead": [job for job, _ in ends.dead],
-                "errors": [error for _, error in ends.dead],
+                "jobs": list(status),
+                "statuses": [v[0] for v in status.values()],
+                "attempts": [v[1] for v in status.values()],
+                "errors": [v[2] for v in status.values()],
             },
         )
         if ends.requeue:
             self._notify(conn)
+        return ends
 
     async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
         """See :meth:`Store.register`."""
@@ -631,9 +687,10 @@ class PostgresStore:
             drop = [lease for lease in held if lease not in listed]
             if keep:
                 conn.execute(
-                    "UPDATE leases SET session_id = %s, expires = now() + %s * interval '1 second'"
-                    " WHERE lease_id = ANY(%s)",
-                    (session_id, lease_ttl_s, keep),
+                    "UPDATE jobs SET lease_session = %s,"
+                    " lease_expires = now() + %s * interval '1 second'"
+                    " WHERE bot_id = %s AND lease_state = 'active' AND lease_id = ANY(%s)",
+                    (session_id, lease_ttl_s, req.bot_id, keep),
                 )
             ended = self._end_leases(conn, drop, spend=True)
             return session_id, len(ended.requeue)
@@ -647,7 +704,7 @@ class PostgresStore:
             f"SELECT {BOT_COLUMNS} FROM bots {where} ORDER BY bot_id", args
         ).fetchall()
         lease_rows = conn.execute(
-            "SELECT bot_id, lease_id FROM leases WHERE state = 'active'"
+            "SELECT bot_id, lease_id FROM jobs WHERE lease_state = 'active'"
             f"{' AND bot_id = %s' if bot_id is not None else ''} ORDER BY seq",
             args,
         ).fetchall()
@@ -682,8 +739,9 @@ class PostgresStore:
                 never_received = [
                     lease
                     for (lease,) in conn.execute(
-                        "SELECT lease_id FROM leases WHERE bot_id = %s AND session_id = %s"
-                        " AND state = 'active' AND expires <= now() + %s * interval '1 second'",
+                        "SELECT lease_id FROM jobs WHERE bot_id = %s AND lease_session = %s"
+                        " AND lease_state = 'active'"
+                        " AND lease_expires <= now() + %s * interval '1 second'",
                         (bot_id, session_id, lease_ttl_s - lease_ttl_s / 3),
                     )
                     if lease in unlisted
@@ -697,9 +755,10 @@ class PostgresStore:
             expires_at: str | None = None
             if extend:
                 row = conn.execute(
-                    "WITH x AS (UPDATE leases SET expires = now() + %s * interval '1 second'"
-                    " WHERE lease_id = ANY(%s)) SELECT now() + %s * interval '1 second'",
-                    (lease_ttl_s, extend, lease_ttl_s),
+                    "WITH x AS (UPDATE jobs SET lease_expires = now() + %s * interval '1 second'"
+                    " WHERE bot_id = %s AND lease_state = 'active' AND lease_id = ANY(%s))"
+                    " SELECT now() + %s * interval '1 second'",
+                    (lease_ttl_s, bot_id, extend, lease_ttl_s),
                 ).fetchone()
                 expires_at = _iso(row[0]) if row else None
             answer = HeartbeatResponse(
@@ -860,40 +919,62 @@ class PostgresStore:
     # -- work ----------------------------------------------------------------------------
 
     def _apply_acks(self, conn: Conn, acks: Sequence[Ack]) -> list[AckResult]:
-        """Read the batch's leases (locked, in lease order), decide, write in one statement."""
+        """Read the batch's leases with their jobs (the jobs locked, in order), decide, and
+        write: one statement, one row per job (and the history of leases that need it)."""
         ids = list(dict.fromkeys(a.lease_id for a in acks))
         rows = {
             r[0]: AckRow(*r)
             for r in conn.execute(
-                "SELECT l.lease_id, l.job_id, l.state, l.outcome, j.status, j.lease_id,"
-                " j.attempts, j.max_attempts, j.error FROM leases l"
+                "SELECT l.lease_id, l.job_id,"
+                " CASE WHEN j.lease_id = l.lease_id THEN j.lease_state"
+                " WHEN l.outcome IS NOT NULL THEN 'done' ELSE 'expired' END,"
+                " CASE WHEN j.lease_id = l.lease_id THEN j.lease_outcome ELSE l.outcome END,"
+                " j.status, j.lease_id, j.attempts, j.max_attempts, j.error FROM leases l"
                 " JOIN jobs j ON j.job_id = l.job_id WHERE l.lease_id = ANY(%s)"
-                " ORDER BY l.lease_id FOR UPDATE OF l, j",
+                " ORDER BY j.seq FOR UPDATE OF j",
                 (ids,),
             )
         }
+        latest = {lease: row.job_lease == lease for lease, row in rows.items()}
         results, done, changes = decide_acks(acks, rows)
-        if done:
-            ok = [c for c in changes.values() if c.status == "succeeded"]
-            job_changes = [c for c in changes.values() if c.status != "succeeded"]
-            conn.execute(
-                _APPLY_ACKS,
-                {
-                    "lease_ids": [lease for lease, _ in done],
-                    "outcomes": [outcome for _, outcome in done],
-                    "ok_ids": [c.job_id for c in ok],
-                    "ok_results": [c.result for c in ok],
-                    "job_ids": [c.job_id for c in job_changes],
-                    "statuses": [c.status for c in job_changes],
-                    "attempts": [c.attempts for c in job_changes],
-                    "results": [c.result for c in job_changes],
-                    "errors": [c.error for c in job_changes],
-                    "retry_in": [c.retry_in_s for c in job_changes],
-                    "final": [c.final for c in job_changes],
-                },
-            )
-            if any(c.status == "queued" and not c.retry_in_s for c in job_changes):
-                self._notify(conn)
+        if not done:
+            return results
+        # What each job's row gets: its change (if any) and its latest lease's outcome.
+        outcome_of: dict[str, str] = {}
+        history: list[tuple[str, str]] = []
+        for lease, outcome in done:
+            if latest[lease]:
+                outcome_of[rows[lease].job_id] = outcome
+            if not latest[lease] or outcome != "succeeded":
+                history.append((lease, outcome))  # it may stop being the latest lease
+        ok = [
+            c
+            for c in changes.values()
+            if c.status == "succeeded" and outcome_of.get(c.job_id) == "succeeded"
+        ]
+        fast = {c.job_id for c in ok}
+        general = [c for c in changes.values() if c.job_id not in fast]
+        bare = [j for j in outcome_of if j not in fast and j not in changes]
+        conn.execute(
+            _APPLY_ACKS,
+            {
+                "hist_ids": [lease for lease, _ in history],
+                "hist_outcomes": [outcome for _, outcome in history],
+                "ok_ids": [c.job_id for c in ok],
+                "ok_results": [c.result for c in ok],
+                "job_ids": [c.job_id for c in general] + bare,
+                "statuses": [c.status for c in general] + [None] * len(bare),
+                "attempts": [c.attempts for c in general] + [None] * len(bare),
+                "results": [c.result for c in general] + [None] * len(bare),
+                "errors": [c.error for c in general] + [None] * len(bare),
+                "retry_in": [c.retry_in_s for c in general] + [0.0] * len(bare),
+                "final": [c.final for c in general] + [False] * len(bare),
+                "lease_outcomes": [outcome_of.get(c.job_id) for c in general]
+                + [outcome_of[j] for j in bare],
+            },
+        )
+        if any(c.status == "queued" and not c.retry_in_s for c in changes.values()):
+            self._notify(conn)
         return results
 
     async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
@@ -958,14 +1039,12 @@ class PostgresStore:
             rows = [
                 EndRow(*r)
                 for r in conn.execute(
-                    f"{_LEASE_ROWS} WHERE l.state = 'active' AND l.expires <= now()"
-                    " ORDER BY l.expires LIMIT %s FOR UPDATE OF l, j SKIP LOCKED",
+                    f"{_ACTIVE} AND lease_expires <= now()"
+                    " ORDER BY lease_expires LIMIT %s FOR UPDATE SKIP LOCKED",
                     (EXPIRE_BATCH,),
                 )
             ]
-            ends = decide_ends(rows, spend=True)
-            self._write_ends(conn, ends)
-            report = ends.report()
+            report = self._write_ends(conn, rows, spend=True).report()
             return ExpiryReport(report.expired, report.requeued, report.dead, max(0, gone))
 
         return await self._run(run)
@@ -984,7 +1063,7 @@ class PostgresStore:
         def run(conn: Conn) -> float | None:
             row = conn.execute(
                 "SELECT extract(epoch FROM least("
-                " (SELECT min(expires) FROM leases WHERE state = 'active'),"
+                " (SELECT min(lease_expires) FROM jobs WHERE lease_state = 'active'),"
                 " (SELECT min(not_before) FROM jobs WHERE status = 'queued'"
                 "  AND not_before > now())) - now())::float8"
             ).fetchone()
@@ -1014,7 +1093,9 @@ class PostgresStore:
     async def check_invariant(self) -> list[str]:
         """Problems with the store's invariant (empty when it holds)."""
         return await self._run(
-            lambda conn: invariant_problems(lambda sql: conn.execute(sql).fetchall())
+            lambda conn: invariant_problems(
+                lambda sql: conn.execute(sql).fetchall(), checks=_INVARIANT
+            )
         )
 
     async def wall_clock(self) -> float:
