@@ -140,8 +140,10 @@ CREATE TABLE jobs (
     bot_id text,
     -- The job's latest lease lives on its row: what a claim, a heartbeat, an ack and an
     -- expiry change is this row alone (one row, one lock, per job). lease_state is
-    -- 'active', 'done' (acked) or 'expired' (ended without an ack).
+    -- 'active', 'done' (acked) or 'expired' (ended without an ack). A lease id starts with
+    -- its job's id, so an ack finds its job by the primary key.
     lease_id text,
+    lease_attempt integer,
     lease_state text,
     lease_session text,
     lease_expires timestamptz,
@@ -160,24 +162,24 @@ CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'succeeded';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX jobs_held ON jobs (bot_id) WHERE lease_state = 'active';
 CREATE INDEX jobs_lease_expiry ON jobs (lease_expires) WHERE lease_state = 'active';
--- Every lease ever granted, written once by its claim. Its state is on the job's row while
--- it is the job's latest lease; outcome is written here only for an ack that lets the job
--- be leased again (a release, a retryable failure), or for a lease no longer the latest.
+-- The leases that are no longer their job's latest: a claim that leases a job again moves
+-- the job's previous lease here, as it ended. (Most jobs are leased once: no row at all.)
 CREATE TABLE leases (
     lease_id text PRIMARY KEY,
     job_id text NOT NULL,
     bot_id text NOT NULL,
     attempt integer NOT NULL,
+    state text NOT NULL,
     outcome text
 );
 CREATE INDEX leases_job ON leases (job_id);
 -- Every lease with its state and outcome, for audits (and the chaos test's verdict).
 CREATE VIEW lease_history AS
-SELECT l.lease_id, l.job_id, l.bot_id, l.attempt,
-       CASE WHEN j.lease_id = l.lease_id THEN j.lease_state
-            WHEN l.outcome IS NOT NULL THEN 'done' ELSE 'expired' END AS state,
-       CASE WHEN j.lease_id = l.lease_id THEN j.lease_outcome ELSE l.outcome END AS outcome
-FROM leases l JOIN jobs j ON j.job_id = l.job_id;
+SELECT lease_id, job_id, bot_id, lease_attempt AS attempt, lease_state AS state,
+       lease_outcome AS outcome
+FROM jobs WHERE lease_id IS NOT NULL
+UNION ALL
+SELECT lease_id, job_id, bot_id, attempt, state, outcome FROM leases;
 """
 
 #: Schema migrations: (version, SQL). Each one runs once, in order, under the lock.
@@ -187,7 +189,7 @@ assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 _CLAIM = """
 WITH picked AS MATERIALIZED (
-    SELECT seq FROM jobs
+    SELECT seq, job_id, lease_id, lease_attempt, lease_state, lease_outcome, bot_id FROM jobs
     WHERE status = 'queued' AND not_before <= now() {kinds}
     ORDER BY priority DESC, seq
     LIMIT %(n)s
@@ -195,15 +197,17 @@ WITH picked AS MATERIALIZED (
 ), leased AS (
     UPDATE jobs j
     SET status = 'leased', attempts = j.attempts + 1, bot_id = %(bot)s,
-        lease_id = replace(gen_random_uuid()::text, '-', ''), lease_state = 'active',
+        lease_id = j.job_id || replace(gen_random_uuid()::text, '-', ''),
+        lease_attempt = j.attempts + 1, lease_state = 'active',
         lease_session = %(session)s, lease_expires = now() + %(ttl)s * interval '1 second',
         lease_outcome = NULL
     FROM picked WHERE j.seq = picked.seq
     RETURNING j.seq, j.priority, j.job_id, j.kind, j.payload, j.attempts, j.timeout_s,
               j.lease_id
-), granted AS (
-    INSERT INTO leases (lease_id, job_id, bot_id, attempt)
-    SELECT lease_id, job_id, %(bot)s, attempts FROM leased
+), retired AS (
+    INSERT INTO leases (lease_id, job_id, bot_id, attempt, state, outcome)
+    SELECT lease_id, job_id, bot_id, lease_attempt, lease_state, lease_outcome
+    FROM picked WHERE lease_id IS NOT NULL
 )
 SELECT job_id, lease_id, kind, payload, attempts, timeout_s,
        now() + %(ttl)s * interval '1 second'
@@ -212,7 +216,7 @@ FROM leased ORDER BY priority DESC, seq
 
 _APPLY_ACKS = """
 WITH history AS (
-    UPDATE leases SET outcome = u.outcome
+    UPDATE leases SET state = 'done', outcome = u.outcome
     FROM unnest(%(hist_ids)s::text[], %(hist_outcomes)s::text[]) AS u(lease_id, outcome)
     WHERE leases.lease_id = u.lease_id
 ), succeeded AS (
@@ -274,8 +278,8 @@ _INVARIANT = (
     ),
     (
         "SELECT job_id FROM jobs WHERE status = 'succeeded' AND (result IS NULL"
-        " OR lease_outcome IS DISTINCT FROM 'succeeded' OR (SELECT count(*) FROM lease_history h"
-        " WHERE h.job_id = jobs.job_id AND h.outcome = 'succeeded') != 1)",
+        " OR lease_outcome IS DISTINCT FROM 'succeeded' OR EXISTS (SELECT 1 FROM leases l"
+        " WHERE l.job_id = jobs.job_id AND l.outcome = 'succeeded'))",
         "succeeded job {0} does not have exactly one recorded result",
     ),
     (
@@ -284,6 +288,14 @@ _INVARIANT = (
         "active lease {0} on job {1} that is not leased",
     ),
 )
+
+
+#: A PostgreSQL store's job ids are this long; a lease id starts with its job's id.
+_JOB_ID_LEN = 32
+
+
+def _job_of(lease_id: str) -> str:
+    return lease_id[:_JOB_ID_LEN]
 
 
 def redact_dsn(dsn: str) -> str:
@@ -623,11 +635,8 @@ class PostgresStore:
         rows = [
             EndRow(*r)
             for r in conn.execute(
-                "SELECT j.lease_id, j.job_id, j.status, j.lease_id, j.attempts, j.max_attempts"
-                " FROM leases l JOIN jobs j ON j.job_id = l.job_id AND j.lease_id = l.lease_id"
-                " WHERE l.lease_id = ANY(%s) AND j.lease_state = 'active'"
-                " ORDER BY j.seq FOR UPDATE OF j",
-                (list(lease_ids),),
+                f"{_ACTIVE} AND job_id = ANY(%s) AND lease_id = ANY(%s) ORDER BY seq FOR UPDATE",
+                (sorted({_job_of(lease) for lease in lease_ids}), list(lease_ids)),
             )
         ]
         return self._write_ends(conn, rows, spend=spend)
@@ -922,19 +931,41 @@ class PostgresStore:
         """Read the batch's leases with their jobs (the jobs locked, in order), decide, and
         write: one statement, one row per job (and the history of leases that need it)."""
         ids = list(dict.fromkeys(a.lease_id for a in acks))
-        rows = {
-            r[0]: AckRow(*r)
+        jobs = {
+            r[0]: r
             for r in conn.execute(
-                "SELECT l.lease_id, l.job_id,"
-                " CASE WHEN j.lease_id = l.lease_id THEN j.lease_state"
-                " WHEN l.outcome IS NOT NULL THEN 'done' ELSE 'expired' END,"
-                " CASE WHEN j.lease_id = l.lease_id THEN j.lease_outcome ELSE l.outcome END,"
-                " j.status, j.lease_id, j.attempts, j.max_attempts, j.error FROM leases l"
-                " JOIN jobs j ON j.job_id = l.job_id WHERE l.lease_id = ANY(%s)"
-                " ORDER BY j.seq FOR UPDATE OF j",
-                (ids,),
+                "SELECT job_id, lease_id, lease_state, lease_outcome, status, attempts,"
+                " max_attempts, error FROM jobs WHERE job_id = ANY(%s) ORDER BY seq FOR UPDATE",
+                (sorted({_job_of(lease) for lease in ids}),),
             )
         }
+        older = [
+            lease for lease in ids if _job_of(lease) in jobs and jobs[_job_of(lease)][1] != lease
+        ]
+        retired = {
+            r[0]: r
+            for r in (
+                conn.execute(
+                    "SELECT lease_id, state, outcome FROM leases WHERE lease_id = ANY(%s)",
+                    (older,),
+                )
+                if older
+                else []
+            )
+        }
+        rows: dict[str, AckRow] = {}
+        for lease in ids:
+            job = jobs.get(_job_of(lease))
+            if job is None:
+                continue
+            job_id, job_lease, state, outcome, status, attempts, max_attempts, error = job
+            if job_lease != lease:
+                if lease not in retired:
+                    continue  # no such lease
+                _, state, outcome = retired[lease]
+            rows[lease] = AckRow(
+                lease, job_id, state, outcome, status, job_lease, attempts, max_attempts, error
+            )
         latest = {lease: row.job_lease == lease for lease, row in rows.items()}
         results, done, changes = decide_acks(acks, rows)
         if not done:
@@ -945,8 +976,8 @@ class PostgresStore:
         for lease, outcome in done:
             if latest[lease]:
                 outcome_of[rows[lease].job_id] = outcome
-            if not latest[lease] or outcome != "succeeded":
-                history.append((lease, outcome))  # it may stop being the latest lease
+            else:
+                history.append((lease, outcome))  # a retired lease (of a cancelled job)
         ok = [
             c
             for c in changes.values()
