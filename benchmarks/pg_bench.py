@@ -67,13 +67,14 @@ PG_FINDINGS: tuple[str, ...] = (
     "JSON, ~60% in the store's thread (psycopg building the array parameters in Python about "
     "a third of it). PgQueuer spends ~0.21-0.27 ms a job in all and overlaps its Python "
     "with the database's work.",
-    "PostgreSQL store, the change measured in this run's figures: a job's latest lease lives "
+    "PostgreSQL store, the lease model of these figures: a job's latest lease lives "
     "on the job's row (state, session, deadline, outcome) and a lease id starts with its "
     "job's id, so a claim and an ack each update one row under one lock, found by primary "
     "key; the leases table only receives a lease when a claim leases its job again (an "
-    "expired or released one), as it ended. Measured against the previous model on the same "
-    "machine within the hour (medians of 3): PostgreSQL CPU per job 0.25 -> 0.13 ms; batch "
-    "100, one loop 2,232 -> 3,422 jobs/s; 4 loops on one replica 4,201 -> 5,105. Tried "
+    "expired or released one), as it ended. Against the previous model, on this machine "
+    "within one hour of 2026-12-02 (medians of 3, two runs after): PostgreSQL CPU per job "
+    "0.25 -> 0.13 ms; batch 100, one loop 2,232 -> 3,269-3,422 jobs/s; 4 loops on one "
+    "replica 4,201 -> 4,423-5,105. Tried "
     "before, within the noise: partial indexes for idempotency keys and for statuses other "
     "than succeeded, two arrays instead of seven for succeeded acks.",
     "PostgreSQL store, a cold database: without the ANALYZE before the timing (tables never "
