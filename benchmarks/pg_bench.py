@@ -125,21 +125,6 @@ class Run:
 # --- CPU readings ---------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (a postmaster's backends and helpers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _cpu_of(pids: Sequence[int]) -> dict[int, float]:
     out = {}
     for pid in pids:
@@ -267,7 +252,9 @@ class Cluster:
 
     def backends(self) -> list[int]:
         pid = self.server.postmaster_pid()
-        return _children(pid) if pid is not None else []
+        from tests.support.jobs import children_of
+
+        return children_of(pid) if pid is not None else []
 
 
 async def run_sqlite(batch: int, jobs: int) -> Run:

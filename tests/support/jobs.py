@@ -157,6 +157,11 @@ def _live_stats() -> list[tuple[int, str, list[str]]]:
     return out
 
 
+def children_of(pid: int) -> list[int]:
+    """Pids of the live processes whose parent is ``pid`` (zombies do not count)."""
+    return [child for child, state, f in _live_stats() if int(f[1]) == pid and state not in "ZX"]
+
+
 def live_group_members(pgid: int) -> list[int]:
     """Pids in process group ``pgid`` that are not zombies."""
     return [pid for pid, state, f in _live_stats() if int(f[2]) == pgid and state not in "ZX"]

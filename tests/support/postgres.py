@@ -37,6 +37,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.support.jobs import children_of
+
 __all__ = ["DEFAULT_SETTINGS", "PostgresServer", "find_pg_bin"]
 
 #: Settings for tests: no flush to disk (``fsync``, ``full_page_writes``: only a crash of
@@ -106,22 +108,6 @@ def _ensure_system_user() -> pwd.struct_passwd:
 def _traversable_by_others(path: Path) -> bool:
     """True when every directory from / down to ``path`` lets another user through."""
     return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
-
-
-def _children_of(pid: int) -> list[int]:
-    """Pids of the live processes whose parent is ``pid`` (a postmaster's backends)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid and fields[0] not in "ZX":
-            found.append(int(entry.name))
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -328,13 +314,13 @@ class PostgresServer:
         pid = self.postmaster_pid()
         if pid is None or not _alive(pid):
             return
-        victims = [pid, *_children_of(pid)]
+        victims = [pid, *children_of(pid)]
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while any(_alive(v) for v in victims) and time.monotonic() < deadline:
-            for late in _children_of(pid):  # forked just before the kill
+            for late in children_of(pid):  # forked just before the kill
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(late, signal.SIGKILL)
                 victims.append(late)

@@ -315,6 +315,9 @@ def decide_acks(
     results: list[AckResult] = []
     lease_updates: list[tuple[str, str]] = []
     changes: dict[str, JobChange] = {}
+    of_job: dict[str, list[AckRow]] = {}
+    for each in rows.values():
+        of_job.setdefault(each.job_id, []).append(each)
     for ack in acks:
         row = rows.get(ack.lease_id)
         result, change = _decide_ack(ack, row)
@@ -324,10 +327,9 @@ def decide_acks(
             row.lease_state, row.outcome = "done", ack.outcome
             if change is not None:
                 changes[change.job_id] = change
-                for other in rows.values():
-                    if other.job_id == change.job_id:
-                        other.job_status, other.error = change.status, change.error
-                        other.attempts = change.attempts
+                for other in of_job[change.job_id]:
+                    other.job_status, other.error = change.status, change.error
+                    other.attempts = change.attempts
     return results, lease_updates, changes
 
 
