@@ -8,12 +8,13 @@ unavailable for MAX_STARTUP_ATTEMPTS, 70 internal error, 78 bad configuration.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .exit_codes import ExitCode
@@ -238,5 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> NoReturn:
+    """The ``botd`` console script: :func:`main`, then exit with its code.
+
+    The heap is frozen first (:func:`gc.freeze`): the interpreter's last collections would
+    otherwise walk every object the run made, a few hundred milliseconds of CPU between the
+    last log line and the exit (more on a busy host). A SIGTERM'd idle bot has 2 s to exit.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

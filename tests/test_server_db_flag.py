@@ -16,7 +16,7 @@ from tests.support.server import spawn_server_process
 
 pytestmark = pytest.mark.slow
 
-SERVER = [sys.executable, "-c", "import sys; from botd.cli import main; sys.exit(main())", "server"]
+SERVER = [sys.executable, "-c", "from botd.cli import entry; entry()", "server"]
 
 
 def test_help_names_the_stores_and_their_flags() -> None:

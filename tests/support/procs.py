@@ -64,7 +64,7 @@ _CONSOLE_SCRIPT = Path(sys.executable).parent / "botd"
 BOTD = (
     [str(_CONSOLE_SCRIPT)]
     if _CONSOLE_SCRIPT.exists()
-    else [sys.executable, "-c", "import sys; from botd.cli import main; sys.exit(main())"]
+    else [sys.executable, "-c", "from botd.cli import entry; entry()"]
 )
 DEADLINE_S = 20.0
 
