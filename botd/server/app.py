@@ -268,6 +268,10 @@ class ServerCore:
         """
         task_status.started()
         down = False  # log the outage once, and its end, not every second of it
+        # The earliest deadline seen and not yet passed. It is kept across passes: a store
+        # reports only deadlines still ahead, and one that passes while a pass queries the
+        # store (a retry due a moment after the 1 s bound) must still wake the waiters.
+        pending: float | None = None
         while True:
             self._schedule = trio.Event()
             schedule = self._schedule
@@ -292,20 +296,21 @@ class ServerCore:
                     logger.bind(event="timer_store_recovered").info(
                         "lease expiry resumed: the store answers again"
                     )
-                at_deadline = nxt is not None and nxt <= wake_at
                 if nxt is not None:
-                    wake_at = min(wake_at, nxt)
+                    pending = nxt if pending is None else min(pending, nxt)
             except StoreUnavailable as exc:
-                at_deadline = False
                 if not down:
                     down = True
                     logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
                         "lease expiry paused: the store is unavailable (retried every second)"
                     )
+            if pending is not None:
+                wake_at = min(wake_at, pending)
             with trio.move_on_at(wake_at):
                 await schedule.wait()
-            if at_deadline and not schedule.is_set():
+            if pending is not None and trio.current_time() >= pending:
                 # A lease or retry deadline passed: a retry may have become due.
+                pending = None
                 self.jobs_may_be_available()
 
     async def run_pruning(self, retention_s: float) -> None:
