@@ -47,7 +47,7 @@ def botd_argv(*args: str) -> list[str]:
     """The command line of ``botd ARGS``: the console script beside this interpreter."""
     if BOTD.exists():
         return [str(BOTD), *args]
-    return [sys.executable, "-c", "import sys; from botd.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "from botd.cli import entry; entry()", *args]
 
 
 def free_port() -> int:

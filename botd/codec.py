@@ -160,4 +160,7 @@ def unstructure(obj: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Encode an attrs object (or plain data) as compact JSON bytes."""
-    return json.dumps(converter.unstructure(obj), separators=(",", ":")).encode()
+    # What unstructure returns has no cycles: the check would only cost time.
+    return json.dumps(
+        converter.unstructure(obj), separators=(",", ":"), check_circular=False
+    ).encode()

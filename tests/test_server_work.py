@@ -105,6 +105,50 @@ async def test_batch_acks_duplicate_conflict_unknown_in_one_claim(
         assert [a.status for a in again.acks] == ["duplicate"]
 
 
+async def test_odd_lease_ids_and_results_round_trip_in_one_batch(
+    clock: Clock | None, new_store: StoreMaker
+) -> None:
+    """Lease ids that no store makes (commas, quotes, braces, non-hex) are unknown leases,
+    never an error or a match; every result comes back as it was sent, whatever it holds."""
+    app, _ = make_app(store=new_store())
+    async with asgi_client(app) as client:
+        session = await register(client)
+        results: list[Any] = [
+            None,
+            0,
+            -1.5,
+            "",
+            'quote " backslash \\ comma , brace { } null \u0000 end',
+            "unicode é 漢字 😀",
+            [1, "two", None, {"three": [3]}],
+            {"nested": {"a": [], "b": {}}, "sql": "'); DROP TABLE jobs; --"},
+            True,
+        ]
+        ids = [await submit(client) for _ in results]
+        got = await claim(client, "bot-1", session, max_jobs=len(ids))
+        assert sorted(j.job_id for j in got.jobs) == sorted(ids)
+        odd = ["a,b", '{"x"}', "{}", "NULL", "ZZ" * 32, got.jobs[0].lease_id + ",x"]
+        acks = [{"lease_id": lease, "outcome": "succeeded"} for lease in odd]
+        acks[2:2] = [
+            {"lease_id": j.lease_id, "outcome": "succeeded", "result": result}
+            for j, result in zip(got.jobs, results, strict=True)
+        ]
+        answer = await claim(client, "bot-1", session, acks=acks)
+        statuses = [a.status for a in answer.acks]
+        assert (
+            statuses == ["unknown_lease"] * 2 + ["recorded"] * len(results) + ["unknown_lease"] * 4
+        ), statuses
+        for j, result in zip(got.jobs, results, strict=True):
+            view = await job(client, j.job_id)
+            assert (view["status"], view["result"]) == ("succeeded", result), view
+        resp = await client.post(
+            "/v1/bots/bot-1/heartbeat",
+            json={"session_id": session, "active_leases": odd},
+        )
+        assert resp.status_code == 200, resp.text
+        assert sorted(resp.json()["lost_leases"]) == sorted(odd)
+
+
 async def test_lease_lost_after_expiry_and_reclaim(
     clock: Clock | None, new_store: StoreMaker
 ) -> None:

@@ -15,6 +15,7 @@ returned.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -251,8 +252,8 @@ class ServerCore:
             jobs = (await self.store.claim(retry, lease_ttl_s=self.lease_ttl_s)).jobs
         self.metrics.claims.inc()
         self.metrics.jobs_claimed.inc(len(jobs))
-        for result in first.acks:
-            self.metrics.acks.labels(status=result.status).inc()
+        for status, count in collections.Counter(r.status for r in first.acks).items():
+            self.metrics.acks.labels(status=status).inc(count)
         return ClaimResponse(jobs=jobs, acks=first.acks)
 
     async def run_timers(

@@ -371,7 +371,8 @@ def _decide_ack(ack: Ack, row: AckRow | None) -> tuple[AckResult, JobChange | No
 
     recorded = AckResult(lease, "recorded")
     if ack.outcome == "succeeded":
-        return recorded, change("succeeded", result=json.dumps(ack.result), error=None)
+        result = "null" if ack.result is None else json.dumps(ack.result)
+        return recorded, change("succeeded", result=result, error=None)
     if ack.outcome == "released":
         if late:
             return recorded, None
