@@ -8,6 +8,7 @@ See ``docs/protocol.md`` for the contract.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import attrs
@@ -57,6 +58,11 @@ MAX_WAIT_S = 30.0
 def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         raise ValueError(f"'{attribute.name}' must not be empty")
+
+
+def _finite(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number")
 
 
 # --- bots -------------------------------------------------------------------------------
@@ -124,8 +130,9 @@ class JobSubmit:
     kind: str = attrs.field(validator=v.and_(_non_empty, v.max_len(200)))
     payload: Any = None
     max_attempts: int = attrs.field(default=3, validator=[v.ge(1), v.le(100)])
-    timeout_s: float | None = attrs.field(default=None, validator=v.optional(v.gt(0)))
-    priority: int = 0
+    timeout_s: float | None = attrs.field(default=None, validator=v.optional([_finite, v.gt(0)]))
+    #: A 32-bit integer, so that every store keeps it as it is (PostgreSQL's integer).
+    priority: int = attrs.field(default=0, validator=[v.ge(-(2**31)), v.le(2**31 - 1)])
     idempotency_key: str | None = None
 
 

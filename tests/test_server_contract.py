@@ -335,10 +335,16 @@ async def test_submit_get_list_and_idempotency(clock: Clock | None, new_store: S
             ({"kind": "k", "max_attempts": 0}, "max_attempts"),
             ({"kind": "k", "timeout_s": -1}, "timeout_s"),
             ({"kind": "k", "priority": "high"}, "priority"),
+            ({"kind": "k", "priority": 2**31}, "priority"),
+            ({"kind": "k", "priority": -(2**31) - 1}, "priority"),
         ]:
             resp = await client.post("/v1/jobs", json=body)
             assert resp.status_code == 400
             assert field in resp.json()["error"]["message"]
+        # Python's json (and so a producer's) writes Infinity; it is no timeout.
+        resp = await client.post("/v1/jobs", content=b'{"kind": "k", "timeout_s": Infinity}')
+        assert resp.status_code == 400, resp.text
+        assert "timeout_s" in resp.json()["error"]["message"]
 
 
 async def test_cancel(clock: Clock | None, new_store: StoreMaker) -> None:

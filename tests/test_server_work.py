@@ -8,6 +8,7 @@ second stay on SQLite; the Hypothesis state machine covers the same rules on Pos
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -141,6 +142,15 @@ async def test_odd_lease_ids_and_results_round_trip_in_one_batch(
         for j, result in zip(got.jobs, results, strict=True):
             view = await job(client, j.job_id)
             assert (view["status"], view["result"]) == ("succeeded", result), view
+        # NaN is not JSON, but Python's json (a bot's handler) writes it: the ack is kept.
+        await submit(client)
+        (nan_job,) = (await claim(client, "bot-1", session)).jobs
+        nan_ack = {"lease_id": nan_job.lease_id, "outcome": "succeeded", "result": [math.nan]}
+        body = {"bot_id": "bot-1", "session_id": session, "acks": [nan_ack]}
+        resp = await client.post("/v1/jobs/claim", content=codec.dumps(body))  # as a bot sends
+        assert resp.json()["acks"][0]["status"] == "recorded", resp.text
+        view = await job(client, nan_job.job_id)
+        assert view["status"] == "succeeded" and math.isnan(view["result"][0]), view
         resp = await client.post(
             "/v1/bots/bot-1/heartbeat",
             json={"session_id": session, "active_leases": odd},

@@ -225,11 +225,11 @@ WITH history AS (
     WHERE leases.lease_id = u.lease_id
 ), succeeded AS (
     -- the common case, with two fields a row
-    UPDATE jobs SET status = 'succeeded', result = u.result::text, error = NULL,
+    UPDATE jobs SET status = 'succeeded', result = u.result, error = NULL,
         not_before = '-infinity', finished_at = now(), lease_state = 'done',
         lease_outcome = 'succeeded'
     FROM ROWS FROM (unnest(string_to_array(%(ok_ids)s, ',')),
-                    json_array_elements(%(ok_results)s::json)) AS u(job_id, result)
+                    json_array_elements_text(%(ok_results)s::json)) AS u(job_id, result)
     WHERE jobs.job_id = u.job_id
 )
 UPDATE jobs SET
@@ -1050,9 +1050,10 @@ class PostgresStore:
                     [{"lease_id": lease, "outcome": outcome} for lease, outcome in history]
                 ),
                 # The ids were read from the rows (no filter, so the two lists stay in
-                # step); each result is JSON text already, so the list is a JSON array.
+                # step); the results as a JSON list of their texts, whatever they hold
+                # (a bot's JSON may carry NaN, which PostgreSQL's JSON parser refuses).
                 "ok_ids": ",".join(c.job_id for c in ok),
-                "ok_results": "[" + ",".join(c.result or "null" for c in ok) + "]",
+                "ok_results": _json_param([c.result for c in ok]),
                 "changes": _json_param(changed),
             },
         )
