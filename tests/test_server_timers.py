@@ -7,6 +7,8 @@ asks about it, and check that the waiters are still woken on time.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import trio
@@ -35,6 +37,16 @@ class ScriptedStore:
         raise AssertionError(f"the timer should not call store.{name}")
 
 
+@asynccontextmanager
+async def timer_on(store: ScriptedStore) -> AsyncIterator[ServerCore]:
+    """A server core on ``store`` with its timer running."""
+    core = ServerCore(cast(Store, store))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(core.run_timers)
+        yield core
+        nursery.cancel_scope.cancel()
+
+
 async def woken_at(core: ServerCore, limit: float) -> float | None:
     """When the next wake-up of waiting claims comes (None: not within ``limit``)."""
     event = core._available  # what a waiting claim sleeps on
@@ -50,11 +62,8 @@ async def test_a_retry_due_just_after_the_timers_bound_still_wakes_the_waiters(
     start = trio.current_time()
     # Due a moment after the first pass's 1 s bound; the second pass's query runs after it.
     store = ScriptedStore(deadline=start + 1.0005, lag=0.01)
-    core = ServerCore(cast(Store, store))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(core.run_timers)
+    async with timer_on(store) as core:
         at = await woken_at(core, limit=10)
-        nursery.cancel_scope.cancel()
     assert at is not None, "the due retry never woke the waiting claims"
     assert store.deadline <= at <= store.deadline + 0.05, at - start
 
@@ -64,12 +73,9 @@ async def test_a_deadline_ahead_wakes_the_waiters_when_it_passes(
 ) -> None:
     start = trio.current_time()
     store = ScriptedStore(deadline=start + 0.4, lag=0.0)
-    core = ServerCore(cast(Store, store))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(core.run_timers)
+    async with timer_on(store) as core:
         assert await woken_at(core, limit=0.39) is None, "woken before the deadline"
         at = await woken_at(core, limit=1)
-        nursery.cancel_scope.cancel()
     assert at is not None and abs(at - store.deadline) < 0.01
 
 
@@ -78,9 +84,7 @@ async def test_a_schedule_change_before_the_deadline_does_not_wake_the_waiters(
 ) -> None:
     start = trio.current_time()
     store = ScriptedStore(deadline=start + 0.5, lag=0.0)
-    core = ServerCore(cast(Store, store))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(core.run_timers)
+    async with timer_on(store) as core:
         await trio.sleep(0.1)
         event = core._available
         core.schedule_changed()  # e.g. a failure ack: the timer asks the store again
@@ -88,5 +92,4 @@ async def test_a_schedule_change_before_the_deadline_does_not_wake_the_waiters(
         assert not event.is_set(), "a new pass before the deadline woke the waiters"
         assert store.passes >= 2
         at = await woken_at(core, limit=1)
-        nursery.cancel_scope.cancel()
     assert at is not None and abs(at - store.deadline) < 0.01
