@@ -124,6 +124,21 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+#: How long closing the store may take at shutdown (PostgreSQL's pool waits at most 5 s).
+STORE_CLOSE_TIMEOUT_S = 6.0
+
+
+async def _close_store(store: Store) -> None:
+    """Close ``store`` even while the server is being cancelled, within its own deadline.
+
+    The close runs in a worker thread, which a deadline cannot interrupt: the pool's own
+    close timeout bounds it, and this scope only stops the wait from outliving it.
+    """
+    with trio.move_on_after(STORE_CLOSE_TIMEOUT_S, shield=True):
+        with contextlib.suppress(StoreUnavailable):
+            await store.aclose()
+
+
 async def serve(
     config: ServerConfig,
     *,
@@ -147,8 +162,7 @@ async def serve(
             "the job store failed to open; /v1/health reports degraded until it works"
         )
     except StoreIncompatible:
-        with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-            await store.aclose()
+        await _close_store(store)
         raise
     app = create_app(
         store,
@@ -190,8 +204,7 @@ async def serve(
             logger.bind(event="server_listening", url=url, db=store.where).info("server listening")
             task_status.started(url)
     finally:
-        with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-            await store.aclose()
+        await _close_store(store)
     logger.bind(event="server_stopped").info("server stopped")
 
 
