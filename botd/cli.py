@@ -109,8 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from . import logs
-    from .agent import Agent
     from .sdnotify import Notifier
+    from .wiring import run_agent
 
     config = _load(args)
     secrets = [config.token.reveal()] if config.token is not None else []
@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def run() -> int:
         notifier = Notifier.from_env()
         try:
-            return await Agent(config, install_signals=True, notifier=notifier).run()
+            return await run_agent(config, install_signals=True, notifier=notifier)
         finally:
             notifier.close()
 

@@ -45,7 +45,7 @@ import trio
 from trio_util import AsyncValue
 
 from . import codec, logs
-from .agent import BREAKER_NAMES, Agent
+from .agent import Agent, AgentView
 from .config import MAX_CONCURRENCY, BotConfig
 from .errors import BotdError, ConfigError, leaf_exceptions
 from .exit_codes import ExitCode
@@ -61,6 +61,7 @@ from .models import (
 )
 from .server.run import ServerConfig, serve
 from .signals import watch_signals
+from .wiring import BREAKER_NAMES, open_agent
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -474,31 +475,30 @@ class _Bot:
     def on_transition(self, t: Transition) -> None:
         self.transitions[t.to_state.value] += 1
 
+    @property
+    def view(self) -> AgentView:
+        return self.agent.view
+
     def row(self) -> BotRow:
-        agent = self.agent
-        runner = getattr(agent, "runner", None)
-        running = (
-            tuple(f"{r.job.job_id[:8]}#{r.job.attempt}" for r in runner.running.values())
-            if runner is not None
-            else ()
-        )
+        agent = self.view
+        running = tuple(f"{job.job_id[:8]}#{job.attempt}" for job in agent.running)
         return BotRow(
-            bot_id=agent.config.bot_id,
+            bot_id=agent.bot_id,
             state=agent.state.value,
             running=running,
-            processed=runner.total_processed if runner is not None else 0,
+            processed=agent.total_processed,
             errors=self.transitions[State.ERROR.value],
             breakers=tuple((name, agent.breakers[name].state.value) for name in BREAKER_NAMES),
         )
 
     def report(self) -> BotReport:
-        runner = getattr(self.agent, "runner", None)
+        agent = self.view
         return BotReport(
-            bot_id=self.agent.config.bot_id,
-            jobs_processed=runner.total_processed if runner is not None else 0,
+            bot_id=agent.bot_id,
+            jobs_processed=agent.total_processed,
             transitions=dict(self.transitions),
             breaker_openings={
-                name: b.opened_count for name, b in self.agent.breakers.items() if b.opened_count
+                name: b.opened_count for name, b in agent.breakers.items() if b.opened_count
             },
             exit_code=self.exit_code,
         )
@@ -608,7 +608,7 @@ class _Demo:
             lease_ttl=SERVER_LEASE_TTL_S,
             heartbeat_interval=BOT_HEARTBEAT_MS / 1000,
         )
-        async with trio.open_nursery() as root:
+        async with contextlib.AsyncExitStack() as agents, trio.open_nursery() as root:
             self._root = root
             if install_signals:
                 await root.start(watch_signals, self.on_signal)
@@ -617,8 +617,9 @@ class _Demo:
             self.server_state = "up"
             self.note(f"server listening on {url} (database {server_config.db})")
             for i in range(1, o.bots + 1):
-                bot = _Bot(Agent(self.bot_config(i, url)))
-                bot.agent.lifecycle.add_listener(bot.on_transition)
+                agent = await agents.enter_async_context(open_agent(self.bot_config(i, url)))
+                bot = _Bot(agent)
+                agent.lifecycle.add_listener(bot.on_transition)
                 self.bots.append(bot)
                 root.start_soon(self._run_bot, bot)
             self.note(f"{o.bots} bots started, concurrency {o.concurrency} each")
@@ -978,7 +979,7 @@ def _logs_to(path: Path) -> Iterator[None]:
     import logging
 
     with path.open("a", encoding="utf-8") as stream:
-        logs.setup_logging(level="INFO", fmt="json", stream=stream)
+        setup = logs.setup_logging(level="INFO", fmt="json", stream=stream)
         httpx_logger = logging.getLogger("httpx")
         old_level = httpx_logger.level
         httpx_logger.setLevel(logging.WARNING)  # one line per request is noise
@@ -986,7 +987,7 @@ def _logs_to(path: Path) -> Iterator[None]:
             yield
         finally:
             httpx_logger.setLevel(old_level)
-            logs.teardown_logging()
+            setup.close()
 
 
 def run_demo_from_args(args: argparse.Namespace) -> int:

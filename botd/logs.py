@@ -9,10 +9,17 @@ The pieces, in the order a record meets them:
    current task (a :class:`contextvars.ContextVar`; Trio copies it into child tasks), or
    ``None`` outside any agent. Several agents in one process each see their own.
 3. The one sink turns the record into one line: a flat JSON object, or a readable text line.
-4. Every registered secret, and every ``Bearer <token>``, is replaced by ``***`` in every
-   field of the final line (message, fields, keys, traceback). JSON lines are redacted value
+4. Every secret of the sink's :class:`~botd.redaction.Redactor` and of the current agent's,
+   and every ``Bearer <token>``, is replaced by ``***`` in every field of the final line
+   (message, fields, keys, traceback). JSON lines are redacted value
    by value before serializing, so a secret overlapping a JSON escape cannot break the line;
    text lines are redacted as a whole.
+
+What is installed is owned by an object, not by this module: :func:`setup_logging` returns
+the :class:`LogSetup` that the process's entry point holds (:meth:`LogSetup.install` again
+replaces its sink, :meth:`LogSetup.close` takes it all away), and each agent's secrets live in
+its own :class:`AgentLogContext`. Loguru's logger and the stdlib root logger are process-wide
+by nature; nothing else is.
 
 Stdlib logging is joined, not taken over: :func:`setup_logging` adds one handler to the root
 logger and sets the root level to the chosen level, so records below it are not even built.
@@ -33,19 +40,19 @@ import contextvars
 import inspect
 import json
 import logging
-import math
 import os
-import re
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
 
 import attrs
 from loguru import logger
+
+from .redaction import Redactor, Redacts, jsonable
+from .redaction import env_secrets as secrets_in_env
+from .timestamps import rfc3339_of
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -55,7 +62,7 @@ __all__ = [
     "Event",
     "InterceptHandler",
     "LogFormat",
-    "add_secret",
+    "LogSetup",
     "bind_agent",
     "configure_hypercorn_logging",
     "current_agent",
@@ -63,22 +70,15 @@ __all__ = [
     "enabled",
     "hypercorn_config_loggers",
     "redact",
-    "redact_value",
     "setup_logging",
-    "teardown_logging",
 ]
 
 LogFormat = Literal["auto", "json", "text"]
-REDACTED = "***"
 #: The core fields of every JSON line, in order; an extra field with one of these names is
 #: written as ``field_<name>`` instead of overwriting it.
 CORE_FIELDS = ("time", "level", "msg", "logger", "bot_id", "state")
 EXC_FIELDS = ("exc_type", "exc_message", "exc_traceback")
 _INTERNAL_PREFIX = "_botd_"
-_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"'\\,;]+")
-_BEARER_WORD = re.compile(r"(?i)bearer")
-#: The names of environment variables whose values are secrets by default.
-_SECRET_ENV = re.compile(r".*_TOKEN\Z")
 #: Attributes every stdlib LogRecord has; anything else on a record came from ``extra=``.
 _STD_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 #: Characters that JSON leaves raw but some line splitters (str.splitlines, JavaScript) break
@@ -112,10 +112,12 @@ class Event(StrEnum):
 
 @attrs.frozen
 class AgentLogContext:
-    """Who is logging: the bot's id and a callable returning its current lifecycle state."""
+    """Who is logging: the bot's id, a callable returning its current lifecycle state, and
+    the agent's own secrets (its :class:`~botd.redaction.Redactor`)."""
 
     bot_id: str
     state: Callable[[], object]
+    redactor: Redactor = attrs.field(factory=Redactor)
 
 
 _agent: contextvars.ContextVar[AgentLogContext | None] = contextvars.ContextVar(
@@ -129,15 +131,18 @@ def current_agent() -> AgentLogContext | None:
 
 
 @contextlib.contextmanager
-def bind_agent(bot_id: str, state_fn: Callable[[], object]) -> Iterator[AgentLogContext]:
-    """Tag every log record emitted in this context with ``bot_id`` and the current state.
+def bind_agent(
+    bot_id: str, state_fn: Callable[[], object], redactor: Redactor | None = None
+) -> Iterator[AgentLogContext]:
+    """Tag every log record emitted in this context with ``bot_id`` and the current state,
+    and redact ``redactor``'s secrets from it.
 
     Open it around the agent's nursery: Trio copies the context into every task spawned under
     it, so their records (and stdlib records they cause) carry this bot's id. ``state_fn`` is
     called for every record; if it raises, ``state`` is ``None``. The previous context is
     restored on exit, so agents nest and run side by side.
     """
-    ctx = AgentLogContext(bot_id=bot_id, state=state_fn)
+    ctx = AgentLogContext(bot_id=bot_id, state=state_fn, redactor=redactor or Redactor())
     token = _agent.set(ctx)
     try:
         yield ctx
@@ -162,102 +167,13 @@ def _patch(record: Record) -> None:
         extra["state"] = None if state is None else str(state)
 
 
-# --- redaction --------------------------------------------------------------------------
-
-
-class _Redactor:
-    """The registered secrets; replaces each, raw or JSON-escaped, and ``Bearer x`` by ***."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._forms: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-
-    def add(self, secret: str) -> None:
-        if not secret:
-            return
-        forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
-        forms |= {repr(secret)[1:-1]}
-        with self._lock:
-            if forms <= self._forms:
-                return
-            self._forms |= forms
-            ordered = sorted(self._forms, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._forms.clear()
-            self._pattern = None
-
-    def __call__(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(REDACTED, text)
-        return _BEARER.sub(r"\g<1>" + REDACTED, text)
-
-    def may_match(self, text: str) -> bool:
-        """False when ``text`` holds no secret form and no "bearer": nothing to redact in
-        it, nor in any part of it (one scan, for the common case)."""
-        pattern = self._pattern
-        if pattern is not None and pattern.search(text):
-            return True
-        return _BEARER_WORD.search(text) is not None
-
-
-_redactor = _Redactor()
-
-
-def add_secret(value: str) -> None:
-    """Register a secret: from now on it appears as ``***`` in every log line. Empty is ignored."""
-    _redactor.add(value)
-
-
 def redact(text: str) -> str:
-    """Return ``text`` with every registered secret and ``Bearer <token>`` replaced by ``***``."""
-    return _redactor(text)
-
-
-def _env_secrets(environ: Mapping[str, str]) -> list[str]:
-    return [value for name, value in environ.items() if _SECRET_ENV.match(name) and value]
+    """``text`` with the current agent's secrets and every ``Bearer <token>`` as ``***``."""
+    ctx = _agent.get()
+    return (ctx.redactor if ctx is not None else Redactor())(text)
 
 
 # --- formatting -------------------------------------------------------------------------
-
-
-def _same(text: str) -> str:
-    return text
-
-
-def _jsonable(value: Any, clean: Callable[[str], str] = _same) -> Any:
-    """Return ``value`` as plain JSON data with ``clean`` applied to every string and key.
-
-    Unknown types, non-str keys and NaN become str; a number whose digits ``clean`` changes
-    becomes the cleaned string.
-    """
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return clean(value)
-    if isinstance(value, int | float):
-        text = str(value)
-        cleaned = clean(text)
-        if cleaned != text or (isinstance(value, float) and not math.isfinite(value)):
-            return cleaned
-        return value
-    if isinstance(value, Mapping):
-        return {clean(str(k)): _jsonable(v, clean) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v, clean) for v in value]
-    return clean(str(value))
-
-
-def redact_value(value: Any) -> Any:
-    """Return ``value`` as plain JSON data with every string in it (keys too) redacted.
-
-    Redacting values rather than serialized text keeps the JSON valid whatever the secret.
-    """
-    return _jsonable(value, _redactor)
 
 
 def _exc_type_name(exc_type: type[BaseException]) -> str:
@@ -281,7 +197,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     """Return the flat object of one record (before redaction); see the module docstring."""
     extra = record["extra"]
     doc: dict[str, Any] = {
-        "time": record["time"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "time": rfc3339_of(record["time"], "microseconds"),
         "level": record["level"].name,
         "msg": record["message"],
         "logger": extra.get("logger") or record["name"],
@@ -299,7 +215,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
     return doc
 
 
-def _json_line(record: Record) -> str:
+def _json_line(record: Record, redactor: Redacts) -> str:
     """The JSON line of a record, redacted value by value (so the line stays valid JSON).
 
     Most lines hold nothing to redact: the line is built once and scanned once; only when
@@ -307,9 +223,9 @@ def _json_line(record: Record) -> str:
     A value's JSON form is a substring of the line, so a clean line means clean values.
     """
     doc = record_to_dict(record)
-    line = json.dumps(_jsonable(doc), ensure_ascii=False, separators=(",", ":"))
-    if _redactor.may_match(line):
-        line = json.dumps(_jsonable(doc, _redactor), ensure_ascii=False, separators=(",", ":"))
+    line = json.dumps(jsonable(doc), ensure_ascii=False, separators=(",", ":"))
+    if redactor.may_match(line):
+        line = json.dumps(jsonable(doc, redactor), ensure_ascii=False, separators=(",", ":"))
     return line.translate(_LINE_BREAKS)
 
 
@@ -319,7 +235,7 @@ def _text_format(record: Record) -> str:
     who = extra.get("bot_id") or "-"
     state = extra.get("state") or "-"
     fields = " ".join(
-        f"{k}={json.dumps(_jsonable(v), ensure_ascii=False)}" for k, v in _fields(record).items()
+        f"{k}={json.dumps(jsonable(v), ensure_ascii=False)}" for k, v in _fields(record).items()
     )
     extra[f"{_INTERNAL_PREFIX}who"] = f"{who}/{state}"
     extra[f"{_INTERNAL_PREFIX}logger"] = extra.get("logger") or record["name"]
@@ -403,24 +319,139 @@ def _is_hypercorn_handler(handler: logging.Handler) -> bool:
 # --- setup ------------------------------------------------------------------------------
 
 
-class _State:
-    """What :func:`setup_logging` installed, so that calling it again replaces, not adds."""
-
-    handler_id: int | None = None
-    intercept: InterceptHandler | None = None
-    root_level: int | None = None  # the root level before we changed it
-    default_id: int = 0  # loguru's default stderr handler (put back by teardown_logging)
-    removed_default: bool = False  # we removed it
-
-
-_state = _State()
-
-
 def _is_tty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class LogSetup:
+    """What the process's entry point installs into loguru and stdlib logging, and owns.
+
+    Loguru's logger and the stdlib root logger are process-wide; this object records what it
+    added to them, so that :meth:`install` again replaces (never adds) and :meth:`close`
+    puts back what it changed. ``redactor`` holds the process's secrets; every line is also
+    redacted with the secrets of the agent that wrote it (its :class:`AgentLogContext`).
+    """
+
+    #: The id of loguru's default stderr handler (0 until a close put it back): loguru's own
+    #: process-wide handler, so the one thing kept per class rather than per object.
+    _loguru_default_id: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        self.redactor = Redactor()
+        self._handler_id: int | None = None
+        self._intercept: InterceptHandler | None = None
+        self._root_level: int | None = None  # the root level before we changed it
+        self._removed_default = False  # we removed loguru's default stderr handler
+
+    def add_secret(self, value: str) -> None:
+        """Register a secret: from now on it appears as ``***`` in every line. Empty is ignored."""
+        self.redactor.add(value)
+
+    def _clean(self) -> Redacts:
+        ctx = _agent.get()
+        return self.redactor.join(ctx.redactor if ctx is not None else None)
+
+    def install(
+        self,
+        *,
+        level: str | int = "INFO",
+        fmt: LogFormat = "auto",
+        stream: TextIO | None = None,
+        secrets: Iterable[str] = (),
+        env_secrets: bool = True,
+    ) -> LogSetup:
+        """Install the one sink; safe to call again (it replaces what the last call installed).
+
+        Args:
+            level: the lowest level written, loguru's names (``TRACE``..``CRITICAL``) or a number.
+            fmt: ``json`` (one flat JSON object per line), ``text`` (one readable line, coloured
+                only on a TTY) or ``auto`` (text on a TTY, JSON otherwise).
+            stream: where lines go; ``sys.stdout`` (as it is now) by default.
+            secrets: values replaced by ``***`` in every line; :meth:`add_secret` adds more later.
+            env_secrets: also register the value of every ``*_TOKEN`` environment variable.
+
+        Removes loguru's default stderr handler (and this object's previous sink), not sinks
+        added by others. Adds an :class:`InterceptHandler` to the root stdlib logger once and
+        sets the root level to ``level``. Raises ``ValueError`` for an unknown level or format.
+        """
+        if fmt not in ("auto", "json", "text"):
+            raise ValueError(f"log format must be auto, json or text, not {fmt!r}")
+        out = sys.stdout if stream is None else stream
+        for secret in secrets:
+            self.add_secret(secret)
+        if env_secrets:
+            for secret in secrets_in_env(os.environ):
+                self.add_secret(secret)
+        if isinstance(level, str):
+            level = level.upper()
+        stdlib_level = _stdlib_level(level)  # raises ValueError for an unknown name
+        tty = _is_tty(out)
+        text = fmt == "text" or (fmt == "auto" and tty)
+        clean = self._clean
+
+        def write_json(message: Message) -> None:
+            out.write(_json_line(message.record, clean()) + "\n")
+            out.flush()
+
+        def write_text(message: Message) -> None:
+            out.write(clean()(str(message)))
+            out.flush()
+
+        self._remove_sink()
+        try:
+            logger.remove(LogSetup._loguru_default_id)  # gone already after the first setup
+            self._removed_default = True
+        except ValueError:
+            pass
+        logger.configure(patcher=_patch)
+        if text:
+            self._handler_id = logger.add(
+                write_text,
+                level=level,
+                format=_text_format,
+                colorize=tty,
+                backtrace=False,
+                diagnose=False,  # diagnose prints local variables: secrets
+            )
+        else:
+            self._handler_id = logger.add(
+                write_json, level=level, format="{message}", backtrace=False, diagnose=False
+            )
+        root = logging.getLogger()
+        if not any(isinstance(h, InterceptHandler) for h in root.handlers):
+            self._intercept = InterceptHandler()
+            root.addHandler(self._intercept)
+        if self._root_level is None:
+            self._root_level = root.level
+        root.setLevel(stdlib_level)
+        return self
+
+    def _remove_sink(self) -> None:
+        if self._handler_id is not None:
+            with contextlib.suppress(ValueError):
+                logger.remove(self._handler_id)
+            self._handler_id = None
+
+    def close(self) -> None:
+        """Remove what :meth:`install` added: its sink and the root handler; put back the root
+        logger's level and loguru's default stderr handler as they were before.
+
+        Loguru then has no sink of ours; records are dropped unless someone else added one.
+        For tests and for embedding; the daemon never needs it.
+        """
+        self._remove_sink()
+        if self._intercept is not None:
+            logging.getLogger().removeHandler(self._intercept)
+            self._intercept = None
+        if self._root_level is not None:
+            logging.getLogger().setLevel(self._root_level)
+            self._root_level = None
+        if self._removed_default:
+            LogSetup._loguru_default_id = logger.add(sys.stderr)  # as before install
+            self._removed_default = False
 
 
 def setup_logging(
@@ -430,95 +461,11 @@ def setup_logging(
     stream: TextIO | None = None,
     secrets: Iterable[str] = (),
     env_secrets: bool = True,
-) -> None:
-    """Install the one sink; safe to call again (it replaces what the previous call installed).
-
-    Args:
-        level: the lowest level written, loguru's names (``TRACE``..``CRITICAL``) or a number.
-        fmt: ``json`` (one flat JSON object per line), ``text`` (one readable line, coloured
-            only on a TTY) or ``auto`` (text on a TTY, JSON otherwise).
-        stream: where lines go; ``sys.stdout`` (as it is now) by default.
-        secrets: values replaced by ``***`` in every line; :func:`add_secret` adds more later.
-        env_secrets: also register the value of every ``*_TOKEN`` environment variable.
-
-    Removes loguru's default stderr handler (and this function's previous sink), not sinks
-    added by others. Adds an :class:`InterceptHandler` to the root stdlib logger once and sets
-    the root level to ``level``. Raises ``ValueError`` for an unknown level or format.
-    """
-    if fmt not in ("auto", "json", "text"):
-        raise ValueError(f"log format must be auto, json or text, not {fmt!r}")
-    out = sys.stdout if stream is None else stream
-    for secret in secrets:
-        add_secret(secret)
-    if env_secrets:
-        for secret in _env_secrets(os.environ):
-            add_secret(secret)
-    if isinstance(level, str):
-        level = level.upper()
-    stdlib_level = _stdlib_level(level)  # raises ValueError for an unknown name
-    tty = _is_tty(out)
-    text = fmt == "text" or (fmt == "auto" and tty)
-
-    def write_json(message: Message) -> None:
-        out.write(_json_line(message.record) + "\n")
-        out.flush()
-
-    def write_text(message: Message) -> None:
-        out.write(_redactor(str(message)))
-        out.flush()
-
-    teardown_logging(stdlib=False)
-    try:
-        logger.remove(_state.default_id)  # gone already after the first call
-        _state.removed_default = True
-    except ValueError:
-        pass
-    logger.configure(patcher=_patch)
-    if text:
-        _state.handler_id = logger.add(
-            write_text,
-            level=level,
-            format=_text_format,
-            colorize=tty,
-            backtrace=False,
-            diagnose=False,  # diagnose prints local variables: secrets
-        )
-    else:
-        _state.handler_id = logger.add(
-            write_json, level=level, format="{message}", backtrace=False, diagnose=False
-        )
-
-    root = logging.getLogger()
-    if _state.intercept is None or _state.intercept not in root.handlers:
-        _state.intercept = InterceptHandler()
-        root.addHandler(_state.intercept)
-    if _state.root_level is None:
-        _state.root_level = root.level
-    root.setLevel(stdlib_level)
-
-
-def teardown_logging(*, stdlib: bool = True) -> None:
-    """Remove what :func:`setup_logging` added: its sink and, with ``stdlib``, the root handler.
-
-    With ``stdlib`` it also puts back the root logger's level and loguru's default stderr
-    handler as they were before.
-
-    Loguru then has no sink of ours; records are dropped unless someone else added one.
-    For tests and for embedding; the daemon never needs it.
-    """
-    if _state.handler_id is not None:
-        with contextlib.suppress(ValueError):
-            logger.remove(_state.handler_id)
-        _state.handler_id = None
-    if stdlib and _state.intercept is not None:
-        logging.getLogger().removeHandler(_state.intercept)
-        _state.intercept = None
-    if stdlib and _state.root_level is not None:
-        logging.getLogger().setLevel(_state.root_level)
-        _state.root_level = None
-    if stdlib and _state.removed_default:
-        _state.default_id = logger.add(sys.stderr)  # loguru's default, as before setup_logging
-        _state.removed_default = False
+) -> LogSetup:
+    """A new :class:`LogSetup`, installed (see :meth:`LogSetup.install` for the arguments)."""
+    return LogSetup().install(
+        level=level, fmt=fmt, stream=stream, secrets=secrets, env_secrets=env_secrets
+    )
 
 
 _LEVEL_NO = {

@@ -15,25 +15,26 @@ earlier wait in the listen backlog). Routes:
 - ``GET /metrics``: the Prometheus text exposition of the bot's registry.
 - ``GET /status``: the status document (:func:`build_status_document` has its keys).
 
-Every body passes through :func:`botd.logs.redact`, so a registered secret never appears on
-the page, whatever the source put in it. Hypercorn's loggers are routed into our log sink
-(:func:`botd.logs.hypercorn_config_loggers`): hypercorn writes nothing to stderr.
+Every body passes through the bot's :class:`~botd.redaction.Redactor`, so a secret of the bot
+never appears on the page, whatever the source put in it. Hypercorn's loggers are routed into
+our log sink (:func:`botd.logs.hypercorn_config_loggers`): hypercorn writes nothing to stderr.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 from loguru import logger
 
 from .errors import ConfigError
-from .logs import configure_hypercorn_logging, redact, redact_value
+from .logs import configure_hypercorn_logging
+from .redaction import Redactor, redact_config, redact_value
+from .timestamps import rfc3339, rfc3339_of
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -51,7 +52,6 @@ __all__ = [
     "TransitionView",
     "build_app",
     "build_status_document",
-    "redact_config",
 ]
 
 DEFAULT_OPS_ADDR = "127.0.0.1:9317"
@@ -59,8 +59,6 @@ DEFAULT_OPS_ADDR = "127.0.0.1:9317"
 DEFAULT_LAG_THRESHOLD_S = 5.0
 READY_STATES = frozenset({"ready", "processing"})
 DEFAULT_RECENT_TRANSITIONS = 20
-_SECRET_KEY = re.compile(r"(?i)(token|secret|password|passwd|credential|api_?key|auth)")
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+@")
 
 
 class StatusSource(Protocol):
@@ -128,31 +126,10 @@ def _rfc3339(wall_time: Any) -> str | None:
     if wall_time is None:
         return None
     if isinstance(wall_time, int | float):
-        wall_time = datetime.fromtimestamp(wall_time, UTC)
+        return rfc3339(wall_time, "microseconds")
     if not isinstance(wall_time, datetime):
         return str(wall_time)
-    dt: datetime = wall_time if wall_time.tzinfo is not None else wall_time.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``config`` fit for display: secret-looking keys and URL passwords become ``***``.
-
-    A key is secret when its name contains token, secret, password, credential, api_key or
-    auth; its value is replaced unless empty/None (so "not set" stays visible). Nested
-    mappings are redacted too; strings also pass through :func:`botd.logs.redact`.
-    """
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if _SECRET_KEY.search(str(key)) and value not in (None, "", b""):
-            out[str(key)] = "***"
-        elif isinstance(value, Mapping):
-            out[str(key)] = redact_config(value)
-        elif isinstance(value, str):
-            out[str(key)] = redact(_URL_USERINFO.sub(r"\g<1>***@", value))
-        else:
-            out[str(key)] = value
-    return out
+    return rfc3339_of(wall_time, "microseconds")
 
 
 def build_status_document(
@@ -176,7 +153,8 @@ def build_status_document(
     ``total_jobs_processed``, ``circuit_breakers`` (``{name: {"state", "failure_count"}}``,
     the seed's exact keys), ``jobs_in_flight``, ``outbox_pending``, ``transitions`` (the last
     ``recent``, oldest first: ``{"from_state", "to_state", "reason", "at", "duration_s"}``
-    with ``at`` an RFC 3339 UTC wall time), ``config`` (through :func:`redact_config`) and
+    with ``at`` an RFC 3339 UTC wall time), ``config`` (through
+    :func:`botd.redaction.redact_config`, the one redaction of a config on its way here) and
     ``version``. Pure: no I/O, never raises for well-typed input.
     """
     last = list(transitions)[-recent:] if recent > 0 else []
@@ -252,10 +230,10 @@ class Canary:
 # --- the app ----------------------------------------------------------------------------
 
 
-def _json(doc: Mapping[str, Any], status_code: int = 200) -> Response:
+def _json(doc: Mapping[str, Any], redactor: Redactor, status_code: int = 200) -> Response:
     from starlette.responses import Response
 
-    body = json.dumps(redact_value(doc), ensure_ascii=False)
+    body = json.dumps(redact_value(doc, redactor), ensure_ascii=False)
     return Response(body, status_code=status_code, media_type="application/json")
 
 
@@ -264,37 +242,45 @@ def build_app(
     metrics_render: Callable[[], tuple[bytes, str]],
     *,
     lag_threshold: float = DEFAULT_LAG_THRESHOLD_S,
+    redactor: Redactor | None = None,
 ) -> Starlette:
     """Return the Starlette app of the ops endpoint (see the module docstring for the routes).
 
-    An exception in ``source`` or ``metrics_render`` becomes a 500 and is logged by the server.
+    Every body passes through ``redactor`` (a bare one, which still hides ``Bearer`` tokens,
+    when None). An exception in ``source`` or ``metrics_render`` becomes a 500 and is logged
+    by the server.
     """
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
 
+    clean = redactor if redactor is not None else Redactor()
+
+    def reply(doc: Mapping[str, Any], status_code: int = 200) -> Response:
+        return _json(doc, clean, status_code)
+
     async def healthz(request: Request) -> Response:
         if source.stopped:
-            return _json({"status": "unhealthy", "reason": "stopped"}, 503)
+            return reply({"status": "unhealthy", "reason": "stopped"}, 503)
         lag = source.loop_lag()
         if lag >= lag_threshold:
             reason = f"event loop lag {lag:.1f}s >= {lag_threshold:.1f}s"
-            return _json({"status": "unhealthy", "reason": reason}, 503)
-        return _json({"status": "ok"})
+            return reply({"status": "unhealthy", "reason": reason}, 503)
+        return reply({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
         state = str(source.state)
         ready = state in READY_STATES
-        return _json({"ready": ready, "state": state}, 200 if ready else 503)
+        return reply({"ready": ready, "state": state}, 200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         # The process collector reads /proc: do it off the event loop.
         body, content_type = await trio.to_thread.run_sync(metrics_render)
-        body = redact(body.decode("utf-8")).encode("utf-8")
+        body = clean(body.decode("utf-8")).encode("utf-8")
         return Response(body, headers={"content-type": content_type})
 
     async def status(request: Request) -> Response:
-        return _json(source.status_document())
+        return reply(source.status_document())
 
     return Starlette(
         routes=[
@@ -350,6 +336,7 @@ class OpsServer:
         source: the bot's :class:`StatusSource`.
         metrics_render: returns ``(body, content_type)``, e.g. ``BotMetrics.render``.
         lag_threshold: ``/healthz`` fails when the loop lag reaches this many seconds.
+        redactor: the bot's secrets, hidden from every body.
         access_log: log every request (through our sink). Off by default: probes and
             scrapes would flood the log.
     """
@@ -363,7 +350,9 @@ class OpsServer:
         lag_threshold: float = DEFAULT_LAG_THRESHOLD_S,
         access_log: bool = False,
         graceful_timeout: float = 1.0,
+        redactor: Redactor | None = None,
     ) -> None:
+        self.redactor = redactor if redactor is not None else Redactor()
         self.addr = addr
         self.source = source
         self.metrics_render = metrics_render
@@ -397,7 +386,12 @@ class OpsServer:
             config_cls, sockets_cls, worker_serve, wrap_app = await trio.to_thread.run_sync(
                 _load_server
             )
-            app = build_app(self.source, self.metrics_render, lag_threshold=self.lag_threshold)
+            app = build_app(
+                self.source,
+                self.metrics_render,
+                lag_threshold=self.lag_threshold,
+                redactor=self.redactor,
+            )
             config = config_cls()
             config.bind = [self.bound]
             config.graceful_timeout = self.graceful_timeout

@@ -26,6 +26,7 @@ from botd.lifecycle import State
 from botd.models import ClaimedJob
 from botd.server.app import core_of, create_app
 from botd.server.store import SqliteStore
+from botd.wiring import open_agent
 
 from .support.faults import FaultyTransport
 
@@ -105,10 +106,12 @@ async def bot(
     store = SqliteStore(":memory:")
     app = create_app(store, lease_ttl_s=lease_ttl, heartbeat_interval_s=1.0)
     transport = FaultyTransport(httpx.ASGITransport(app=app), hang_timeout=config.request_timeout)
-    agent = Agent(config, transport=transport, handler=handler or Recorder(), rng=random.Random(7))
     await store.open(lease_ttl_s=lease_ttl)
     exit_code: list[int] = []
     async with (
+        open_agent(
+            config, transport=transport, handler=handler or Recorder(), rng=random.Random(7)
+        ) as agent,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as http,
         trio.open_nursery() as nursery,
     ):

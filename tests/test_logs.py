@@ -44,20 +44,20 @@ class Sink(io.StringIO):
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fresh secrets per test, and no sink or root handler of ours left behind."""
-    monkeypatch.setattr(logs, "_redactor", logs._Redactor())
+def setup() -> Iterator[logs.LogSetup]:
+    """A fresh log setup (its own secrets) per test, and nothing of ours left behind."""
     root_level = logging.getLogger().level
-    yield
-    logs.teardown_logging()
+    setup = logs.LogSetup()
+    yield setup
+    setup.close()
     assert logging.getLogger().level == root_level
     assert not any(isinstance(h, logs.InterceptHandler) for h in logging.getLogger().handlers)
 
 
 @pytest.fixture
-def sink() -> Sink:
+def sink(setup: logs.LogSetup) -> Sink:
     out = Sink()
-    logs.setup_logging(fmt="json", stream=out, level="DEBUG", env_secrets=False)
+    setup.install(fmt="json", stream=out, level="DEBUG", env_secrets=False)
     return out
 
 
@@ -173,12 +173,14 @@ async def test_hypercorn_logs_come_through_the_sink_and_nothing_reaches_stderr(
     assert "Running on" not in captured.out
 
 
-def test_secrets_are_redacted_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_are_redacted_everywhere(
+    monkeypatch: pytest.MonkeyPatch, setup: logs.LogSetup
+) -> None:
     monkeypatch.setenv("BOT_TOKEN", "env-token-4711")
     out = Sink()
-    logs.setup_logging(fmt="json", stream=out, secrets=["s3cret-A"], level="DEBUG")
-    logs.add_secret('qu"ote\\d-secret')
-    logs.add_secret("987654321")
+    setup.install(fmt="json", stream=out, secrets=["s3cret-A"], level="DEBUG")
+    setup.add_secret('qu"ote\\d-secret')
+    setup.add_secret("987654321")
     logger.info("token is s3cret-A and env-token-4711")
     logs.emit(
         "x",
@@ -230,12 +232,12 @@ def strings_in(value: Any) -> Iterator[str]:
     number=st.integers(),
 )
 def test_a_secret_never_survives_in_any_field(
-    sink: Sink, secret: str, before: str, after: str, number: int
+    setup: logs.LogSetup, sink: Sink, secret: str, before: str, after: str, number: int
 ) -> None:
     sink.seek(0)
     sink.truncate()
-    logs._redactor.clear()
-    logs.add_secret(secret)
+    setup.redactor.clear()
+    setup.add_secret(secret)
     logs.emit("x", before + secret + after, field={f"{before}{secret}": [after, secret, number]})
     (doc,) = sink.lines()  # still one valid JSON line, whatever the secret overlapped
     for text in strings_in(doc):
@@ -284,7 +286,7 @@ def test_a_failing_state_callable_gives_a_null_state(sink: Sink) -> None:
     assert line["state"] is None
 
 
-def test_setup_is_idempotent_and_keeps_other_handlers() -> None:
+def test_setup_is_idempotent_and_keeps_other_handlers(setup: logs.LogSetup) -> None:
     root = logging.getLogger()
     seen: list[str] = []
 
@@ -296,8 +298,8 @@ def test_setup_is_idempotent_and_keeps_other_handlers() -> None:
     root.addHandler(user)
     try:
         first, second = Sink(), Sink()
-        logs.setup_logging(fmt="json", stream=first, env_secrets=False)
-        logs.setup_logging(fmt="json", stream=second, env_secrets=False)
+        setup.install(fmt="json", stream=first, env_secrets=False)
+        setup.install(fmt="json", stream=second, env_secrets=False)
         logger.info("once")
         logging.getLogger("lib").warning("stdlib once")
         assert first.getvalue() == ""
@@ -309,12 +311,14 @@ def test_setup_is_idempotent_and_keeps_other_handlers() -> None:
         root.removeHandler(user)
 
 
-def test_teardown_puts_back_what_setup_changed(capfd: pytest.CaptureFixture[str]) -> None:
+def test_teardown_puts_back_what_setup_changed(
+    setup: logs.LogSetup, capfd: pytest.CaptureFixture[str]
+) -> None:
     for _ in range(2):
         out = Sink()
-        logs.setup_logging(fmt="json", stream=out, env_secrets=False)
+        setup.install(fmt="json", stream=out, env_secrets=False)
         logger.info("to the sink only")
-        logs.teardown_logging()
+        setup.close()
         logger.info("to loguru's default stderr handler")
     captured = capfd.readouterr()
     assert captured.err.count("to loguru's default stderr handler") == 2
@@ -322,9 +326,9 @@ def test_teardown_puts_back_what_setup_changed(capfd: pytest.CaptureFixture[str]
     assert "to the sink only" in out.getvalue()
 
 
-def test_text_mode_is_one_readable_line_coloured_only_on_a_tty() -> None:
+def test_text_mode_is_one_readable_line_coloured_only_on_a_tty(setup: logs.LogSetup) -> None:
     plain = Sink()
-    logs.setup_logging(fmt="text", stream=plain, env_secrets=False)
+    setup.install(fmt="text", stream=plain, env_secrets=False)
     with logs.bind_agent("bot-t", lambda: "ready"):
         logs.emit("registered", "hello {braces}", session="s-1")
     text = plain.getvalue()
@@ -336,24 +340,26 @@ def test_text_mode_is_one_readable_line_coloured_only_on_a_tty() -> None:
     assert 'session="s-1"' in text
 
     tty = Sink(tty=True)
-    logs.setup_logging(fmt="text", stream=tty, env_secrets=False)
+    setup.install(fmt="text", stream=tty, env_secrets=False)
     logger.info("coloured")
     assert ANSI in tty.getvalue()
 
 
 @pytest.mark.parametrize(("tty", "is_json"), [(False, True), (True, False)])
-def test_auto_is_text_on_a_tty_and_json_otherwise(tty: bool, is_json: bool) -> None:
+def test_auto_is_text_on_a_tty_and_json_otherwise(
+    setup: logs.LogSetup, tty: bool, is_json: bool
+) -> None:
     out = Sink(tty=tty)
-    logs.setup_logging(fmt="auto", stream=out, env_secrets=False)
+    setup.install(fmt="auto", stream=out, env_secrets=False)
     logger.info("which")
     assert out.getvalue().startswith("{") is is_json
 
 
-def test_bad_level_or_format_is_rejected() -> None:
+def test_bad_level_or_format_is_rejected(setup: logs.LogSetup) -> None:
     with pytest.raises(ValueError, match="log format"):
-        logs.setup_logging(fmt="xml", stream=Sink())  # type: ignore[arg-type]
+        setup.install(fmt="xml", stream=Sink())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="LOUD"):
-        logs.setup_logging(level="LOUD", stream=Sink())
+        setup.install(level="LOUD", stream=Sink())
 
 
 def test_every_event_is_documented() -> None:

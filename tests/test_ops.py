@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from botd import logs
 from botd.errors import ConfigError
 from botd.metrics import STATES, BotMetrics
-from botd.ops import Canary, OpsServer, build_status_document, redact_config
+from botd.ops import Canary, OpsServer, build_status_document
+from botd.redaction import Redactor, redact_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +44,11 @@ class FakeSource:
 
 
 @pytest.fixture
-def log_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    monkeypatch.setattr(logs, "_redactor", logs._Redactor())
+def log_lines() -> Iterator[io.StringIO]:
     out = io.StringIO()
-    logs.setup_logging(fmt="json", stream=out, env_secrets=False)
+    setup = logs.setup_logging(fmt="json", stream=out, env_secrets=False)
     yield out
-    logs.teardown_logging()
+    setup.close()
 
 
 @attrs.frozen
@@ -57,16 +57,19 @@ class Running:
     source: FakeSource
     metrics: BotMetrics
     client: httpx.AsyncClient
+    redactor: Redactor
 
 
 @pytest.fixture
 async def ops(log_lines: io.StringIO) -> AsyncIterator[Running]:
     source = FakeSource()
     metrics = BotMetrics("bot-ops", "0.1.0")
+    redactor = Redactor()
+    server = OpsServer("127.0.0.1:0", source, metrics.render, redactor=redactor)
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(OpsServer("127.0.0.1:0", source, metrics.render).run)
+        bound = await nursery.start(server.run)
         async with httpx.AsyncClient(base_url=f"http://{bound}", timeout=10) as client:
-            yield Running(f"http://{bound}", source, metrics, client)
+            yield Running(f"http://{bound}", source, metrics, client, redactor)
         nursery.cancel_scope.cancel()
 
 
@@ -105,7 +108,7 @@ async def test_metrics_is_prometheus_text(ops: Running) -> None:
 
 
 async def test_status_is_the_document_with_secrets_redacted(ops: Running) -> None:
-    logs.add_secret("tok-secret-123")
+    ops.redactor.add("tok-secret-123")
     ops.source.document = {"bot_id": "fake", "note": "tok-secret-123", "config": {}}
     response = await ops.client.get("/status")
     assert response.status_code == 200
