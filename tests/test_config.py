@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from botd import codec
 from botd import config as cfg
 from botd.config import ENV_VARS, BotConfig, Secret, load_config, redacted, to_env
 from botd.errors import ConfigError
@@ -311,7 +312,7 @@ def test_env_bool_true_words(text: str) -> None:
 
 @given(
     st.text(min_size=1).filter(
-        lambda t: t.strip() and t.strip().lower() not in cfg.codec._TRUE | cfg.codec._FALSE
+        lambda t: t.strip() and t.strip().lower() not in codec._TRUE | codec._FALSE
     )
 )
 def test_env_bool_garbage_is_a_problem_naming_the_variable(text: str) -> None:
