@@ -12,8 +12,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from botd import codec
 from botd import config as cfg
-from botd.config import ENV_VARS, BotConfig, Secret, load_config, redacted, to_env
+from botd.cli import build_parser
+from botd.config import (
+    ENV_VARS,
+    BotConfig,
+    Secret,
+    flag_name,
+    load_config,
+    redacted,
+    settings_table,
+    to_env,
+)
 from botd.errors import ConfigError
 
 SEED_NAMES = {
@@ -45,6 +56,36 @@ def test_env_names_seed_unprefixed_new_ones_bot_prefixed() -> None:
     for field, (env, help_text) in ENV_VARS.items():
         assert env == SEED_NAMES.get(field, "BOT_" + field.upper())
         assert help_text
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_settings_table_is_the_fields() -> None:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("-->", text.index("<!-- settings:start")) + len("-->")
+    table = text[start : text.index("<!-- settings:end -->")]
+    assert table.strip() == settings_table().strip(), "regenerate it with settings_table()"
+
+
+def test_settings_table_has_a_row_per_field() -> None:
+    rows = settings_table().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| `{env}`" for env, _ in ENV_VARS.values()]
+    assert "| `BOT_LABELS` | `(empty)` |" in settings_table()
+    assert "| `BOT_EXEC_SHELL` | `false` |" in settings_table()
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_every_field_is_a_flag_naming_its_variable(command: str) -> None:
+    parser = build_parser(command)
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    options = {a.option_strings[0]: a for a in sub.choices[command]._actions if a.option_strings}
+    for field, (env, help_text) in ENV_VARS.items():
+        action = options[flag_name(field)]
+        assert action.dest == f"set_{field}"
+        assert action.help == f"{help_text} [env {env}]"
+    args = parser.parse_args([command, "--concurrency", "4", "--exec-shell", "no"])
+    assert (args.set_concurrency, args.set_exec_shell, args.set_failure_rate) == ("4", "no", None)
 
 
 def test_defaults_from_the_issue() -> None:
@@ -311,7 +352,7 @@ def test_env_bool_true_words(text: str) -> None:
 
 @given(
     st.text(min_size=1).filter(
-        lambda t: t.strip() and t.strip().lower() not in cfg.codec._TRUE | cfg.codec._FALSE
+        lambda t: t.strip() and t.strip().lower() not in codec._TRUE | codec._FALSE
     )
 )
 def test_env_bool_garbage_is_a_problem_naming_the_variable(text: str) -> None:

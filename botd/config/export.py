@@ -1,0 +1,95 @@
+"""The config written out: :func:`redacted` (JSON-able, secrets hidden: ``check-config`` and
+``/status``), :func:`to_env` (the environment that loads it back), and
+:func:`settings_table` (the README's table of every setting), all from the fields' Settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .secret import REDACTED, Secret
+from .setting import Setting, setting_of
+from .settings import BotConfig
+
+__all__ = ["redacted", "settings_table", "to_env"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return REDACTED
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def redacted(config: BotConfig) -> dict[str, Any]:
+    """The effective config as JSON-able data, field by field, with secrets shown as ``***``.
+
+    Secrets are the token and the password of a ``main_server_url`` (``https://u:***@host``).
+    """
+    data: dict[str, Any] = {}
+    for f in attrs.fields(BotConfig):
+        value, spec = getattr(config, f.name), setting_of(f)
+        data[f.name] = _plain(spec.mask(value) if spec.mask is not None else value)
+    return data
+
+
+def _env_text(value: Any, spec: Setting) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if spec.env_text is not None:
+        return spec.env_text(value)
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, Secret):
+        return value.reveal()
+    return str(value)
+
+
+def to_env(config: BotConfig, *, secrets: bool = False) -> dict[str, str]:
+    """The environment that :func:`~botd.config.load_config` turns back into ``config``.
+
+    For starting a bot as a subprocess. Unset optional fields are left out. Secrets are left
+    out unless ``secrets=True``; then the result holds the token in clear: never log it.
+    A config whose token came from ``token_file`` exports the file, not the token.
+    """
+    out: dict[str, str] = {}
+    for f in attrs.fields(BotConfig):
+        value, spec = getattr(config, f.name), setting_of(f)
+        if value is None:
+            continue
+        if spec.secret and not secrets:
+            continue
+        if f.name == "token" and config.token_file is not None:
+            continue  # BOT_TOKEN_FILE is exported instead
+        out[spec.env] = _env_text(value, spec)
+    return out
+
+
+def _default_text(field: attrs.Attribute[Any]) -> str:
+    spec = setting_of(field)
+    if spec.default_text is not None:
+        return spec.default_text
+    if field.default is None or field.default == ():
+        return "(unset)"
+    return _env_text(field.default, spec)
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown): variable, default and meaning of every field."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in attrs.fields(BotConfig):
+        spec = setting_of(f)
+        meaning = spec.help.replace("|", "\\|")
+        rows.append(f"| `{spec.env}` | `{_default_text(f)}` | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,127 @@
+"""Loading: :func:`load_config` builds the effective :class:`BotConfig` from defaults < TOML
+file < environment < overrides (CLI flags), collecting every problem before it raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .converter import config_converter
+from .secret import Secret
+from .setting import flag_name, problem, show
+from .settings import FIELD_TYPES, SETTINGS, BotConfig, cross_problems
+
+__all__ = ["load_config"]
+
+_CONVERTER = config_converter()
+
+
+def _read_toml(file: Path, problems: list[str]) -> dict[str, tuple[Any, str]]:
+    try:
+        with open(file, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        problems.append(f"{file}: cannot read the config file: {exc.strerror or exc}")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{file}: not valid TOML: {exc}")
+        return {}
+    found: dict[str, tuple[Any, str]] = {}
+    for key, value in data.items():
+        where = f"{key} (in {file})"
+        if key not in SETTINGS:
+            near = difflib.get_close_matches(key.lower(), list(SETTINGS), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            problems.append(f"{where}: unknown setting{hint}")
+            continue
+        found[key] = (value, where)
+    return found
+
+
+def _read_token_file(path: Path, where: str, problems: list[str]) -> Secret | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(f"{where}: cannot read token file {str(path)!r}: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"{where}: token file {str(path)!r} is not UTF-8 text")
+        return None
+    if not text:
+        problems.append(f"{where}: token file {str(path)!r} is empty")
+        return None
+    return Secret(text)
+
+
+def load_config(
+    *,
+    env: Mapping[str, str] | None = None,
+    file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> BotConfig:
+    """Build the effective :class:`BotConfig` from defaults < file < env < overrides.
+
+    Args:
+        env: the environment (``os.environ`` when None); only ``ENV_VARS`` names are read,
+            and an empty value counts as unset.
+        file: an optional TOML file whose keys are field names.
+        overrides: CLI flags by field name; None values are skipped (flag not given).
+
+    Raises ConfigError with every problem, one line each, naming the variable as written.
+    Reads the TOML file and the token file, nothing else.
+    """
+    problems: list[str] = []
+    chosen: dict[str, tuple[Any, str]] = {}
+    if file is not None:
+        chosen.update(_read_toml(file, problems))
+    environ = os.environ if env is None else env
+    for name, spec in SETTINGS.items():
+        raw = environ.get(spec.env)
+        if raw is not None and raw.strip() != "":
+            chosen[name] = (raw, spec.env)
+    for name, value in (overrides or {}).items():
+        if name not in SETTINGS:
+            problems.append(f"{flag_name(name)}: unknown setting")
+        elif value is not None:
+            chosen[name] = (value, flag_name(name))
+
+    values: dict[str, Any] = {}
+    for name, (raw, where) in chosen.items():
+        spec = SETTINGS[name]
+        try:
+            value = raw
+            if isinstance(raw, str) and spec.accepts.parse is not None:
+                value = spec.accepts.parse(raw)
+            value = _CONVERTER.structure(value, FIELD_TYPES[name])
+        except Exception:
+            problems.append(f"{where}: must be {spec.accepts.text}, got {show(raw, spec)}")
+            continue
+        found = problem(value, spec)
+        if found is not None:
+            problems.append(f"{where}: {found}")
+            continue
+        values[name] = value
+
+    if "token_file" in values:
+        if "token" in chosen:
+            problems.append(
+                f"{chosen['token'][1]} and {chosen['token_file'][1]}: give one of them, not both"
+            )
+        else:
+            token = _read_token_file(values["token_file"], chosen["token_file"][1], problems)
+            if token is not None:
+                values["token"] = token
+
+    def label(name: str) -> str:
+        return chosen[name][1] if name in chosen else SETTINGS[name].env
+
+    problems.extend(cross_problems(values, label, frozenset(chosen) - set(values)))
+    if problems:
+        raise ConfigError(problems)
+    return BotConfig(**values)
