@@ -9,9 +9,9 @@ import sys
 
 import httpx
 
-from .. import codec
-from ..errors import ProtocolError
-from ..models import MAX_BATCH, JobBatch, JobBatchResult, JobSubmit, JobView
+from . import codec
+from .errors import ProtocolError
+from .models import MAX_BATCH, JobBatch, JobBatchResult, JobSubmit, JobView
 
 __all__ = ["add_submit_arguments", "run_submit_from_args"]
 
