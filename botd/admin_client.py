@@ -12,8 +12,9 @@ as an :class:`Answer`, whatever its status. Every failure leaves as a
 - a body that is not JSON, or JSON of the wrong shape (:meth:`Answer.json`,
   :meth:`Answer.decode`) -> :class:`ProtocolError`;
 - a status other than 200/201 where one was required (:meth:`Answer.expect`) ->
-  :class:`ServerUnavailable` (5xx, 408, 425, 429), :class:`Unrecoverable` (401/403) or
-  :class:`RequestRejected`, each with the server's error code and message.
+  :class:`ServerUnavailable` (5xx, 408, 425, 429), :class:`Unrecoverable` (401/403),
+  :class:`RequestRejected` (any other 4xx) or :class:`ProtocolError` (any other status),
+  each with the server's error code and message.
 
 httpx's exceptions are translated in :func:`_translated` and the server's error body is
 decoded in :meth:`Answer.detail`, nowhere else.
@@ -100,6 +101,8 @@ class Answer:
             raise ServerUnavailable(self.reason())
         if self.status in (401, 403):
             raise Unrecoverable(self.reason())
+        if not 400 <= self.status < 500:
+            raise ProtocolError(self.reason())  # a redirect, or a 2xx of another kind
         code, message = self.detail() or (f"http_{self.status}", "")
         raise RequestRejected(self.status, code, message)
 

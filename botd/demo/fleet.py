@@ -44,6 +44,7 @@ class FleetBot:
         self.transitions[t.to_state.value] += 1
 
     def row(self) -> BotRow:
+        """This bot's line in the view."""
         agent = self.agent
         runner = getattr(agent, "runner", None)
         running = (
@@ -61,6 +62,7 @@ class FleetBot:
         )
 
     def report(self) -> BotReport:
+        """This bot's part of the report."""
         runner = getattr(self.agent, "runner", None)
         return BotReport(
             bot_id=self.agent.config.bot_id,
@@ -73,6 +75,7 @@ class FleetBot:
         )
 
     async def run(self) -> None:
+        """Run the agent until it stops; keep its exit code."""
         try:
             self.exit_code = await self.agent.run()
         finally:

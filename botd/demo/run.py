@@ -37,6 +37,8 @@ ADMIN_CONNECT_TIMEOUT_S = 1.0
 
 
 class _Demo:
+    """One run: its parts, the counts the monitor last read, the notes, how it ended."""
+
     def __init__(self, options: DemoOptions, view: View, run_dir: Path) -> None:
         self.options = options
         self.view = view
