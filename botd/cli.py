@@ -151,7 +151,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 #: ``botd run`` never loads the reference server, the status client or the demo.
 _LAZY_COMMANDS = {
     "server": (".server.run", "add_server_arguments", "run_server_from_args"),
-    "submit": (".server.submit", "add_submit_arguments", "run_submit_from_args"),
+    "submit": (".submit", "add_submit_arguments", "run_submit_from_args"),
     "status": (".status", "add_status_arguments", "run_status_from_args"),
     "demo": (".demo", "add_demo_arguments", "run_demo_from_args"),
 }

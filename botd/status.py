@@ -6,8 +6,8 @@ Exit codes, for scripts and supervisord event listeners:
 - ``1``: the bot answered but is not ready (``/readyz`` answered 503);
 - ``2``: the bot cannot be reached, or its answer is not a status document (message on stderr).
 
-This is a one-shot CLI, so it uses httpx's sync client; httpx errors are caught here, at the
-one place this command talks HTTP.
+This is a one-shot CLI, so it asks through :class:`botd.admin_client.AdminClient` (httpx's
+sync client), whose failures are botd errors.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-import httpx
+from .admin_client import AdminClient
+from .errors import ProtocolError, ServerUnavailable
 
 __all__ = [
     "DEFAULT_OPS_URL",
@@ -65,16 +66,16 @@ def _base_url(ops_url: str) -> str:
     return url if "://" in url else f"http://{url}"
 
 
-def _fetch(client: httpx.Client, url: str) -> tuple[int, Any]:
+def _fetch(client: AdminClient, url: str) -> tuple[int, Any]:
     try:
-        response = client.get(url)
-    except httpx.HTTPError as exc:
-        raise _Unreachable(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
+        answer = client.get(url)
+    except ServerUnavailable as exc:
+        raise _Unreachable(f"cannot reach {url}: {exc}") from exc
     try:
-        body = response.json()
-    except ValueError as exc:
-        raise _Unreachable(f"{url} answered {response.status_code} without JSON") from exc
-    return response.status_code, body
+        body = answer.json()
+    except ProtocolError as exc:
+        raise _Unreachable(f"{url} answered {answer.status} without JSON") from exc
+    return answer.status, body
 
 
 def run_status(
@@ -95,7 +96,7 @@ def run_status(
     err = sys.stderr if err is None else err
     base = _base_url(ops_url)
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with AdminClient(timeout=timeout) as client:
             code, doc = _fetch(client, f"{base}/status")
             if code != 200 or not isinstance(doc, dict):
                 raise _Unreachable(f"{base}/status answered {code}, not a status document")

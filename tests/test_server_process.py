@@ -269,7 +269,7 @@ def test_file_db_survives_a_restart(tmp_path: Path) -> None:
 def test_submit_cli(server: str) -> None:
     code = (
         "import sys, argparse;"
-        "from botd.server.submit import add_submit_arguments, run_submit_from_args;"
+        "from botd.submit import add_submit_arguments, run_submit_from_args;"
         "p = argparse.ArgumentParser(); add_submit_arguments(p);"
         "sys.exit(run_submit_from_args(p.parse_args(sys.argv[1:])))"
     )

@@ -7,17 +7,17 @@ import json
 import os
 import sys
 
-import httpx
-
-from .. import codec
-from ..errors import ProtocolError
-from ..models import MAX_BATCH, JobBatch, JobBatchResult, JobSubmit, JobView
+from .admin_client import AdminClient, Answer
+from .errors import ProtocolError, ServerUnavailable
+from .models import MAX_BATCH, JobBatch, JobBatchResult, JobSubmit, JobView
 
 __all__ = ["add_submit_arguments", "run_submit_from_args"]
 
 TOKEN_ENV = "BOTD_TOKEN"
 SERVER_ENV = "MAIN_SERVER_URL"
 DEFAULT_SERVER = "http://127.0.0.1:3001"
+#: The flags that are JobSubmit fields of the same name (``--timeout`` is ``timeout_s``).
+_JOB_FLAGS = ("kind", "max_attempts", "priority", "idempotency_key")
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,41 +52,31 @@ def run_submit_from_args(args: argparse.Namespace) -> int:
         print("botd submit: --count must be >= 1 (and 1 with --idempotency-key)", file=sys.stderr)
         return 2
     try:
-        job = JobSubmit(
-            kind=args.kind,
-            payload=payload,
-            max_attempts=args.max_attempts,
-            timeout_s=args.timeout,
-            priority=args.priority,
-            idempotency_key=args.idempotency_key,
-        )
+        fields = {name: getattr(args, name) for name in _JOB_FLAGS}
+        job = JobSubmit(payload=payload, timeout_s=args.timeout, **fields)
     except (TypeError, ValueError) as exc:
         print(f"botd submit: {exc}", file=sys.stderr)
         return 2
     server = (args.server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER).rstrip("/")
     token = args.token or os.environ.get(TOKEN_ENV)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    headers["Content-Type"] = "application/json"
     try:
-        with httpx.Client(base_url=server, headers=headers, timeout=30.0) as client:
+        with AdminClient(server, token=token, timeout=30.0) as client:
             if args.count == 1:
-                resp = client.post("/v1/jobs", content=codec.dumps(job))
-                if resp.status_code not in (200, 201):
-                    print(f"botd submit: {_describe(resp)}", file=sys.stderr)
-                    return 1
-                print(codec.loads(resp.content, JobView).job_id, flush=True)
+                answer = client.post("/v1/jobs", job)
+                if not answer.ok:
+                    return _refused(answer)
+                print(answer.decode(JobView).job_id, flush=True)
             left = args.count if args.count > 1 else 0
             while left:  # many: batches of up to MAX_BATCH, one transaction each
                 n = min(left, MAX_BATCH)
-                resp = client.post("/v1/jobs/batch", content=codec.dumps(JobBatch([job] * n)))
-                if resp.status_code not in (200, 201):
-                    print(f"botd submit: {_describe(resp)}", file=sys.stderr)
-                    return 1
-                for view in codec.loads(resp.content, JobBatchResult).jobs:
+                answer = client.post("/v1/jobs/batch", JobBatch([job] * n))
+                if not answer.ok:
+                    return _refused(answer)
+                for view in answer.decode(JobBatchResult).jobs:
                     print(view.job_id)
                 sys.stdout.flush()
                 left -= n
-    except httpx.HTTPError as exc:
+    except ServerUnavailable as exc:
         print(f"botd submit: cannot reach {server}: {exc}", file=sys.stderr)
         return 1
     except ProtocolError as exc:
@@ -95,9 +85,7 @@ def run_submit_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(resp: httpx.Response) -> str:
-    try:
-        error = resp.json()["error"]
-        return f"server answered {resp.status_code} {error['code']}: {error['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"server answered {resp.status_code}"
+def _refused(answer: Answer) -> int:
+    """Say why the server did not accept the jobs; exit code 1."""
+    print(f"botd submit: {answer.reason()}", file=sys.stderr)
+    return 1
