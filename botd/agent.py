@@ -33,7 +33,7 @@ from . import logs
 from ._version import __version__
 from .breaker import CircuitBreaker
 from .client import ServerClient
-from .config import BotConfig, redacted
+from .config import BotConfig, as_data
 from .driver import Driver
 from .errors import ConfigError, Unrecoverable, leaf_exceptions
 from .exit_codes import ExitCode
@@ -191,7 +191,7 @@ class Agent:
             jobs_in_flight=len(self.runner.running),
             outbox_pending=self._outbox.count,
             transitions=self.lifecycle.history,
-            config=redacted(self.config),
+            config=as_data(self.config),  # redacted once, by build_status_document
         )
         for name, breaker in self.breakers.items():
             doc["circuit_breakers"][name] = breaker.snapshot()

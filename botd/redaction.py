@@ -36,7 +36,9 @@ _BEARER_WORD = re.compile(r"(?i)bearer")
 #: The names of environment variables whose values are secrets by default.
 _SECRET_ENV = re.compile(r".*_TOKEN\Z")
 _SECRET_KEY = re.compile(r"(?i)(token|secret|password|passwd|credential|api_?key|auth)")
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+@")
+#: ``scheme://user:`` then the password, up to the authority's last ``@`` (a password may hold
+#: one; a path, whitespace or the text's end stops it).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/\s]*@")
 
 
 class Redactor:

@@ -25,7 +25,7 @@ parsers), :mod:`.secret`, :mod:`.converter`, :mod:`.load` and :mod:`.export`.
 from __future__ import annotations
 
 from .converter import config_converter
-from .export import redacted, settings_table, to_env
+from .export import as_data, redacted, settings_table, to_env
 from .load import load_config
 from .secret import Secret
 from .setting import flag_name
@@ -51,6 +51,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "Secret",
+    "as_data",
     "config_converter",
     "default_bot_id",
     "flag_name",

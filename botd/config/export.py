@@ -15,7 +15,7 @@ from .secret import REDACTED, Secret
 from .setting import Setting, setting_of
 from .settings import BotConfig
 
-__all__ = ["redacted", "settings_table", "to_env"]
+__all__ = ["as_data", "redacted", "settings_table", "to_env"]
 
 
 def _plain(value: Any) -> Any:
@@ -28,6 +28,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     return value
+
+
+def as_data(config: BotConfig) -> dict[str, Any]:
+    """The effective config as JSON-able data, field by field; a :class:`Secret` is ``***``
+    (it never shows itself), nothing else is masked: for :func:`botd.redaction.redact_config`."""
+    return {f.name: _plain(getattr(config, f.name)) for f in attrs.fields(BotConfig)}
 
 
 def redacted(config: BotConfig) -> dict[str, Any]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-__all__ = ["REDACTED", "Secret", "hide_password"]
+from ..redaction import REDACTED, hide_url_password
 
-REDACTED = "***"
+__all__ = ["REDACTED", "Secret", "hide_password"]
 
 
 class Secret:
@@ -40,17 +39,5 @@ class Secret:
 
 
 def hide_password(value: Any) -> Any:
-    """A URL with its password (if any) shown as ``***``; anything else unchanged."""
-    if not isinstance(value, str) or "@" not in value:
-        return value
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return re.sub(r":[^:@/]*@", f":{REDACTED}@", value)
-    if parts.password is None:
-        return value
-    user, _, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A URL with its password (if any) shown as ``***``; anything but a str unchanged."""
+    return hide_url_password(value) if isinstance(value, str) else value
