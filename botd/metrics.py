@@ -44,6 +44,8 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .outcomes import JOB_OUTCOMES
+
 __all__ = [
     "BREAKERS",
     "BREAKER_STATES",
@@ -67,14 +69,6 @@ STATES: tuple[str, ...] = (
 )
 BREAKERS: tuple[str, ...] = ("registration", "heartbeat", "job_claim", "results")
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
-JOB_OUTCOMES: tuple[str, ...] = (
-    "succeeded",
-    "failed",
-    "timeout",
-    "cancelled",
-    "released",
-    "lease_lost",
-)
 HEARTBEAT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed")
 #: ``ok``: a 2xx; ``unavailable``: network error, timeout, 429, 5xx; ``rejected``: any other
 #: 4xx incl. 401/403; ``protocol_error``: an answer we cannot read; ``error``: anything else.

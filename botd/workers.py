@@ -22,15 +22,16 @@ from loguru import logger
 from trio_util import AsyncValue
 
 from . import logs
-from .handlers import Handler, run_job
-from .models import Ack, ClaimedJob, FailureInfo
+from .handlers import Handler, cancelled_failure, run_job
+from .models import Ack, ClaimedJob
 from .outbox import Outbox
+from .outcomes import CANCELLED, FAILED, LEASE_LOST, RELEASED, SUCCEEDED, TIMEOUT
 
 __all__ = ["CancelReason", "JobRunner", "RunningJob"]
 
 CancelReason = Literal["cancelled", "shutdown", "lost"]
 
-_EVENTS = {"succeeded": "job_succeeded", "released": "job_released", "lease_lost": "job_lease_lost"}
+_EVENTS = {SUCCEEDED: "job_succeeded", RELEASED: "job_released", LEASE_LOST: "job_lease_lost"}
 
 #: How long the outbox write of one outcome may take once its job was cancelled.
 OUTCOME_WRITE_DEADLINE = 10.0
@@ -110,14 +111,14 @@ class JobRunner:
                 "job {} started", job.job_id
             )
         ack: Ack | None = None
-        outcome = "failed"
+        outcome = FAILED
         try:
             with running.scope:
-                result = await run_job(self.handler, job, timeout=job.timeout_s or self.job_timeout)
+                result = await run_job(self.handler, job, timeout=self.job_timeout)
                 ack = result.to_ack()
                 outcome = result.outcome
-                if result.error is not None and result.error.type == "timeout":
-                    outcome = "timeout"
+                if result.error is not None and result.error.type == TIMEOUT:
+                    outcome = TIMEOUT
             if ack is None:  # our scope was cancelled
                 ack, outcome = self._cancelled_ack(running)
             duration = trio.current_time() - running.started_at
@@ -128,7 +129,7 @@ class JobRunner:
                     await self.outbox.put(job.job_id, ack)
             self.total_processed += 1
             self.on_finished(outcome, duration)
-            level = "INFO" if outcome in ("succeeded", "released") else "WARNING"
+            level = "INFO" if outcome in (SUCCEEDED, RELEASED) else "WARNING"
             if logs.enabled(level):
                 fields: dict[str, Any] = {"event": _EVENTS.get(outcome, "job_failed")}
                 if ack is not None and ack.error is not None:
@@ -144,10 +145,7 @@ class JobRunner:
     def _cancelled_ack(running: RunningJob) -> tuple[Ack | None, str]:
         lease = running.job.lease_id
         if running.reason == "cancelled":
-            error = FailureInfo(
-                type="cancelled", message="cancelled by the server", retryable=False
-            )
-            return Ack(lease_id=lease, outcome="failed", error=error), "cancelled"
+            return Ack(lease_id=lease, outcome=FAILED, error=cancelled_failure()), CANCELLED
         if running.reason == "lost":
-            return None, "lease_lost"
-        return Ack(lease_id=lease, outcome="released"), "released"
+            return None, LEASE_LOST
+        return Ack(lease_id=lease, outcome=RELEASED), RELEASED

@@ -110,6 +110,30 @@ def gone(*markers: str) -> bool | None:
     return not any(live_with_marker(m) for m in markers) or None
 
 
+def _started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), or None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # from field 3, the state
+    return None if fields[0] in "ZX" else fields[19]  # field 22, starttime
+
+
+def processes_with(*markers: str) -> set[tuple[int, str]]:
+    """(pid, start time) of the live processes that have one of ``markers`` in their argv."""
+    found = {(pid, _started(pid)) for marker in markers for pid in live_with_marker(marker)}
+    return {(pid, started) for pid, started in found if started is not None}
+
+
+def ended(processes: set[tuple[int, str]]) -> bool | None:
+    """True when none of ``processes`` (from :func:`processes_with`) is alive any more.
+
+    A pid used again by a newer process does not count: its start time differs.
+    """
+    return not any(_started(pid) == started for pid, started in processes) or None
+
+
 def botd_run(env: dict[str, str], timeout: float = 20.0) -> tuple[int, str, float]:
     """Run ``botd run`` to its end; (exit code, stdout + stderr, seconds)."""
     began = time.monotonic()
@@ -220,10 +244,18 @@ def test_restarted_bot_stops_what_a_sigkilled_run_left(tmp_path: Path, procs: Pr
 
     bot.kill()  # SIGKILL (and reaped): the job's group lives on in its own session
     assert len(live_with_marker(marker)) == 2 and live_with_marker(script)
+    # The restarted bot is given the job again and runs it anew, with the same argv: so the
+    # orphans are these three processes (the script and its two sleeps), not that argv.
+    orphans = processes_with(marker, script)
+    assert len(orphans) == 3, orphans
 
     bot = procs.bot("bot", {**env, "BOT_OPS_ADDR": f"127.0.0.1:{ops2}"})
-    wait_for("the orphans to be stopped", lambda: gone(marker, script), (bot,), timeout=15)
-    killed = bot.events("exec_leftovers_killed")
+    # The deadline includes the restarted bot's start, which is slow on a busy machine.
+    wait_for("the orphans to be stopped", lambda: ended(orphans), (bot,), timeout=30)
+    # The event is written once the reaping returns, after the orphans died: wait for it.
+    killed = wait_for(
+        "exec_leftovers_killed", lambda: bot.events("exec_leftovers_killed") or None, (bot,)
+    )
     assert killed and killed[0]["count"] == 3, killed
     assert bot.stop() == 0
 
