@@ -30,6 +30,7 @@ from .heartbeat import Heartbeat
 from .lifecycle import Lifecycle, State
 from .models import Ack, ClaimedJob, HeartbeatResponse, SessionHolder
 from .outbox import Outbox
+from .outcomes import RELEASED
 from .registration import Registrar, StartupExhausted
 from .results import ResultReporter
 from .session import Session, SessionLost
@@ -250,8 +251,8 @@ class Driver:
         async def release() -> None:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 for job in jobs:
-                    await outbox.put(job.job_id, Ack(lease_id=job.lease_id, outcome="released"))
-                    self._telemetry.on_job_finished("released", None)
+                    await outbox.put(job.job_id, Ack(lease_id=job.lease_id, outcome=RELEASED))
+                    self._telemetry.on_job_finished(RELEASED, None)
             logs.emit("jobs_released", f"released {len(jobs)} job(s) not started", count=len(jobs))
 
         root.start_soon(release)
