@@ -37,7 +37,7 @@ FINDINGS: tuple[str, ...] = (
     "minimal loop ~0.08 ms per job, botd ~0.30 ms. Of botd's: the claim request itself (httpx, "
     "h11, the socket calls) ~2.5 ms per claim, as for the minimal loop; a job ~0.1 ms (a Trio "
     "task, its cancel scope, the handler's timeout scope and the simulate handler's two "
-    "json.dumps in botd/handlers.py ~30 us, the outbox, the metrics); the rest is Trio "
+    "json.dumps in botd/handlers/ ~30 us, the outbox, the metrics); the rest is Trio "
     "scheduling of 32 tasks per cycle and cattrs (~0.5 ms per claim). Claiming half the slots "
     "at a time to overlap the bot's work with the server's was tried and is slower: the "
     "server's fixed cost per request (~7 ms here) doubles. Fixed in this round: ~12% of "
