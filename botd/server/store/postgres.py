@@ -30,7 +30,6 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import psycopg
@@ -55,32 +54,29 @@ from ...models import (
     RegisterRequest,
     Stats,
 )
-from .base import (
-    BOT_COLUMNS,
-    FINAL_STATUSES_SQL,
-    JOB_COLUMNS,
-    PRUNE_BATCH,
-    SCHEMA_VERSION,
-    STATS_SQL,
-    AckRow,
-    EndRow,
-    Ends,
-    ExpiryReport,
+from ...timestamps import rfc3339_of
+from .errors import (
     StoreIncompatible,
     StoreUnavailable,
-    bot_infos,
-    decide_acks,
-    decide_ends,
-    invariant_problems,
     job_finished,
-    job_view,
-    new_id,
     session_problem,
-    stats_of,
     superseded,
     unknown_bot,
     unknown_job,
 )
+from .interface import PRUNE_BATCH, SCHEMA_VERSION, ExpiryReport
+from .rows import (
+    BOT_COLUMNS,
+    FINAL_STATUSES_SQL,
+    JOB_COLUMNS,
+    STATS_SQL,
+    bot_infos,
+    invariant_problems,
+    job_view,
+    new_id,
+    stats_of,
+)
+from .rules import AckRow, EndRow, Ends, decide_acks, decide_ends
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -341,11 +337,6 @@ def redact_dsn(dsn: str) -> str:
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
 
 
-def _iso(moment: datetime) -> str:
-    text = moment.isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
 def _retryable_connection_error(exc: psycopg.Error) -> bool:
     """A connection that failed before the server ran anything: the database restarted."""
     state = exc.sqlstate
@@ -364,7 +355,7 @@ class _ClockedConnection:
 
 
 class PostgresStore:
-    """The :class:`~botd.server.store.base.Store` that several server replicas share.
+    """The :class:`~botd.server.store.interface.Store` that several server replicas share.
 
     Args:
         dsn: a libpq connection string or ``postgresql://`` URL.
@@ -646,7 +637,7 @@ class PostgresStore:
             "SELECT session_id, status, hostname, pid, registered_at FROM bots WHERE bot_id = %s",
             (bot_id,),
         ).fetchone()
-        found = None if row is None else (row[0], row[1], row[2], row[3], _iso(row[4]))
+        found = None if row is None else (row[0], row[1], row[2], row[3], rfc3339_of(row[4]))
         raise session_problem(bot_id, session_id, found) or superseded(
             bot_id, "the session changed meanwhile"
         )
@@ -747,7 +738,7 @@ class PostgresStore:
             f"{' AND bot_id = %s' if bot_id is not None else ''} ORDER BY seq",
             args,
         ).fetchall()
-        return bot_infos(rows, lease_rows, _iso)
+        return bot_infos(rows, lease_rows, rfc3339_of)
 
     async def get_bot(self, bot_id: str) -> BotInfo:
         """See :meth:`Store.get_bot`."""
@@ -800,7 +791,7 @@ class PostgresStore:
                     " SELECT now() + %s * interval '1 second'",
                     (lease_ttl_s, bot_id, _ids(extend), lease_ttl_s),
                 ).fetchone()
-                expires_at = _iso(row[0]) if row else None
+                expires_at = rfc3339_of(row[0]) if row else None
             answer = HeartbeatResponse(
                 lease_expires_at=expires_at, cancel_leases=cancel, lost_leases=lost
             )
@@ -832,7 +823,7 @@ class PostgresStore:
         ).fetchone()
         if row is None:
             raise unknown_job(job_id)
-        return job_view(row, _iso)
+        return job_view(row, rfc3339_of)
 
     def _submit(self, conn: Conn, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
         """Insert in one statement; a known idempotency_key returns that job, not created."""
@@ -877,7 +868,7 @@ class PostgresStore:
             f" OR idempotency_key = ANY({_texts('%s')})",
             (_ids(created), _json_param(keys)),
         ):
-            view = job_view(row, _iso)
+            view = job_view(row, rfc3339_of)
             by_id[view.job_id] = view
             if view.idempotency_key is not None:
                 by_key[view.idempotency_key] = view
@@ -922,7 +913,7 @@ class PostgresStore:
                     " ORDER BY seq DESC LIMIT %s",
                     (limit,),
                 )
-            return [job_view(row, _iso) for row in cur.fetchall()]
+            return [job_view(row, rfc3339_of) for row in cur.fetchall()]
 
         return await self._run(run)
 
@@ -1081,7 +1072,7 @@ class PostgresStore:
                 params["kinds"] = _json_param(list(req.kinds))
             rows = conn.execute(_CLAIM.format(kinds=kinds), params).fetchall()
             # One deadline for the whole batch (one now() a transaction): formatted once.
-            expires_at = _iso(rows[0][6]) if rows else ""
+            expires_at = rfc3339_of(rows[0][6]) if rows else ""
             jobs = [
                 ClaimedJob(
                     job_id=job_id,

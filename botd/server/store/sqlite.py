@@ -9,7 +9,7 @@
 
 The SQL itself lives in :class:`SqliteBackend`, a synchronous object whose methods take the
 moment (``Moment``) as an argument; the Hypothesis state machine drives it directly. The
-rules of acks and ended leases come from :mod:`.base`, shared with the PostgreSQL store.
+rules of acks and ended leases come from :mod:`.rules`, shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -39,31 +39,28 @@ from ...models import (
     RegisterRequest,
     Stats,
 )
-from .base import (
-    BOT_COLUMNS,
-    FINAL_STATUSES_SQL,
-    JOB_COLUMNS,
-    PRUNE_BATCH,
-    SCHEMA_VERSION,
-    STATS_SQL,
-    AckRow,
-    EndRow,
-    ExpiryReport,
+from ...timestamps import rfc3339
+from .errors import (
     StoreIncompatible,
     StoreUnavailable,
-    bot_infos,
-    decide_acks,
-    decide_ends,
-    invariant_problems,
     job_finished,
-    job_view,
-    new_id,
-    rfc3339,
     session_problem,
-    stats_of,
     unknown_bot,
     unknown_job,
 )
+from .interface import PRUNE_BATCH, SCHEMA_VERSION, ExpiryReport
+from .rows import (
+    BOT_COLUMNS,
+    FINAL_STATUSES_SQL,
+    JOB_COLUMNS,
+    STATS_SQL,
+    bot_infos,
+    invariant_problems,
+    job_view,
+    new_id,
+    stats_of,
+)
+from .rules import AckRow, EndRow, decide_acks, decide_ends
 
 __all__ = ["Moment", "SqliteBackend", "SqliteStore"]
 
