@@ -25,8 +25,16 @@ _TIMER_MAX_SLEEP_S = 1.0
 _PRUNE_EVERY_S = 60.0
 
 
+@attrs.define(eq=False)
 class ServerCore:
     """What the server keeps beside its store: long-poll wake-ups, the timer, metrics.
+
+    Args:
+        store: the job store.
+        lease_ttl_s: how long a lease lives without a heartbeat (> 0).
+        heartbeat_interval_s: told to bots at registration (> 0).
+        gone_after_s: silence after which a bot shows as ``gone`` (default
+            ``max(lease_ttl_s, 3 * heartbeat_interval_s)``).
 
     A waiting claim sleeps on :attr:`_available`, an event that is set (and replaced) by
     every change that can make a job claimable: a submit, a release or failure ack, a lease
@@ -34,26 +42,25 @@ class ServerCore:
     query the store, so a wake-up can never slip between their query and their wait.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
-        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
-        gone_after_s: float | None = None,
-    ) -> None:
-        if not lease_ttl_s > 0 or not heartbeat_interval_s > 0:
+    store: Store
+    lease_ttl_s: float = attrs.field(default=DEFAULT_LEASE_TTL_S, kw_only=True)
+    heartbeat_interval_s: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL_S, kw_only=True)
+    _gone_after_s: float | None = attrs.field(default=None, kw_only=True)
+    metrics: ServerMetrics = attrs.field(init=False, factory=ServerMetrics)
+    closing: bool = attrs.field(init=False, default=False)
+    _available: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _schedule: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lease_ttl_s > 0 or not self.heartbeat_interval_s > 0:
             raise ValueError("lease_ttl_s and heartbeat_interval_s must be > 0")
-        self.store = store
-        self.lease_ttl_s = lease_ttl_s
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.gone_after_s = (
-            gone_after_s if gone_after_s is not None else max(lease_ttl_s, 3 * heartbeat_interval_s)
-        )
-        self.metrics = ServerMetrics()
-        self.closing = False
-        self._available = trio.Event()
-        self._schedule = trio.Event()
+
+    @property
+    def gone_after_s(self) -> float:
+        """Silence after which a bot shows as ``gone``."""
+        if self._gone_after_s is not None:
+            return self._gone_after_s
+        return max(self.lease_ttl_s, 3 * self.heartbeat_interval_s)
 
     def jobs_may_be_available(self) -> None:
         """Wake every waiting claim so it queries the store again."""

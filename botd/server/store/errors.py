@@ -18,6 +18,7 @@ __all__ = [
     "StoreRejected",
     "StoreUnavailable",
     "job_finished",
+    "newer_schema",
     "session_problem",
     "superseded",
     "unknown_bot",
@@ -35,6 +36,14 @@ class StoreUnavailable(StoreError):
 
 class StoreIncompatible(StoreError):
     """Raised when the database's schema is newer than this botd: upgrade botd (exit 78)."""
+
+
+def newer_schema(where: str, version: int, known: int) -> StoreIncompatible:
+    """The database ``where`` has schema ``version``, newer than the ``known`` one."""
+    return StoreIncompatible(
+        f"database {where} has schema version {version}, newer than this botd's {known}:"
+        " run the newer botd, or point --db at another database"
+    )
 
 
 class StoreRejected(StoreError, HttpError):

@@ -13,7 +13,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ... import codec
-from ...models import FINAL_JOB_STATUSES, JOB_STATUSES, BotInfo, FailureInfo, JobView, Stats
+from ...models import (
+    FINAL_JOB_STATUSES,
+    JOB_STATUSES,
+    BotInfo,
+    ClaimedJob,
+    FailureInfo,
+    JobView,
+    RegisterRequest,
+    Stats,
+)
 from .interface import BOT_STATUSES
 
 __all__ = [
@@ -21,13 +30,17 @@ __all__ = [
     "FINAL_STATUSES_SQL",
     "JOB_COLUMNS",
     "STATS_SQL",
+    "Execute",
     "When",
     "bot_infos",
+    "claimed_job",
     "failure_of",
     "invariant_problems",
     "job_view",
     "json_or_none",
     "new_id",
+    "read_bots",
+    "registration",
     "stats_of",
 ]
 
@@ -72,6 +85,8 @@ BOT_COLUMNS = ", ".join((*_BOT_FIELDS, "labels", "last_seen"))
 #: Formats a store's own timestamp (SQLite: seconds since the epoch; PostgreSQL: a
 #: datetime) as RFC 3339.
 When = Callable[[Any], str]
+#: A connection's ``execute(sql, params)``: sqlite3's or psycopg's; it returns a cursor.
+Execute = Callable[[str, tuple[str, ...]], Any]
 
 
 def job_view(row: Sequence[Any], when: When) -> JobView:
@@ -104,6 +119,45 @@ def bot_infos(
         )
         for r in rows
     ]
+
+
+def read_bots(
+    execute: Execute, bot_id: str | None, *, mark: str, active_leases: str, when: When
+) -> list[BotInfo]:
+    """The bots (every one, or ``bot_id`` only) in bot_id order, with their active leases.
+
+    ``mark`` is the store's placeholder (``?``, ``%s``); ``active_leases`` is its SELECT of
+    (bot_id, lease_id) of the active leases, in the order they were granted, with ``{bot}``
+    where the condition on one bot goes.
+    """
+    where = f"WHERE bot_id = {mark}" if bot_id is not None else ""
+    args: tuple[str, ...] = (bot_id,) if bot_id is not None else ()
+    rows = execute(f"SELECT {BOT_COLUMNS} FROM bots {where} ORDER BY bot_id", args).fetchall()
+    one = f" AND bot_id = {mark}" if bot_id is not None else ""
+    lease_rows = execute(active_leases.format(bot=one), args).fetchall()
+    return bot_infos(rows, lease_rows, when)
+
+
+def registration(req: RegisterRequest, session_id: str) -> tuple[Any, ...]:
+    """A registration's values for the columns bot_id, session_id, capacity, hostname,
+    version, pid, labels (both stores' upserts of the bot start with these)."""
+    labels = json.dumps(req.labels)
+    return (req.bot_id, session_id, req.capacity, req.hostname, req.version, req.pid, labels)
+
+
+def claimed_job(
+    job_id: str,
+    lease_id: str,
+    kind: str,
+    payload: str,
+    attempt: int,
+    timeout_s: float | None,
+    lease_expires_at: str,
+) -> ClaimedJob:
+    """A ClaimedJob from its row's values (``payload`` as the JSON text stored)."""
+    return ClaimedJob(
+        job_id, lease_id, kind, json.loads(payload), attempt, timeout_s, lease_expires_at
+    )
 
 
 def stats_of(jobs: Iterable[Sequence[Any]], bots: Iterable[Sequence[Any]]) -> Stats:
