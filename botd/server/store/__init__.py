@@ -1,7 +1,7 @@
 """The job stores of the reference server.
 
 :mod:`.interface` has the :class:`Store` interface, :mod:`.errors` its errors,
-:mod:`.rules` the protocol's rules for acks and ended leases, :mod:`.rows` the columns and
+:mod:`.rules` the protocol's rules for acks and ended leases, :mod:`.records` the columns and
 rows both stores read alike. :mod:`.sqlite` is the embedded store (one process; its SQL in
 :mod:`.sqlite_backend`, its tables in :mod:`.sqlite_schema`); :mod:`.postgres` the store
 that several server replicas share (its connections in :mod:`.postgres_db`, its tables in

@@ -4,7 +4,7 @@ The HTTP layer (:mod:`botd.server.app`) talks to a :class:`Store` only; no SQL l
 Two stores implement it: :mod:`.sqlite` (the embedded default, one process) and
 :mod:`.postgres` (several server replicas on one database). What both share lives beside
 this module: the errors (:mod:`.errors`), the protocol's rules for acks and ended leases
-(:mod:`.rules`), and the columns and rows both read the same way (:mod:`.rows`).
+(:mod:`.rules`), and the columns and rows both read the same way (:mod:`.records`).
 
 Errors: see :mod:`.errors`; nothing but those escapes a store.
 

@@ -26,21 +26,9 @@ from typing import Any
 
 import trio
 
-from ...models import (
-    JOB_STATUSES,
-    Ack,
-    AckResult,
-    BotInfo,
-    ClaimRequest,
-    ClaimResponse,
-    HeartbeatRequest,
-    HeartbeatResponse,
-    JobSubmit,
-    JobView,
-    RegisterRequest,
-    Stats,
-)
+from ... import models
 from ...timestamps import rfc3339_of
+from . import records
 from .errors import (
     job_finished,
     session_problem,
@@ -59,18 +47,6 @@ from .postgres_db import (
     redact_dsn,
 )
 from .postgres_schema import INVARIANT, MIGRATIONS
-from .rows import (
-    FINAL_STATUSES_SQL,
-    JOB_COLUMNS,
-    STATS_SQL,
-    claimed_job,
-    invariant_problems,
-    job_view,
-    new_id,
-    read_bots,
-    registration,
-    stats_of,
-)
 from .rules import AckRow, EndRow, Ends, decide_acks, decide_ends
 
 __all__ = [
@@ -272,11 +248,11 @@ class PostgresStore(PostgresDatabase):
             self._notify(conn)
         return ends
 
-    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+    async def register(self, req: models.RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
         """See :meth:`Store.register`."""
 
         def run(conn: Conn) -> tuple[str, int]:
-            session_id = new_id()
+            session_id = records.new_id()
             conn.execute(
                 "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
                 " version, pid, labels, last_seen, registered_at)"
@@ -286,7 +262,7 @@ class PostgresStore(PostgresDatabase):
                 " hostname = excluded.hostname, version = excluded.version, pid = excluded.pid,"
                 " labels = excluded.labels, last_seen = excluded.last_seen,"
                 " registered_at = excluded.registered_at",
-                registration(req, session_id),
+                records.registration(req, session_id),
             )
             held = self._held(conn, req.bot_id)
             listed = set(req.active_leases)
@@ -305,27 +281,29 @@ class PostgresStore(PostgresDatabase):
 
         return await self._run(run)
 
-    def _bots(self, conn: Conn, bot_id: str | None) -> list[BotInfo]:
+    def _bots(self, conn: Conn, bot_id: str | None) -> list[models.BotInfo]:
         leases = "SELECT bot_id, lease_id FROM jobs WHERE lease_state = 'active'{bot} ORDER BY seq"
-        return read_bots(conn.execute, bot_id, mark="%s", active_leases=leases, when=rfc3339_of)
+        return records.read_bots(
+            conn.execute, bot_id, mark="%s", active_leases=leases, when=rfc3339_of
+        )
 
-    async def get_bot(self, bot_id: str) -> BotInfo:
+    async def get_bot(self, bot_id: str) -> models.BotInfo:
         """See :meth:`Store.get_bot`."""
         bots = await self._run(lambda conn: self._bots(conn, bot_id))
         if not bots:
             raise unknown_bot(bot_id)
         return bots[0]
 
-    async def list_bots(self) -> list[BotInfo]:
+    async def list_bots(self) -> list[models.BotInfo]:
         """See :meth:`Store.list_bots`."""
         return await self._run(lambda conn: self._bots(conn, None))
 
     async def heartbeat(
-        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
-    ) -> tuple[HeartbeatResponse, int]:
+        self, bot_id: str, req: models.HeartbeatRequest, *, lease_ttl_s: float
+    ) -> tuple[models.HeartbeatResponse, int]:
         """See :meth:`Store.heartbeat` (and SqliteBackend.heartbeat for the rules)."""
 
-        def run(conn: Conn) -> tuple[HeartbeatResponse, int]:
+        def run(conn: Conn) -> tuple[models.HeartbeatResponse, int]:
             session_id = req.session_id
             self._touch(conn, bot_id, session_id, req.state)
             held = self._held(conn, bot_id)
@@ -361,7 +339,7 @@ class PostgresStore(PostgresDatabase):
                     (lease_ttl_s, bot_id, _ids(extend), lease_ttl_s),
                 ).fetchone()
                 expires_at = rfc3339_of(row[0]) if row else None
-            answer = HeartbeatResponse(
+            answer = models.HeartbeatResponse(
                 lease_expires_at=expires_at, cancel_leases=cancel, lost_leases=lost
             )
             return answer, len(released.requeue)
@@ -385,20 +363,23 @@ class PostgresStore(PostgresDatabase):
     # -- jobs ----------------------------------------------------------------------------
 
     @staticmethod
-    def _job(conn: Conn, job_id: str, *, lock: bool = False) -> JobView:
+    def _job(conn: Conn, job_id: str, *, lock: bool = False) -> models.JobView:
         row = conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
+            f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE job_id = %s"
+            f"{' FOR UPDATE' if lock else ''}",
             (job_id,),
         ).fetchone()
         if row is None:
             raise unknown_job(job_id)
-        return job_view(row, rfc3339_of)
+        return records.job_view(row, rfc3339_of)
 
-    def _submit(self, conn: Conn, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+    def _submit(
+        self, conn: Conn, jobs: Sequence[models.JobSubmit]
+    ) -> list[tuple[models.JobView, bool]]:
         """Insert in one statement; a known idempotency_key returns that job, not created."""
         if not jobs:
             return []
-        ids = [new_id() for _ in jobs]
+        ids = [records.new_id() for _ in jobs]
         created = {
             r[0]
             for r in conn.execute(
@@ -430,20 +411,20 @@ class PostgresStore(PostgresDatabase):
             )
         }
         keys = [j.idempotency_key for j, i in zip(jobs, ids, strict=True) if i not in created]
-        by_id: dict[str, JobView] = {}
-        by_key: dict[str, JobView] = {}
+        by_id: dict[str, models.JobView] = {}
+        by_key: dict[str, models.JobView] = {}
         for row in conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ANY({_id_array('%s')})"
+            f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE job_id = ANY({_id_array('%s')})"
             f" OR idempotency_key = ANY({_texts('%s')})",
             (_ids(created), _json_param(keys)),
         ):
-            view = job_view(row, rfc3339_of)
+            view = records.job_view(row, rfc3339_of)
             by_id[view.job_id] = view
             if view.idempotency_key is not None:
                 by_key[view.idempotency_key] = view
         if created:
             self._notify(conn)
-        out: list[tuple[JobView, bool]] = []
+        out: list[tuple[models.JobView, bool]] = []
         for job, job_id in zip(jobs, ids, strict=True):
             if job_id in created:
                 out.append((by_id[job_id], True))
@@ -452,44 +433,46 @@ class PostgresStore(PostgresDatabase):
                 out.append((by_key[job.idempotency_key], False))
         return out
 
-    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+    async def submit(self, job: models.JobSubmit) -> tuple[models.JobView, bool]:
         """See :meth:`Store.submit`."""
         return (await self._run(lambda conn: self._submit(conn, [job])))[0]
 
-    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+    async def submit_many(
+        self, jobs: Sequence[models.JobSubmit]
+    ) -> list[tuple[models.JobView, bool]]:
         """See :meth:`Store.submit_many`."""
         return await self._run(lambda conn: self._submit(conn, jobs))
 
-    async def get_job(self, job_id: str) -> JobView:
+    async def get_job(self, job_id: str) -> models.JobView:
         """See :meth:`Store.get_job`."""
         return await self._run(lambda conn: self._job(conn, job_id))
 
-    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
+    async def list_jobs(self, *, status: str | None, limit: int) -> list[models.JobView]:
         """See :meth:`Store.list_jobs`."""
 
-        def run(conn: Conn) -> list[JobView]:
+        def run(conn: Conn) -> list[models.JobView]:
             if status is None:
                 cur = conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
+                    f"SELECT {records.JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
                 )
             else:
                 # The status as a literal (one of JOB_STATUSES), so that the plan of a prepared
                 # statement can use the partial index jobs_status.
-                if status not in JOB_STATUSES:
+                if status not in models.JOB_STATUSES:
                     raise ValueError(f"unknown job status {status!r}")
                 cur = conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = '{status}'"
+                    f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE status = '{status}'"
                     " ORDER BY seq DESC LIMIT %s",
                     (limit,),
                 )
-            return [job_view(row, rfc3339_of) for row in cur.fetchall()]
+            return [records.job_view(row, rfc3339_of) for row in cur.fetchall()]
 
         return await self._run(run)
 
-    async def cancel_job(self, job_id: str) -> JobView:
+    async def cancel_job(self, job_id: str) -> models.JobView:
         """See :meth:`Store.cancel_job`."""
 
-        def run(conn: Conn) -> JobView:
+        def run(conn: Conn) -> models.JobView:
             job = self._job(conn, job_id, lock=True)
             if job.status in ("queued", "leased"):
                 conn.execute(
@@ -503,12 +486,12 @@ class PostgresStore(PostgresDatabase):
 
         return await self._run(run)
 
-    async def stats(self) -> Stats:
+    async def stats(self) -> models.Stats:
         """See :meth:`Store.stats`."""
 
-        def run(conn: Conn) -> Stats:
-            jobs_sql, bots_sql = STATS_SQL
-            return stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
+        def run(conn: Conn) -> models.Stats:
+            jobs_sql, bots_sql = records.STATS_SQL
+            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
 
         return await self._run(run)
 
@@ -527,7 +510,7 @@ class PostgresStore(PostgresDatabase):
 
     # -- work ----------------------------------------------------------------------------
 
-    def _apply_acks(self, conn: Conn, acks: Sequence[Ack]) -> list[AckResult]:
+    def _apply_acks(self, conn: Conn, acks: Sequence[models.Ack]) -> list[models.AckResult]:
         """Read the batch's leases with their jobs (the jobs locked, in order), decide, and
         write: one statement, one row per job (and the history of leases that need it)."""
         ids = list(dict.fromkeys(a.lease_id for a in acks))
@@ -621,14 +604,14 @@ class PostgresStore(PostgresDatabase):
             self._notify(conn)
         return results
 
-    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
+    async def claim(self, req: models.ClaimRequest, *, lease_ttl_s: float) -> models.ClaimResponse:
         """See :meth:`Store.claim`: the acks in one statement, the claim in another."""
 
-        def run(conn: Conn) -> ClaimResponse:
+        def run(conn: Conn) -> models.ClaimResponse:
             self._touch(conn, req.bot_id, req.session_id, None)
             acks = self._apply_acks(conn, req.acks) if req.acks else []
             if req.max_jobs <= 0 or (req.kinds is not None and not req.kinds):
-                return ClaimResponse(jobs=[], acks=acks)
+                return models.ClaimResponse(jobs=[], acks=acks)
             params: dict[str, Any] = {
                 "n": req.max_jobs,
                 "bot": req.bot_id,
@@ -643,10 +626,10 @@ class PostgresStore(PostgresDatabase):
             # One deadline for the whole batch (one now() a transaction): formatted once.
             expires_at = rfc3339_of(rows[0][6]) if rows else ""
             jobs = [
-                claimed_job(job_id, lease_id, kind, payload, attempt, timeout_s, expires_at)
+                records.claimed_job(job_id, lease_id, kind, payload, attempt, timeout_s, expires_at)
                 for job_id, lease_id, kind, payload, attempt, timeout_s, _ in rows
             ]
-            return ClaimResponse(jobs=jobs, acks=acks)
+            return models.ClaimResponse(jobs=jobs, acks=acks)
 
         return await self._run(run)
 
@@ -657,7 +640,7 @@ class PostgresStore(PostgresDatabase):
         ends = await self._run(lambda conn: self._end_leases(conn, lease_ids, spend=False))
         return len(ends.requeue)
 
-    async def ack(self, ack: Ack) -> AckResult:
+    async def ack(self, ack: models.Ack) -> models.AckResult:
         """See :meth:`Store.ack`."""
         return (await self._run(lambda conn: self._apply_acks(conn, [ack])))[0]
 
@@ -714,7 +697,7 @@ class PostgresStore(PostgresDatabase):
             cur = conn.execute(
                 "WITH doomed AS MATERIALIZED (SELECT seq, job_id FROM jobs"
                 " WHERE finished_at <= now() - %s * interval '1 second'"
-                f" AND status IN ({FINAL_STATUSES_SQL}) ORDER BY finished_at LIMIT %s"
+                f" AND status IN ({records.FINAL_STATUSES_SQL}) ORDER BY finished_at LIMIT %s"
                 " FOR UPDATE SKIP LOCKED),"
                 " gone AS (DELETE FROM leases USING doomed WHERE leases.job_id = doomed.job_id)"
                 " DELETE FROM jobs USING doomed WHERE jobs.seq = doomed.seq",
@@ -729,7 +712,7 @@ class PostgresStore(PostgresDatabase):
     async def check_invariant(self) -> list[str]:
         """Problems with the store's invariant (empty when it holds)."""
         return await self._run(
-            lambda conn: invariant_problems(
+            lambda conn: records.invariant_problems(
                 lambda sql: conn.execute(sql).fetchall(), checks=INVARIANT
             )
         )

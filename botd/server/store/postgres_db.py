@@ -33,7 +33,7 @@ from psycopg.pq import ConnStatus
 
 from .errors import StoreUnavailable
 from .postgres_schema import migrate
-from .rows import new_id
+from .records import new_id
 
 __all__ = [
     "DEFAULT_POOL_SIZE",

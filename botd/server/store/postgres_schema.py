@@ -105,7 +105,7 @@ assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 
 #: The invariant on this schema (the lease's state is on the job's row), for
-#: :func:`~.rows.invariant_problems`.
+#: :func:`~.records.invariant_problems`.
 INVARIANT = (
     (
         "SELECT job_id, status FROM jobs WHERE status NOT IN ("

@@ -21,19 +21,7 @@ from typing import TypeVar
 import trio
 from loguru import logger
 
-from ...models import (
-    Ack,
-    AckResult,
-    BotInfo,
-    ClaimRequest,
-    ClaimResponse,
-    HeartbeatRequest,
-    HeartbeatResponse,
-    JobSubmit,
-    JobView,
-    RegisterRequest,
-    Stats,
-)
+from ... import models
 from .interface import ExpiryReport
 from .sqlite_backend import Moment, SqliteBackend
 
@@ -103,22 +91,22 @@ class SqliteStore:
         task_status.started()
         await trio.sleep_forever()
 
-    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+    async def register(self, req: models.RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
         """See :meth:`Store.register`."""
         at = self._moment()
         return await self._run(lambda: self.backend.register(req, at, lease_ttl_s))
 
-    async def get_bot(self, bot_id: str) -> BotInfo:
+    async def get_bot(self, bot_id: str) -> models.BotInfo:
         """See :meth:`Store.get_bot`."""
         return await self._run(lambda: self.backend.get_bot(bot_id))
 
-    async def list_bots(self) -> list[BotInfo]:
+    async def list_bots(self) -> list[models.BotInfo]:
         """See :meth:`Store.list_bots`."""
         return await self._run(self.backend.list_bots)
 
     async def heartbeat(
-        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
-    ) -> tuple[HeartbeatResponse, int]:
+        self, bot_id: str, req: models.HeartbeatRequest, *, lease_ttl_s: float
+    ) -> tuple[models.HeartbeatResponse, int]:
         """See :meth:`Store.heartbeat`."""
         at = self._moment()
         return await self._run(lambda: self.backend.heartbeat(bot_id, req, at, lease_ttl_s))
@@ -128,39 +116,41 @@ class SqliteStore:
         at = self._moment()
         return await self._run(lambda: self.backend.deregister(bot_id, session_id, at))
 
-    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+    async def submit(self, job: models.JobSubmit) -> tuple[models.JobView, bool]:
         """See :meth:`Store.submit`."""
         at = self._moment()
         return await self._run(lambda: self.backend.submit(job, at))
 
-    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+    async def submit_many(
+        self, jobs: Sequence[models.JobSubmit]
+    ) -> list[tuple[models.JobView, bool]]:
         """See :meth:`Store.submit_many`."""
         at = self._moment()
         return await self._run(lambda: self.backend.submit_many(jobs, at))
 
-    async def get_job(self, job_id: str) -> JobView:
+    async def get_job(self, job_id: str) -> models.JobView:
         """See :meth:`Store.get_job`."""
         return await self._run(lambda: self.backend.get_job(job_id))
 
-    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
+    async def list_jobs(self, *, status: str | None, limit: int) -> list[models.JobView]:
         """See :meth:`Store.list_jobs`."""
         return await self._run(lambda: self.backend.list_jobs(status, limit))
 
-    async def cancel_job(self, job_id: str) -> JobView:
+    async def cancel_job(self, job_id: str) -> models.JobView:
         """See :meth:`Store.cancel_job`."""
         at = self._moment()
         return await self._run(lambda: self.backend.cancel_job(job_id, at))
 
-    async def stats(self) -> Stats:
+    async def stats(self) -> models.Stats:
         """See :meth:`Store.stats`."""
         return await self._run(self.backend.stats)
 
-    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
+    async def claim(self, req: models.ClaimRequest, *, lease_ttl_s: float) -> models.ClaimResponse:
         """See :meth:`Store.claim`."""
         at = self._moment()
         return await self._run(lambda: self.backend.claim(req, at, lease_ttl_s))
 
-    async def ack(self, ack: Ack) -> AckResult:
+    async def ack(self, ack: models.Ack) -> models.AckResult:
         """See :meth:`Store.ack`."""
         at = self._moment()
         return await self._run(lambda: self.backend.ack(ack, at))

@@ -17,21 +17,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ...models import (
-    Ack,
-    AckResult,
-    BotInfo,
-    ClaimedJob,
-    ClaimRequest,
-    ClaimResponse,
-    HeartbeatRequest,
-    HeartbeatResponse,
-    JobSubmit,
-    JobView,
-    RegisterRequest,
-    Stats,
-)
+from ... import models
 from ...timestamps import rfc3339
+from . import records
 from .errors import (
     StoreUnavailable,
     job_finished,
@@ -40,18 +28,6 @@ from .errors import (
     unknown_job,
 )
 from .interface import PRUNE_BATCH, ExpiryReport
-from .rows import (
-    FINAL_STATUSES_SQL,
-    JOB_COLUMNS,
-    STATS_SQL,
-    claimed_job,
-    invariant_problems,
-    job_view,
-    new_id,
-    read_bots,
-    registration,
-    stats_of,
-)
 from .rules import AckRow, EndRow, decide_acks, decide_ends
 from .sqlite_schema import SCHEMA, migrate
 
@@ -263,14 +239,16 @@ class SqliteBackend:
         )
         return ends.report()
 
-    def register(self, req: RegisterRequest, at: Moment, lease_ttl_s: float) -> tuple[str, int]:
+    def register(
+        self, req: models.RegisterRequest, at: Moment, lease_ttl_s: float
+    ) -> tuple[str, int]:
         """New session; listed held leases move to it, the bot's other leases end (spent).
 
         Returns the new session_id and how many jobs went back to the queue.
         """
 
         def run(conn: sqlite3.Connection) -> tuple[str, int]:
-            session_id = new_id()
+            session_id = records.new_id()
             held = self._held(conn, req.bot_id)
             listed = set(req.active_leases)
             keep = [lease for lease in held if lease in listed]
@@ -289,30 +267,30 @@ class SqliteBackend:
                 " hostname = excluded.hostname, version = excluded.version, pid = excluded.pid,"
                 " labels = excluded.labels, last_seen = excluded.last_seen,"
                 " seen_at = excluded.seen_at, registered_at = excluded.registered_at",
-                (*registration(req, session_id), at.wall, at.mono, at.wall),
+                (*records.registration(req, session_id), at.wall, at.mono, at.wall),
             )
             return session_id, ended.requeued
 
         return self._tx(run)
 
-    def _bots(self, conn: sqlite3.Connection, bot_id: str | None) -> list[BotInfo]:
+    def _bots(self, conn: sqlite3.Connection, bot_id: str | None) -> list[models.BotInfo]:
         leases = "SELECT bot_id, lease_id FROM leases WHERE state = 'active'{bot} ORDER BY rowid"
-        return read_bots(conn.execute, bot_id, mark="?", active_leases=leases, when=rfc3339)
+        return records.read_bots(conn.execute, bot_id, mark="?", active_leases=leases, when=rfc3339)
 
-    def get_bot(self, bot_id: str) -> BotInfo:
+    def get_bot(self, bot_id: str) -> models.BotInfo:
         """The bot, or 404 unknown_bot."""
         bots = self._tx(lambda conn: self._bots(conn, bot_id))
         if not bots:
             raise unknown_bot(bot_id)
         return bots[0]
 
-    def list_bots(self) -> list[BotInfo]:
+    def list_bots(self) -> list[models.BotInfo]:
         """Every bot, in bot_id order."""
         return self._tx(lambda conn: self._bots(conn, None))
 
     def heartbeat(
-        self, bot_id: str, req: HeartbeatRequest, at: Moment, lease_ttl_s: float
-    ) -> tuple[HeartbeatResponse, int]:
+        self, bot_id: str, req: models.HeartbeatRequest, at: Moment, lease_ttl_s: float
+    ) -> tuple[models.HeartbeatResponse, int]:
         """Extend listed held leases; report cancelled (held) and lost (listed, not held).
 
         A lease of this session that the bot does not list, and that was granted or last
@@ -322,7 +300,7 @@ class SqliteBackend:
         before the claim answer arrived. Returns the answer and how many jobs were requeued.
         """
 
-        def run(conn: sqlite3.Connection) -> tuple[HeartbeatResponse, int]:
+        def run(conn: sqlite3.Connection) -> tuple[models.HeartbeatResponse, int]:
             session_id = req.session_id
             self._session(conn, bot_id, session_id)
             self._seen(conn, bot_id, at, req.state)
@@ -352,7 +330,7 @@ class SqliteBackend:
                 "UPDATE leases SET expires = ? WHERE lease_id = ?",
                 [(expires, lease) for lease in extend],
             )
-            answer = HeartbeatResponse(
+            answer = models.HeartbeatResponse(
                 lease_expires_at=at.display(expires) if extend else None,
                 cancel_leases=cancel,
                 lost_leases=lost,
@@ -377,29 +355,33 @@ class SqliteBackend:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _job(self, conn: sqlite3.Connection, job_id: str) -> JobView:
-        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+    def _job(self, conn: sqlite3.Connection, job_id: str) -> models.JobView:
+        row = conn.execute(f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
         found = row.fetchone()
         if found is None:
             raise unknown_job(job_id)
-        return job_view(found, rfc3339)
+        return records.job_view(found, rfc3339)
 
-    def submit(self, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
+    def submit(self, job: models.JobSubmit, at: Moment) -> tuple[models.JobView, bool]:
         """Queue a job; an idempotency_key seen before returns that job and False."""
         return self._tx(lambda conn: self._submit(conn, job, at))
 
-    def submit_many(self, jobs: Sequence[JobSubmit], at: Moment) -> list[tuple[JobView, bool]]:
+    def submit_many(
+        self, jobs: Sequence[models.JobSubmit], at: Moment
+    ) -> list[tuple[models.JobView, bool]]:
         """Queue jobs in one transaction, each as :meth:`submit` does; in order."""
         return self._tx(lambda conn: [self._submit(conn, job, at) for job in jobs])
 
-    def _submit(self, conn: sqlite3.Connection, job: JobSubmit, at: Moment) -> tuple[JobView, bool]:
+    def _submit(
+        self, conn: sqlite3.Connection, job: models.JobSubmit, at: Moment
+    ) -> tuple[models.JobView, bool]:
         if job.idempotency_key is not None:
             row = conn.execute(
                 "SELECT job_id FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
             ).fetchone()
             if row is not None:
                 return self._job(conn, row[0]), False
-        job_id = new_id()
+        job_id = records.new_id()
         conn.execute(
             "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
             " attempts, timeout_s, idempotency_key, created_at)"
@@ -417,31 +399,32 @@ class SqliteBackend:
         )
         return self._job(conn, job_id), True
 
-    def get_job(self, job_id: str) -> JobView:
+    def get_job(self, job_id: str) -> models.JobView:
         """The job, or 404 unknown_job."""
         return self._tx(lambda conn: self._job(conn, job_id))
 
-    def list_jobs(self, status: str | None, limit: int) -> list[JobView]:
+    def list_jobs(self, status: str | None, limit: int) -> list[models.JobView]:
         """The newest ``limit`` jobs, optionally of one status."""
 
-        def run(conn: sqlite3.Connection) -> list[JobView]:
+        def run(conn: sqlite3.Connection) -> list[models.JobView]:
             if status is None:
                 cur = conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                    f"SELECT {records.JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
                 )
             else:
                 cur = conn.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?",
+                    f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE status = ?"
+                    " ORDER BY seq DESC LIMIT ?",
                     (status, limit),
                 )
-            return [job_view(row, rfc3339) for row in cur.fetchall()]
+            return [records.job_view(row, rfc3339) for row in cur.fetchall()]
 
         return self._tx(run)
 
-    def cancel_job(self, job_id: str, at: Moment) -> JobView:
+    def cancel_job(self, job_id: str, at: Moment) -> models.JobView:
         """Cancel a queued or leased job; a leased one is cancelled on its bot by heartbeat."""
 
-        def run(conn: sqlite3.Connection) -> JobView:
+        def run(conn: sqlite3.Connection) -> models.JobView:
             job = self._job(conn, job_id)
             if job.status in ("queued", "leased"):
                 conn.execute(
@@ -455,20 +438,20 @@ class SqliteBackend:
 
         return self._tx(run)
 
-    def stats(self) -> Stats:
+    def stats(self) -> models.Stats:
         """Counts per job status and per bot status, every status present."""
 
-        def run(conn: sqlite3.Connection) -> Stats:
-            jobs_sql, bots_sql = STATS_SQL
-            return stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
+        def run(conn: sqlite3.Connection) -> models.Stats:
+            jobs_sql, bots_sql = records.STATS_SQL
+            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
 
         return self._tx(run)
 
     # -- work ----------------------------------------------------------------------------
 
     def _apply_acks(
-        self, conn: sqlite3.Connection, acks: Sequence[Ack], at: Moment
-    ) -> list[AckResult]:
+        self, conn: sqlite3.Connection, acks: Sequence[models.Ack], at: Moment
+    ) -> list[models.AckResult]:
         ids = list(dict.fromkeys(a.lease_id for a in acks))
         rows: dict[str, AckRow] = {}
         for part in _chunks(ids):
@@ -503,20 +486,22 @@ class SqliteBackend:
         )
         return results
 
-    def claim(self, req: ClaimRequest, at: Moment, lease_ttl_s: float) -> ClaimResponse:
+    def claim(
+        self, req: models.ClaimRequest, at: Moment, lease_ttl_s: float
+    ) -> models.ClaimResponse:
         """Apply the acks, then lease up to max_jobs due queued jobs: priority, then age."""
 
-        def run(conn: sqlite3.Connection) -> ClaimResponse:
+        def run(conn: sqlite3.Connection) -> models.ClaimResponse:
             self._session(conn, req.bot_id, req.session_id)
             self._seen(conn, req.bot_id, at, None)
             acks = self._apply_acks(conn, req.acks, at) if req.acks else []
             if req.max_jobs <= 0:
-                return ClaimResponse(jobs=[], acks=acks)
+                return models.ClaimResponse(jobs=[], acks=acks)
             args: list[Any] = [at.mono]
             kinds = ""
             if req.kinds is not None:
                 if not req.kinds:
-                    return ClaimResponse(jobs=[], acks=acks)
+                    return models.ClaimResponse(jobs=[], acks=acks)
                 kinds = f" AND kind IN ({_marks(len(req.kinds))})"
                 args += req.kinds
             args.append(req.max_jobs)
@@ -528,15 +513,17 @@ class SqliteBackend:
             ).fetchall()
             expires = at.mono + lease_ttl_s
             shown = at.display(expires)
-            jobs: list[ClaimedJob] = []
+            jobs: list[models.ClaimedJob] = []
             job_rows: list[tuple[int, str, str, int]] = []
             lease_rows: list[tuple[str, str, str, str, int, float]] = []
             for seq, job_id, kind, payload, attempts, timeout_s in rows:
-                lease_id = new_id()
+                lease_id = records.new_id()
                 attempt = attempts + 1
                 job_rows.append((attempt, req.bot_id, lease_id, seq))
                 lease_rows.append((lease_id, job_id, req.bot_id, req.session_id, attempt, expires))
-                jobs.append(claimed_job(job_id, lease_id, kind, payload, attempt, timeout_s, shown))
+                jobs.append(
+                    records.claimed_job(job_id, lease_id, kind, payload, attempt, timeout_s, shown)
+                )
             conn.executemany(
                 "UPDATE jobs SET status = 'leased', attempts = ?, bot_id = ?, lease_id = ?"
                 " WHERE seq = ?",
@@ -547,7 +534,7 @@ class SqliteBackend:
                 " expires) VALUES (?, ?, ?, ?, ?, 'active', ?)",
                 lease_rows,
             )
-            return ClaimResponse(jobs=jobs, acks=acks)
+            return models.ClaimResponse(jobs=jobs, acks=acks)
 
         return self._tx(run)
 
@@ -555,7 +542,7 @@ class SqliteBackend:
         """Give back active leases without spending their attempts; jobs requeued."""
         return self._tx(lambda conn: self._end_leases(conn, lease_ids, spend=False, at=at).requeued)
 
-    def ack(self, ack: Ack, at: Moment) -> AckResult:
+    def ack(self, ack: models.Ack, at: Moment) -> models.AckResult:
         """Apply one ack (see the protocol's ack semantics)."""
         return self._tx(lambda conn: self._apply_acks(conn, [ack], at)[0])
 
@@ -619,7 +606,7 @@ class SqliteBackend:
                 (seq, job_id)
                 for seq, job_id in conn.execute(
                     "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL"
-                    f" AND finished_at <= ? AND status IN ({FINAL_STATUSES_SQL}) LIMIT ?",
+                    f" AND finished_at <= ? AND status IN ({records.FINAL_STATUSES_SQL}) LIMIT ?",
                     (at.wall - older_than_s, PRUNE_BATCH),
                 )
             ]
@@ -633,6 +620,6 @@ class SqliteBackend:
         """Problems with the store's invariant (empty when it holds); for tests and audits."""
 
         def run(conn: sqlite3.Connection) -> list[str]:
-            return invariant_problems(lambda sql: conn.execute(sql).fetchall())
+            return records.invariant_problems(lambda sql: conn.execute(sql).fetchall())
 
         return self._tx(run)

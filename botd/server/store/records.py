@@ -1,8 +1,10 @@
-"""What both stores read the same way: the shared columns and statements, rows into answers.
+"""The records both stores read and write alike: shared columns and statements, rows into
+answers, a registration into the bot's columns.
 
 Both schemas name their columns alike, so a job row of :data:`JOB_COLUMNS` becomes a
-:class:`~botd.models.JobView` in one place (:func:`job_view`), and likewise bots and
-stats. Also here: new ids, and the invariant's checks for tests and audits.
+:class:`~botd.models.JobView` in one place (:func:`job_view`), and likewise bots
+(:func:`read_bots`), claimed jobs and stats. Also here: new ids, and the invariant's
+checks for tests and audits. The stores name it ``records`` (``records.job_view``).
 """
 
 from __future__ import annotations
