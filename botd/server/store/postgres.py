@@ -1,7 +1,8 @@
 """The shared job store: :class:`PostgresStore`, for several server replicas on one database.
 
-It runs the :class:`~.interface.Store`'s transactions on a :class:`~.postgres_db.
-PostgresDatabase` (the pool, retries, LISTEN), on the schema of :mod:`.postgres_schema`:
+It runs the :class:`~.interface.Store`'s transactions on a
+:class:`~.postgres_db.PostgresDatabase` (the pool, retries, LISTEN), on the schema of
+:mod:`.postgres_schema`:
 
 - every lease deadline, expiry and retry time comes from the database's clock (``now()``):
   replicas share rows, and their monotonic clocks mean nothing to each other;

@@ -1,4 +1,4 @@
-"""The connections of the PostgreSQL store: the pool, one transaction at a time, LISTEN.
+"""The connections of the PostgreSQL store: the pool, a transaction per call, LISTEN.
 
 :class:`PostgresDatabase` is what :class:`~.postgres.PostgresStore` runs its SQL on:
 
