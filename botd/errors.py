@@ -1,22 +1,45 @@
 """The one error tree of botd.
 
-Every error that botd raises on purpose derives from :class:`BotdError`::
+Every error that botd raises on purpose derives from :class:`BotdError`. Most live here;
+the others live with the one module that raises them, named on the right::
 
     BotdError
-    ├── ConfigError            bad configuration: exit code 78, nothing starts
-    ├── StateDirError          the local state dir is corrupt or unwritable
-    ├── InvalidTransition      an illegal lifecycle transition (a bug)
-    ├── CircuitOpen            a call refused because its breaker is open
-    ├── JobError               a job handler failed
-    │   ├── PermanentError     ... and must not be retried
-    │   └── JobTimeout         ... because it outlived its timeout
-    └── ServerError            talking to the main server failed
-        ├── ServerUnavailable  retryable: network errors, timeouts, 429, 5xx
-        ├── ProtocolError      the server answered something we cannot read
-        ├── Unrecoverable      401/403: retrying will not help
-        └── RequestRejected    any other 4xx, carrying the server's error code
-            ├── UnknownBot         404 unknown_bot: register again
-            └── SessionSuperseded  409 session_superseded: register again
+    ├── ConfigError              bad configuration: exit code 78, nothing starts
+    ├── StateDirError            the local state dir is corrupt or unwritable
+    ├── InvalidTransition        an illegal lifecycle transition (a bug)
+    ├── CircuitOpen              a call refused because its breaker is open
+    ├── SessionLost              a loop lost its server session: ERROR, register again
+    │                            (botd.session)
+    ├── StartupExhausted         every startup registration failed: exit code 69
+    │                            (botd.registration)
+    ├── JobError                 a job handler failed (retryable)
+    │   ├── PermanentError       ... and must not be retried
+    │   ├── JobTimeout           ... because it outlived its timeout
+    │   ├── SimulatedFailure     ... on purpose (botd.handlers: simulate)
+    │   ├── ExitStatusError      ... its command exited non-zero (botd.handlers: exec)
+    │   └── SpawnError           ... its command could not start (botd.handlers: exec)
+    ├── HttpError                an HTTP error answer: status, error code, message, holder
+    │   ├── RequestRejected      the bot's view of one (a ServerError too, below)
+    │   ├── StoreRejected        the server's store refusing a request (a StoreError too)
+    │   └── _InvalidRequest      400 invalid_request: a body that does not decode
+    │                            (botd.server.wire)
+    ├── ServerError              talking to the main server failed
+    │   ├── ServerUnavailable    retryable: network errors, timeouts, 429, 5xx
+    │   ├── ProtocolError        the server answered something we cannot read
+    │   ├── Unrecoverable        401/403: retrying will not help
+    │   └── RequestRejected      any other 4xx, carrying the server's error code
+    │       ├── UnknownBot           404 unknown_bot: register again
+    │       └── SessionSuperseded    409 session_superseded: register again
+    └── StoreError               the reference server's job store (botd.server.store.errors)
+        ├── StoreUnavailable     the database failed: 503 store_unavailable
+        ├── StoreIncompatible    the database's schema is newer: the server exits 78
+        └── StoreRejected        the state does not allow the request (an HttpError too)
+
+:class:`HttpError` is the one ``(status, code, message)`` error: the server's routes raise
+it, and its store's :class:`~botd.server.store.errors.StoreRejected`, to answer
+``{"error": {"code", "message"}}``; the bot's client raises :class:`RequestRejected` when
+it reads such an answer. Private exceptions that never leave their module (``_Unreachable``
+in botd.status) are not part of the tree.
 
 Third-party exceptions (httpx, cattrs) are translated at one boundary each:
 :func:`botd.client.map_transport_errors` and :func:`botd.codec.structure`.
@@ -33,6 +56,7 @@ __all__ = [
     "BotdError",
     "CircuitOpen",
     "ConfigError",
+    "HttpError",
     "InvalidTransition",
     "JobError",
     "JobTimeout",
@@ -98,6 +122,23 @@ class JobTimeout(JobError):
     type = "timeout"
 
 
+class HttpError(BotdError):
+    """Raised for an HTTP error answer: its ``status``, error ``code`` and ``message``, and
+    for a superseded session who holds the bot id now (``holder``, when known)."""
+
+    #: How ``str()`` of the error reads.
+    template = "{status} {code}: {message}"
+
+    def __init__(
+        self, status: int, code: str, message: str, holder: SessionHolder | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.holder = holder
+        super().__init__(self.template.format(status=status, code=code, message=message))
+
+
 class ServerError(BotdError):
     """Raised when a request to the main server fails."""
 
@@ -120,14 +161,10 @@ class Unrecoverable(ServerError):
     """Raised when the server answers 401/403: the token is wrong and retrying will not help."""
 
 
-class RequestRejected(ServerError):
+class RequestRejected(ServerError, HttpError):
     """Raised when the server answers a 4xx other than 401/403; ``code`` is its error code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        super().__init__(f"server rejected the request ({status} {code}): {message}")
+    template = "server rejected the request ({status} {code}): {message}"
 
 
 class UnknownBot(RequestRejected):
@@ -139,12 +176,6 @@ class SessionSuperseded(RequestRejected):
 
     ``holder`` says who holds the bot id now, when the server tells (an extension).
     """
-
-    def __init__(
-        self, status: int, code: str, message: str, holder: SessionHolder | None = None
-    ) -> None:
-        super().__init__(status, code, message)
-        self.holder = holder
 
 
 def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import trio
 
-from botd.server.app import ServerCore
+from botd.server.core import ServerCore
 from botd.server.store import ExpiryReport, Store
 
 

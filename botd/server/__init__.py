@@ -1,10 +1,13 @@
 """The reference main server: protocol v1 over Starlette, an embedded SQLite store.
 
-``store`` holds the :class:`Store` interface and :class:`SqliteStore`; ``app`` the routes
-(:func:`create_app`); ``run`` hypercorn, the lease-expiry task and signals (:func:`serve`).
+``store`` holds the :class:`Store` interface and the stores; ``app`` the routes
+(:func:`create_app`), ``wire`` their bodies and error answers, ``core`` what the server
+keeps beside its store (:class:`ServerCore`: long polls, timers), ``metrics`` its
+Prometheus metrics; ``run`` hypercorn, flags and signals (:func:`serve`).
 """
 
-from .app import ServerCore, core_of, create_app
+from .app import core_of, create_app
+from .core import ServerCore
 from .run import ServerConfig, serve
 from .store import SqliteStore, Store, StoreRejected, StoreUnavailable
 

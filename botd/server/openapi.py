@@ -16,26 +16,7 @@ from typing import Any, Literal
 import attrs
 
 from .. import models
-from ..models import (
-    Ack,
-    BotInfo,
-    BotList,
-    ClaimRequest,
-    ClaimResponse,
-    ErrorBody,
-    Health,
-    HeartbeatRequest,
-    HeartbeatResponse,
-    JobBatch,
-    JobBatchResult,
-    JobList,
-    JobSubmit,
-    JobView,
-    RegisterRequest,
-    RegisterResponse,
-    SingleAckResponse,
-    Stats,
-)
+from ..models import ErrorBody
 
 __all__ = ["ROUTES", "openapi_document", "schema_for"]
 
@@ -101,17 +82,24 @@ class RouteDoc:
 
 
 ROUTES: tuple[RouteDoc, ...] = (
-    RouteDoc("get", "/v1/health", "Store health", None, {200: Health, 503: Health}, auth=False),
+    RouteDoc(
+        "get",
+        "/v1/health",
+        "Store health",
+        None,
+        {200: models.Health, 503: models.Health},
+        auth=False,
+    ),
     RouteDoc("get", "/v1/openapi.json", "This document", None, {200: None}),
     RouteDoc(
         "post",
         "/v1/bots/register",
         "Register a bot (a new session)",
-        RegisterRequest,
-        {200: RegisterResponse, 400: ErrorBody},
+        models.RegisterRequest,
+        {200: models.RegisterResponse, 400: ErrorBody},
     ),
-    RouteDoc("get", "/v1/bots", "List bots", None, {200: BotList}),
-    RouteDoc("get", "/v1/bots/{bot_id}", "One bot", None, {200: BotInfo, 404: ErrorBody}),
+    RouteDoc("get", "/v1/bots", "List bots", None, {200: models.BotList}),
+    RouteDoc("get", "/v1/bots/{bot_id}", "One bot", None, {200: models.BotInfo, 404: ErrorBody}),
     RouteDoc(
         "delete",
         "/v1/bots/{bot_id}",
@@ -124,53 +112,53 @@ ROUTES: tuple[RouteDoc, ...] = (
         "post",
         "/v1/bots/{bot_id}/heartbeat",
         "Heartbeat: extend leases, learn cancelled and lost ones",
-        HeartbeatRequest,
-        {200: HeartbeatResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+        models.HeartbeatRequest,
+        {200: models.HeartbeatResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
     ),
     RouteDoc(
         "post",
         "/v1/jobs",
         "Submit a job",
-        JobSubmit,
-        {201: JobView, 200: JobView, 400: ErrorBody},
+        models.JobSubmit,
+        {201: models.JobView, 200: models.JobView, 400: ErrorBody},
     ),
     RouteDoc(
         "post",
         "/v1/jobs/batch",
         "Submit up to 1000 jobs in one transaction (extension)",
-        JobBatch,
-        {201: JobBatchResult, 200: JobBatchResult, 400: ErrorBody},
+        models.JobBatch,
+        {201: models.JobBatchResult, 200: models.JobBatchResult, 400: ErrorBody},
     ),
     RouteDoc(
         "get",
         "/v1/jobs",
         "List jobs, newest first",
         None,
-        {200: JobList, 400: ErrorBody},
+        {200: models.JobList, 400: ErrorBody},
         query=(("status", "string", False), ("limit", "integer", False)),
     ),
     RouteDoc(
         "post",
         "/v1/jobs/claim",
         "Apply acks, then claim jobs (long poll up to wait_s)",
-        ClaimRequest,
-        {200: ClaimResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+        models.ClaimRequest,
+        {200: models.ClaimResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
     ),
-    RouteDoc("get", "/v1/jobs/{job_id}", "One job", None, {200: JobView, 404: ErrorBody}),
+    RouteDoc("get", "/v1/jobs/{job_id}", "One job", None, {200: models.JobView, 404: ErrorBody}),
     RouteDoc(
         "post",
         "/v1/jobs/{job_id}/cancel",
         "Cancel a job",
         None,
-        {200: JobView, 404: ErrorBody, 409: ErrorBody},
+        {200: models.JobView, 404: ErrorBody, 409: ErrorBody},
     ),
-    RouteDoc("get", "/v1/stats", "Counts per status", None, {200: Stats}),
+    RouteDoc("get", "/v1/stats", "Counts per status", None, {200: models.Stats}),
     RouteDoc(
         "post",
         "/v1/leases/{lease_id}/ack",
         "Ack one lease",
-        Ack,
-        {200: SingleAckResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
+        models.Ack,
+        {200: models.SingleAckResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
     ),
 )
 

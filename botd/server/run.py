@@ -27,7 +27,8 @@ from loguru import logger
 from .. import logs
 from ..errors import leaf_exceptions
 from ..exit_codes import ExitCode
-from .app import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, core_of, create_app
+from .app import core_of, create_app
+from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S
 from .store import (
     Store,
     StoreError,

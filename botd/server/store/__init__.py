@@ -1,10 +1,13 @@
 """The job stores of the reference server.
 
-:mod:`.base` has the :class:`Store` interface, its errors and the protocol's rules;
-:mod:`.sqlite` the embedded store (one process), :mod:`.postgres` the store that several
-server replicas share. :func:`open_store` picks one from ``--db``: a ``postgresql://`` (or
-``postgres://``) URL selects PostgreSQL, anything else is a SQLite path (``:memory:`` by
-name only).
+:mod:`.interface` has the :class:`Store` interface, :mod:`.errors` its errors,
+:mod:`.rules` the protocol's rules for acks and ended leases, :mod:`.records` the columns and
+rows both stores read alike. :mod:`.sqlite` is the embedded store (one process; its SQL in
+:mod:`.sqlite_backend`, its tables in :mod:`.sqlite_schema`); :mod:`.postgres` the store
+that several server replicas share (its connections in :mod:`.postgres_db`, its tables in
+:mod:`.postgres_schema`). :func:`open_store` picks one from ``--db``: a ``postgresql://``
+(or ``postgres://``) URL selects PostgreSQL, anything else is a SQLite path (``:memory:``
+by name only).
 """
 
 from __future__ import annotations
@@ -12,22 +15,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import (
-    BOT_STATUSES,
-    SCHEMA_VERSION,
-    ExpiryReport,
-    Store,
-    StoreError,
-    StoreIncompatible,
-    StoreRejected,
-    StoreUnavailable,
-    retry_backoff,
-    rfc3339,
-)
-from .sqlite import Moment, SqliteBackend, SqliteStore
+from .errors import StoreError, StoreIncompatible, StoreRejected, StoreUnavailable
+from .interface import BOT_STATUSES, PRUNE_BATCH, SCHEMA_VERSION, ExpiryReport, Store
+from .rules import retry_backoff
+from .sqlite import SqliteStore
+from .sqlite_backend import Moment, SqliteBackend
 
 __all__ = [
     "BOT_STATUSES",
+    "PRUNE_BATCH",
     "SCHEMA_VERSION",
     "ExpiryReport",
     "Moment",
@@ -41,7 +37,6 @@ __all__ = [
     "is_postgres_url",
     "open_store",
     "retry_backoff",
-    "rfc3339",
 ]
 
 

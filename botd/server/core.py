@@ -1,0 +1,204 @@
+"""What the server keeps beside its store: :class:`ServerCore`.
+
+It holds the long poll's wake-up event, the lease-expiry timer, the pruning task and the
+server's metrics. The routes (:mod:`.app`) call it; it calls the store only. No HTTP and no
+SQL live here.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import attrs
+import trio
+from loguru import logger
+
+from ..models import Ack, ClaimRequest, ClaimResponse
+from .metrics import ServerMetrics
+from .store import PRUNE_BATCH, Store, StoreUnavailable
+
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL_S", "DEFAULT_LEASE_TTL_S", "ServerCore"]
+
+DEFAULT_LEASE_TTL_S = 30.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+_TIMER_MAX_SLEEP_S = 1.0
+_PRUNE_EVERY_S = 60.0
+
+
+@attrs.define(eq=False)
+class ServerCore:
+    """What the server keeps beside its store: long-poll wake-ups, the timer, metrics.
+
+    Args:
+        store: the job store.
+        lease_ttl_s: how long a lease lives without a heartbeat (> 0).
+        heartbeat_interval_s: told to bots at registration (> 0).
+        gone_after_s: silence after which a bot shows as ``gone`` (default
+            ``max(lease_ttl_s, 3 * heartbeat_interval_s)``).
+
+    A waiting claim sleeps on :attr:`_available`, an event that is set (and replaced) by
+    every change that can make a job claimable: a submit, a release or failure ack, a lease
+    expiry, a retry becoming due, a deregistration. Waiters take the event *before* they
+    query the store, so a wake-up can never slip between their query and their wait.
+    """
+
+    store: Store
+    lease_ttl_s: float = attrs.field(default=DEFAULT_LEASE_TTL_S, kw_only=True)
+    heartbeat_interval_s: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL_S, kw_only=True)
+    _gone_after_s: float | None = attrs.field(default=None, kw_only=True)
+    metrics: ServerMetrics = attrs.field(init=False, factory=ServerMetrics)
+    closing: bool = attrs.field(init=False, default=False)
+    _available: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _schedule: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lease_ttl_s > 0 or not self.heartbeat_interval_s > 0:
+            raise ValueError("lease_ttl_s and heartbeat_interval_s must be > 0")
+
+    @property
+    def gone_after_s(self) -> float:
+        """Silence after which a bot shows as ``gone``."""
+        if self._gone_after_s is not None:
+            return self._gone_after_s
+        return max(self.lease_ttl_s, 3 * self.heartbeat_interval_s)
+
+    def jobs_may_be_available(self) -> None:
+        """Wake every waiting claim so it queries the store again."""
+        self._available.set()
+        self._available = trio.Event()
+
+    def schedule_changed(self) -> None:
+        """Wake the timer: a deadline earlier than the one it sleeps towards may exist."""
+        self._schedule.set()
+
+    def close(self) -> None:
+        """Stop long polls: waiting claims answer at once with what they have."""
+        self.closing = True
+        self.jobs_may_be_available()
+
+    def after_acks(self, acks: list[Ack]) -> None:
+        """Wake waiters and the timer when acks may have requeued a job."""
+        if any(a.outcome != "succeeded" for a in acks):
+            self.jobs_may_be_available()
+            self.schedule_changed()
+
+    async def claim(self, req: ClaimRequest, *, gone: trio.Event | None = None) -> ClaimResponse:
+        """Apply the acks and claim; if nothing is due, wait up to wait_s for a job.
+
+        Ends when: jobs were leased, ``wait_s`` passed, the server is closing, or ``gone``
+        is set (the client went away: a claim that waits for nobody takes no job).
+        Errors: StoreRejected/StoreUnavailable from the store, as they come.
+        """
+        deadline = trio.current_time() + req.wait_s
+        event = self._available
+        first = await self.store.claim(req, lease_ttl_s=self.lease_ttl_s)
+        self.after_acks(req.acks)
+        jobs = first.jobs
+        retry = attrs.evolve(req, acks=[])
+        while not jobs and req.max_jobs > 0 and not self.closing:
+            with trio.move_on_at(deadline) as scope:
+                await _first_of(event, gone)
+            if scope.cancelled_caught or self.closing or (gone is not None and gone.is_set()):
+                break
+            event = self._available
+            jobs = (await self.store.claim(retry, lease_ttl_s=self.lease_ttl_s)).jobs
+        self.metrics.claims.inc()
+        self.metrics.jobs_claimed.inc(len(jobs))
+        for status, count in collections.Counter(r.status for r in first.acks).items():
+            self.metrics.acks.labels(status=status).inc(count)
+        return ClaimResponse(jobs=jobs, acks=first.acks)
+
+    async def run_timers(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Expire leases on time and wake waiters when a lease expires or a retry is due.
+
+        Sleeps until the store's next deadline (at most 1 s, so silent bots are marked gone),
+        or until :meth:`schedule_changed`. This function never returns unless cancelled.
+        Errors: a failing store is logged and retried after 1 s. StoreIncompatible (the
+        database, reachable at last, has a newer schema) is raised: it stops the server,
+        which exits 78.
+        """
+        task_status.started()
+        down = False  # log the outage once, and its end, not every second of it
+        # The earliest deadline seen and not yet passed. It is kept across passes: a store
+        # reports only deadlines still ahead, and one that passes while a pass queries the
+        # store (a retry due a moment after the 1 s bound) must still wake the waiters.
+        pending: float | None = None
+        while True:
+            self._schedule = trio.Event()
+            schedule = self._schedule
+            wake_at = trio.current_time() + _TIMER_MAX_SLEEP_S
+            try:
+                report = await self.store.expire(gone_after_s=self.gone_after_s)
+                if report.expired:
+                    self.metrics.lease_expiries.inc(report.expired)
+                    logger.bind(
+                        event="leases_expired",
+                        expired=report.expired,
+                        requeued=report.requeued,
+                        dead=report.dead,
+                    ).info("leases expired")
+                if report.requeued:
+                    self.jobs_may_be_available()
+                if report.gone:
+                    logger.bind(event="bots_gone", count=report.gone).info("bots went silent")
+                nxt = await self.store.next_deadline()
+                if down:
+                    down = False
+                    logger.bind(event="timer_store_recovered").info(
+                        "lease expiry resumed: the store answers again"
+                    )
+                if nxt is not None:
+                    pending = nxt if pending is None else min(pending, nxt)
+            except StoreUnavailable as exc:
+                if not down:
+                    down = True
+                    logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
+                        "lease expiry paused: the store is unavailable (retried every second)"
+                    )
+            if pending is not None:
+                wake_at = min(wake_at, pending)
+            with trio.move_on_at(wake_at):
+                await schedule.wait()
+            if pending is not None and trio.current_time() >= pending:
+                # A lease or retry deadline passed: a retry may have become due.
+                pending = None
+                self.jobs_may_be_available()
+
+    async def run_pruning(self, retention_s: float) -> None:
+        """Delete finished jobs older than ``retention_s``, a batch at a time, every minute.
+
+        Never returns unless cancelled; a failing store is logged and tried again later.
+        """
+        while True:
+            pruned = 0
+            try:
+                while True:
+                    n = await self.store.prune(older_than_s=retention_s)
+                    pruned += n
+                    if n < PRUNE_BATCH:
+                        break
+            except StoreUnavailable as exc:
+                logger.bind(event="prune_store_unavailable", error=str(exc)).warning(
+                    "pruning skipped: the store is unavailable"
+                )
+            if pruned:
+                self.metrics.jobs_pruned.inc(pruned)
+                logger.bind(event="jobs_pruned", count=pruned).info("finished jobs pruned")
+            await trio.sleep(_PRUNE_EVERY_S)
+
+
+async def _first_of(event: trio.Event, other: trio.Event | None) -> None:
+    """Wait until ``event`` or ``other`` is set."""
+    if other is None:
+        await event.wait()
+        return
+    async with trio.open_nursery() as nursery:
+
+        async def until(which: trio.Event) -> None:
+            await which.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(until, event)
+        nursery.start_soon(until, other)

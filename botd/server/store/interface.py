@@ -1,0 +1,150 @@
+"""What a job store is: the :class:`Store` interface the HTTP layer talks to.
+
+The HTTP layer (:mod:`botd.server.app`) talks to a :class:`Store` only; no SQL lives there.
+Two stores implement it: :mod:`.sqlite` (the embedded default, one process) and
+:mod:`.postgres` (several server replicas on one database). What both share lives beside
+this module: the errors (:mod:`.errors`), the protocol's rules for acks and ended leases
+(:mod:`.rules`), and the columns and rows both read the same way (:mod:`.records`).
+
+Errors: see :mod:`.errors`; nothing but those escapes a store.
+
+Invariant kept by every method of every store: each job is in exactly one status; a
+succeeded job has exactly one recorded result; no job is ever lost (a lease ends by an ack,
+a release, an expiry or a re-registration, and each of those puts the job somewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from ...models import (
+    Ack,
+    AckResult,
+    BotInfo,
+    ClaimRequest,
+    ClaimResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobSubmit,
+    JobView,
+    RegisterRequest,
+    Stats,
+)
+
+__all__ = ["BOT_STATUSES", "PRUNE_BATCH", "SCHEMA_VERSION", "ExpiryReport", "Store"]
+
+BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
+#: The schema this botd writes. A database with a higher version was written by a newer
+#: botd: the server refuses it (exit 78) rather than corrupt it.
+SCHEMA_VERSION = 1
+#: How many finished jobs one pruning statement deletes (a batch keeps each one short).
+PRUNE_BATCH = 1000
+
+
+@attrs.frozen
+class ExpiryReport:
+    """What one expiry pass did: leases expired, jobs requeued or dead, bots marked gone."""
+
+    expired: int = 0
+    requeued: int = 0
+    dead: int = 0
+    gone: int = 0
+
+
+class Store(Protocol):
+    """What the HTTP layer needs from a job store. Every method is one transaction.
+
+    Every method raises :class:`StoreUnavailable` when the database fails and
+    :class:`StoreRejected` when the request is not allowed in the current state.
+    """
+
+    #: What to show for the database in logs (never a password).
+    where: str
+
+    async def open(self, *, lease_ttl_s: float) -> None:
+        """Create or migrate the schema; raise StoreIncompatible for a newer one."""
+
+    async def aclose(self) -> None:
+        """Close the database; further calls raise StoreUnavailable."""
+
+    async def health(self) -> None:
+        """Run a real read and write; raise StoreUnavailable if either fails."""
+
+    async def watch(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``wake`` whenever another process may have made a job claimable.
+
+        Runs until cancelled. A store that only one process uses has nothing to watch.
+        """
+
+    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+        """Start a new session for ``req.bot_id``; returns (session_id, jobs requeued)."""
+
+    async def get_bot(self, bot_id: str) -> BotInfo:
+        """The bot, or 404 unknown_bot."""
+
+    async def list_bots(self) -> list[BotInfo]:
+        """Every bot the store knows, in bot_id order."""
+
+    async def heartbeat(
+        self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
+    ) -> tuple[HeartbeatResponse, int]:
+        """Extend the listed leases the bot holds; report cancelled and lost leases.
+
+        Returns the answer and how many jobs went back to the queue: the session's leases
+        that the bot did not list, granted or confirmed over ``lease_ttl_s / 3`` ago, are
+        released without spending an attempt (the bot never got them: a lost claim answer).
+        """
+
+    async def deregister(self, bot_id: str, session_id: str) -> int:
+        """End the session; its leases go back to the queue. Returns how many."""
+
+    async def submit(self, job: JobSubmit) -> tuple[JobView, bool]:
+        """Queue a job; returns (job, created). An existing idempotency_key gives created=False."""
+
+    async def submit_many(self, jobs: Sequence[JobSubmit]) -> list[tuple[JobView, bool]]:
+        """Queue jobs in one transaction; (job, created) for each, in order."""
+
+    async def get_job(self, job_id: str) -> JobView:
+        """The job, or 404 unknown_job."""
+
+    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
+        """The newest ``limit`` jobs, optionally of one status."""
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        """Cancel a queued or leased job (idempotent); 409 job_finished for a finished one."""
+
+    async def stats(self) -> Stats:
+        """Job counts per status and bot counts per status (every status present)."""
+
+    async def oldest_queued(self) -> dict[str, float]:
+        """Seconds the longest-waiting due job of each kind has waited: since its submit, or
+        since its retry came due (a job waiting out a retry's backoff is not waiting for a
+        bot). Kinds with no due job are absent."""
+
+    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
+        """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting)."""
+
+    async def release(self, lease_ids: Sequence[str]) -> int:
+        """Give back leases whose claim answer never reached the bot, without spending
+        their attempts; returns how many jobs went back to the queue."""
+
+    async def ack(self, ack: Ack) -> AckResult:
+        """Apply one ack and say what happened to it."""
+
+    async def expire(self, *, gone_after_s: float) -> ExpiryReport:
+        """Expire leases past their deadline and mark silent bots gone."""
+
+    async def next_deadline(self) -> float | None:
+        """The earliest future lease expiry or retry time, on Trio's clock."""
+
+    async def prune(self, *, older_than_s: float) -> int:
+        """Delete up to PRUNE_BATCH jobs that ended over ``older_than_s`` ago; how many."""

@@ -1,0 +1,216 @@
+"""The records both stores read and write alike: shared columns and statements, rows into
+answers, a registration into the bot's columns.
+
+Both schemas name their columns alike, so a job row of :data:`JOB_COLUMNS` becomes a
+:class:`~botd.models.JobView` in one place (:func:`job_view`), and likewise bots
+(:func:`read_bots`), claimed jobs and stats. Also here: new ids, and the invariant's
+checks for tests and audits. The stores name it ``records`` (``records.job_view``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ... import codec
+from ...models import (
+    FINAL_JOB_STATUSES,
+    JOB_STATUSES,
+    BotInfo,
+    ClaimedJob,
+    FailureInfo,
+    JobView,
+    RegisterRequest,
+    Stats,
+)
+from .interface import BOT_STATUSES
+
+__all__ = [
+    "BOT_COLUMNS",
+    "FINAL_STATUSES_SQL",
+    "JOB_COLUMNS",
+    "STATS_SQL",
+    "Execute",
+    "When",
+    "bot_infos",
+    "claimed_job",
+    "failure_of",
+    "invariant_problems",
+    "job_view",
+    "json_or_none",
+    "new_id",
+    "read_bots",
+    "registration",
+    "stats_of",
+]
+
+#: The final job statuses, as an SQL list (pruning deletes only these).
+FINAL_STATUSES_SQL = ", ".join(f"'{s}'" for s in sorted(FINAL_JOB_STATUSES))
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def failure_of(text: str | None) -> FailureInfo | None:
+    data = json_or_none(text)
+    return None if data is None else codec.structure(data, FailureInfo)
+
+
+#: The job columns :func:`job_view` reads, in order: each is the JobView field of its name.
+_JOB_FIELDS = (
+    "job_id",
+    "kind",
+    "payload",
+    "status",
+    "priority",
+    "max_attempts",
+    "attempts",
+    "timeout_s",
+    "idempotency_key",
+    "result",
+    "error",
+    "bot_id",
+    "created_at",
+    "finished_at",
+)
+JOB_COLUMNS = ", ".join(_JOB_FIELDS)
+#: The bot columns :func:`bot_infos` reads, in order: each is the BotInfo field of its name.
+_BOT_FIELDS = ("bot_id", "session_id", "status", "state", "capacity", "hostname", "version")
+BOT_COLUMNS = ", ".join((*_BOT_FIELDS, "labels", "last_seen"))
+#: Formats a store's own timestamp (SQLite: seconds since the epoch; PostgreSQL: a
+#: datetime) as RFC 3339.
+When = Callable[[Any], str]
+#: A connection's ``execute(sql, params)``: sqlite3's or psycopg's; it returns a cursor.
+Execute = Callable[[str, tuple[str, ...]], Any]
+
+
+def job_view(row: Sequence[Any], when: When) -> JobView:
+    """A JobView from a row of :data:`JOB_COLUMNS`."""
+    job = dict(zip(_JOB_FIELDS, row, strict=True))
+    finished = job["finished_at"]
+    job.update(
+        payload=json.loads(job["payload"]),
+        result=json_or_none(job["result"]),
+        error=failure_of(job["error"]),
+        created_at=when(job["created_at"]),
+        finished_at=None if finished is None else when(finished),
+    )
+    return JobView(**job)
+
+
+def bot_infos(
+    rows: Iterable[Sequence[Any]], leases: Iterable[Sequence[str]], when: When
+) -> list[BotInfo]:
+    """BotInfos from rows of :data:`BOT_COLUMNS` and the (bot_id, lease_id) of active leases."""
+    held: dict[str, list[str]] = {}
+    for owner, lease_id in leases:
+        held.setdefault(owner, []).append(lease_id)
+    return [
+        BotInfo(
+            **dict(zip(_BOT_FIELDS, r[:-2], strict=True)),
+            labels=json.loads(r[-2]),
+            last_seen=when(r[-1]),
+            active_leases=held.get(r[0], []),
+        )
+        for r in rows
+    ]
+
+
+def read_bots(
+    execute: Execute, bot_id: str | None, *, mark: str, active_leases: str, when: When
+) -> list[BotInfo]:
+    """The bots (every one, or ``bot_id`` only) in bot_id order, with their active leases.
+
+    ``mark`` is the store's placeholder (``?``, ``%s``); ``active_leases`` is its SELECT of
+    (bot_id, lease_id) of the active leases, in the order they were granted, with ``{bot}``
+    where the condition on one bot goes.
+    """
+    where = f"WHERE bot_id = {mark}" if bot_id is not None else ""
+    args: tuple[str, ...] = (bot_id,) if bot_id is not None else ()
+    rows = execute(f"SELECT {BOT_COLUMNS} FROM bots {where} ORDER BY bot_id", args).fetchall()
+    one = f" AND bot_id = {mark}" if bot_id is not None else ""
+    lease_rows = execute(active_leases.format(bot=one), args).fetchall()
+    return bot_infos(rows, lease_rows, when)
+
+
+def registration(req: RegisterRequest, session_id: str) -> tuple[Any, ...]:
+    """A registration's values for the columns bot_id, session_id, capacity, hostname,
+    version, pid, labels (both stores' upserts of the bot start with these)."""
+    labels = json.dumps(req.labels)
+    return (req.bot_id, session_id, req.capacity, req.hostname, req.version, req.pid, labels)
+
+
+def claimed_job(
+    job_id: str,
+    lease_id: str,
+    kind: str,
+    payload: str,
+    attempt: int,
+    timeout_s: float | None,
+    lease_expires_at: str,
+) -> ClaimedJob:
+    """A ClaimedJob from its row's values (``payload`` as the JSON text stored)."""
+    return ClaimedJob(
+        job_id, lease_id, kind, json.loads(payload), attempt, timeout_s, lease_expires_at
+    )
+
+
+def stats_of(jobs: Iterable[Sequence[Any]], bots: Iterable[Sequence[Any]]) -> Stats:
+    """Stats from (status, count) rows of jobs and of bots; every status present."""
+    job_counts = dict.fromkeys(JOB_STATUSES, 0)
+    job_counts.update({status: n for status, n in jobs})
+    bot_counts = dict.fromkeys(BOT_STATUSES, 0)
+    bot_counts.update({status: n for status, n in bots})
+    return Stats(jobs=job_counts, bots=bot_counts)
+
+
+#: The two statements :func:`stats_of` reads.
+STATS_SQL = (
+    "SELECT status, count(*) FROM jobs GROUP BY status",
+    "SELECT status, count(*) FROM bots GROUP BY status",
+)
+
+
+# --- the invariant, for tests and audits ------------------------------------------------
+
+_INVARIANT_CHECKS: tuple[tuple[str, str], ...] = (
+    (
+        "SELECT job_id, status FROM jobs WHERE status NOT IN ("
+        + ", ".join(f"'{s}'" for s in JOB_STATUSES)
+        + ")",
+        "job {0} has unknown status {1!r}",
+    ),
+    (
+        "SELECT j.job_id FROM jobs j WHERE j.status = 'leased' AND NOT EXISTS"
+        " (SELECT 1 FROM leases l WHERE l.lease_id = j.lease_id AND l.state = 'active')",
+        "leased job {0} has no active lease",
+    ),
+    (
+        "SELECT job_id FROM jobs WHERE status = 'succeeded' AND (result IS NULL OR"
+        " (SELECT count(*) FROM leases l WHERE l.job_id = jobs.job_id AND"
+        " l.outcome = 'succeeded' AND l.state = 'done') != 1)",
+        "succeeded job {0} does not have exactly one recorded result",
+    ),
+    (
+        "SELECT l.lease_id, l.job_id FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+        " WHERE l.state = 'active' AND j.status NOT IN ('leased', 'cancelled')",
+        "active lease {0} on job {1} that is not leased",
+    ),
+)
+
+
+def invariant_problems(
+    query: Callable[[str], Iterable[Sequence[Any]]],
+    checks: Sequence[tuple[str, str]] = _INVARIANT_CHECKS,
+) -> list[str]:
+    """Problems with the store's invariant (empty when it holds). ``query`` runs one SQL
+    statement and returns its rows; ``checks`` are (SQL, message) pairs, by default those of
+    the schema with a row per lease (SQLite's)."""
+    return [message.format(*row) for sql, message in checks for row in query(sql)]

@@ -1,0 +1,625 @@
+"""The SQL of the embedded store: :class:`SqliteBackend`, synchronous, one transaction per
+public method.
+
+Its methods take the moment (:class:`Moment`: both clocks, read once by the caller) as an
+argument, so the Hypothesis state machine drives it directly and every deadline is on the
+caller's clock. The rules of acks and ended leases come from :mod:`.rules`, shared with
+the PostgreSQL store; the tables from :mod:`.sqlite_schema`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from ... import models
+from ...timestamps import rfc3339
+from . import records
+from .errors import (
+    StoreUnavailable,
+    job_finished,
+    session_problem,
+    unknown_bot,
+    unknown_job,
+)
+from .interface import PRUNE_BATCH, ExpiryReport
+from .rules import AckRow, EndRow, decide_acks, decide_ends
+from .sqlite_schema import SCHEMA, migrate
+
+__all__ = ["Moment", "SqliteBackend"]
+
+T = TypeVar("T")
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SQL_CHUNK = 500  # stay well below SQLite's host-parameter limit
+
+
+@attrs.frozen
+class Moment:
+    """One reading of both clocks: ``mono`` for deadlines, ``wall`` for display."""
+
+    mono: float
+    wall: float
+
+    def display(self, deadline: float) -> str:
+        """The RFC 3339 wall-clock time of a deadline on the ``mono`` clock."""
+        return rfc3339(self.wall + (deadline - self.mono))
+
+
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), _SQL_CHUNK):
+        yield items[start : start + _SQL_CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqliteBackend:
+    """The SQL of :class:`SqliteStore`: synchronous, one transaction per public method.
+
+    Not thread-safe by itself: the caller runs one method at a time (SqliteStore does so with
+    its capacity limiter, or inline on the Trio thread). The connection is opened lazily; on a
+    database error a file database drops its connection and reopens it on the next call, so a
+    repaired file is picked up. Every ``sqlite3.Error`` leaves as :class:`StoreUnavailable`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.memory = path == ":memory:" or path == ""
+        self._conn: sqlite3.Connection | None = None
+
+    # -- connection --------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        conn = sqlite3.connect(
+            self.path or ":memory:", isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+        try:
+            if not self.memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _check_file(self) -> None:
+        """Refuse to work on a file that no longer holds a SQLite database.
+
+        SQLite in WAL mode serves reads from its cache and the WAL, so a file overwritten
+        with garbage would go unnoticed (and closing the connection would checkpoint the WAL
+        over the evidence). Reading the 16-byte header first is cheap; the connection is
+        left alone, and the store answers again once the file is restored.
+        """
+        if self.memory:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            if self._conn is None:
+                return  # a new database: connect() creates it
+            raise StoreUnavailable(f"database {self.path!r}: the file is gone") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"database {self.path!r}: cannot read it: {exc}") from exc
+        if head and head != _SQLITE_MAGIC:
+            raise StoreUnavailable(
+                f"database {self.path!r}: file is not a database (its header is corrupt)"
+            )
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_file()
+        try:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return out
+        except sqlite3.Error as exc:
+            if not self.memory:
+                self.close()
+            raise StoreUnavailable(f"database {self.path!r}: {exc}") from exc
+
+    # -- lifecycle and health ------------------------------------------------------------
+
+    def open(self, at: Moment, lease_ttl_s: float) -> None:
+        """Create the schema; give leases of a previous run a fresh TTL on this run's clock."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE leases SET expires = ? WHERE state = 'active'", (at.mono + lease_ttl_s,)
+            )
+            conn.execute("UPDATE jobs SET not_before = 0 WHERE status = 'queued'")
+            conn.execute("UPDATE bots SET seen_at = ?", (at.mono,))
+
+        self._tx(run)
+
+    def health(self, at: Moment) -> None:
+        """A real read and a real write; raises StoreUnavailable if either fails."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT count(*) FROM meta").fetchone()
+            conn.execute("SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1").fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('health_probe', ?)",
+                (rfc3339(at.wall),),
+            )
+
+        self._tx(run)
+
+    # -- bots ----------------------------------------------------------------------------
+
+    def _session(self, conn: sqlite3.Connection, bot_id: str, session_id: str) -> None:
+        row = conn.execute(
+            "SELECT session_id, status, hostname, pid, registered_at FROM bots WHERE bot_id = ?",
+            (bot_id,),
+        ).fetchone()
+        found = None if row is None else (row[0], row[1], row[2], row[3], rfc3339(row[4]))
+        problem = session_problem(bot_id, session_id, found)
+        if problem is not None:
+            raise problem
+
+    def _seen(self, conn: sqlite3.Connection, bot_id: str, at: Moment, state: str | None) -> None:
+        if state:
+            conn.execute(
+                "UPDATE bots SET last_seen = ?, seen_at = ?, status = 'active', state = ?"
+                " WHERE bot_id = ?",
+                (at.wall, at.mono, state, bot_id),
+            )
+        else:
+            conn.execute(
+                "UPDATE bots SET last_seen = ?, seen_at = ?, status = 'active' WHERE bot_id = ?",
+                (at.wall, at.mono, bot_id),
+            )
+
+    def _held(self, conn: sqlite3.Connection, bot_id: str) -> dict[str, str]:
+        """The bot's active leases -> the status of their job."""
+        rows = conn.execute(
+            "SELECT l.lease_id, j.status FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+            " WHERE l.bot_id = ? AND l.state = 'active'",
+            (bot_id,),
+        )
+        return dict(rows.fetchall())
+
+    def _end_leases(
+        self, conn: sqlite3.Connection, lease_ids: Sequence[str], *, spend: bool, at: Moment
+    ) -> ExpiryReport:
+        """End active leases without an ack: requeue their jobs, or make them dead.
+
+        ``spend`` counts the attempt (an expiry or a bot that lost its work); without it the
+        attempt is given back (a release or a deregistration).
+        """
+        if not lease_ids:
+            return ExpiryReport()
+        rows: list[EndRow] = []
+        for part in _chunks(lease_ids):
+            rows += [
+                EndRow(*r)
+                for r in conn.execute(
+                    "SELECT l.lease_id, l.job_id, j.status, j.lease_id, j.attempts,"
+                    " j.max_attempts FROM leases l JOIN jobs j ON j.job_id = l.job_id"
+                    f" WHERE l.state = 'active' AND l.lease_id IN ({_marks(len(part))})",
+                    tuple(part),
+                )
+            ]
+        ends = decide_ends(rows, spend=spend)
+        conn.executemany(
+            "UPDATE leases SET state = 'expired' WHERE lease_id = ?", [(x,) for x in ends.leases]
+        )
+        conn.executemany(
+            "UPDATE jobs SET status = 'queued', attempts = ?, not_before = 0 WHERE job_id = ?",
+            [(attempts, job_id) for job_id, attempts in ends.requeue],
+        )
+        conn.executemany(
+            "UPDATE jobs SET status = 'dead', error = ?, finished_at = ? WHERE job_id = ?",
+            [(error, at.wall, job_id) for job_id, error in ends.dead],
+        )
+        return ends.report()
+
+    def register(
+        self, req: models.RegisterRequest, at: Moment, lease_ttl_s: float
+    ) -> tuple[str, int]:
+        """New session; listed held leases move to it, the bot's other leases end (spent).
+
+        Returns the new session_id and how many jobs went back to the queue.
+        """
+
+        def run(conn: sqlite3.Connection) -> tuple[str, int]:
+            session_id = records.new_id()
+            held = self._held(conn, req.bot_id)
+            listed = set(req.active_leases)
+            keep = [lease for lease in held if lease in listed]
+            drop = [lease for lease in held if lease not in listed]
+            conn.executemany(
+                "UPDATE leases SET session_id = ?, expires = ? WHERE lease_id = ?",
+                [(session_id, at.mono + lease_ttl_s, lease) for lease in keep],
+            )
+            ended = self._end_leases(conn, drop, spend=True, at=at)
+            conn.execute(
+                "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
+                " version, pid, labels, last_seen, seen_at, registered_at)"
+                " VALUES (?, ?, 'active', NULL, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (bot_id) DO UPDATE SET session_id = excluded.session_id,"
+                " status = 'active', state = NULL, capacity = excluded.capacity,"
+                " hostname = excluded.hostname, version = excluded.version, pid = excluded.pid,"
+                " labels = excluded.labels, last_seen = excluded.last_seen,"
+                " seen_at = excluded.seen_at, registered_at = excluded.registered_at",
+                (*records.registration(req, session_id), at.wall, at.mono, at.wall),
+            )
+            return session_id, ended.requeued
+
+        return self._tx(run)
+
+    def _bots(self, conn: sqlite3.Connection, bot_id: str | None) -> list[models.BotInfo]:
+        leases = "SELECT bot_id, lease_id FROM leases WHERE state = 'active'{bot} ORDER BY rowid"
+        return records.read_bots(conn.execute, bot_id, mark="?", active_leases=leases, when=rfc3339)
+
+    def get_bot(self, bot_id: str) -> models.BotInfo:
+        """The bot, or 404 unknown_bot."""
+        bots = self._tx(lambda conn: self._bots(conn, bot_id))
+        if not bots:
+            raise unknown_bot(bot_id)
+        return bots[0]
+
+    def list_bots(self) -> list[models.BotInfo]:
+        """Every bot, in bot_id order."""
+        return self._tx(lambda conn: self._bots(conn, None))
+
+    def heartbeat(
+        self, bot_id: str, req: models.HeartbeatRequest, at: Moment, lease_ttl_s: float
+    ) -> tuple[models.HeartbeatResponse, int]:
+        """Extend listed held leases; report cancelled (held) and lost (listed, not held).
+
+        A lease of this session that the bot does not list, and that was granted or last
+        extended over ``lease_ttl_s / 3`` ago, is one the bot never received (its claim answer
+        was lost on the way): it is released at once and the attempt is given back, so lost
+        answers cannot use up a job's attempts. The grace covers a heartbeat that was sent
+        before the claim answer arrived. Returns the answer and how many jobs were requeued.
+        """
+
+        def run(conn: sqlite3.Connection) -> tuple[models.HeartbeatResponse, int]:
+            session_id = req.session_id
+            self._session(conn, bot_id, session_id)
+            self._seen(conn, bot_id, at, req.state)
+            held = self._held(conn, bot_id)
+            listed = list(dict.fromkeys(req.active_leases))
+            extend = [lease for lease in listed if lease in held]
+            lost = [lease for lease in listed if lease not in held]
+            confirmed_before = at.mono - lease_ttl_s / 3 + lease_ttl_s
+            unlisted = set(held) - set(listed)
+            never_received = [
+                lease
+                for (lease,) in conn.execute(
+                    "SELECT lease_id FROM leases WHERE bot_id = ? AND session_id = ?"
+                    " AND state = 'active' AND expires <= ?",
+                    (bot_id, session_id, confirmed_before),
+                )
+                if lease in unlisted
+            ]
+            released = self._end_leases(conn, never_received, spend=False, at=at)
+            cancel = [
+                lease
+                for lease, status in held.items()
+                if status == "cancelled" and lease not in never_received
+            ]
+            expires = at.mono + lease_ttl_s
+            conn.executemany(
+                "UPDATE leases SET expires = ? WHERE lease_id = ?",
+                [(expires, lease) for lease in extend],
+            )
+            answer = models.HeartbeatResponse(
+                lease_expires_at=at.display(expires) if extend else None,
+                cancel_leases=cancel,
+                lost_leases=lost,
+            )
+            return answer, released.requeued
+
+        return self._tx(run)
+
+    def deregister(self, bot_id: str, session_id: str, at: Moment) -> int:
+        """End the session; its leases go back to the queue without spending an attempt."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            self._session(conn, bot_id, session_id)
+            report = self._end_leases(conn, list(self._held(conn, bot_id)), spend=False, at=at)
+            conn.execute(
+                "UPDATE bots SET status = 'deregistered', last_seen = ? WHERE bot_id = ?",
+                (at.wall, bot_id),
+            )
+            return report.requeued
+
+        return self._tx(run)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _job(self, conn: sqlite3.Connection, job_id: str) -> models.JobView:
+        row = conn.execute(f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        found = row.fetchone()
+        if found is None:
+            raise unknown_job(job_id)
+        return records.job_view(found, rfc3339)
+
+    def submit(self, job: models.JobSubmit, at: Moment) -> tuple[models.JobView, bool]:
+        """Queue a job; an idempotency_key seen before returns that job and False."""
+        return self._tx(lambda conn: self._submit(conn, job, at))
+
+    def submit_many(
+        self, jobs: Sequence[models.JobSubmit], at: Moment
+    ) -> list[tuple[models.JobView, bool]]:
+        """Queue jobs in one transaction, each as :meth:`submit` does; in order."""
+        return self._tx(lambda conn: [self._submit(conn, job, at) for job in jobs])
+
+    def _submit(
+        self, conn: sqlite3.Connection, job: models.JobSubmit, at: Moment
+    ) -> tuple[models.JobView, bool]:
+        if job.idempotency_key is not None:
+            row = conn.execute(
+                "SELECT job_id FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return self._job(conn, row[0]), False
+        job_id = records.new_id()
+        conn.execute(
+            "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
+            " attempts, timeout_s, idempotency_key, created_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?)",
+            (
+                job_id,
+                job.kind,
+                json.dumps(job.payload),
+                job.priority,
+                job.max_attempts,
+                job.timeout_s,
+                job.idempotency_key,
+                at.wall,
+            ),
+        )
+        return self._job(conn, job_id), True
+
+    def get_job(self, job_id: str) -> models.JobView:
+        """The job, or 404 unknown_job."""
+        return self._tx(lambda conn: self._job(conn, job_id))
+
+    def list_jobs(self, status: str | None, limit: int) -> list[models.JobView]:
+        """The newest ``limit`` jobs, optionally of one status."""
+
+        def run(conn: sqlite3.Connection) -> list[models.JobView]:
+            if status is None:
+                cur = conn.execute(
+                    f"SELECT {records.JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                )
+            else:
+                cur = conn.execute(
+                    f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE status = ?"
+                    " ORDER BY seq DESC LIMIT ?",
+                    (status, limit),
+                )
+            return [records.job_view(row, rfc3339) for row in cur.fetchall()]
+
+        return self._tx(run)
+
+    def cancel_job(self, job_id: str, at: Moment) -> models.JobView:
+        """Cancel a queued or leased job; a leased one is cancelled on its bot by heartbeat."""
+
+        def run(conn: sqlite3.Connection) -> models.JobView:
+            job = self._job(conn, job_id)
+            if job.status in ("queued", "leased"):
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE job_id = ?",
+                    (at.wall, job_id),
+                )
+                return self._job(conn, job_id)
+            if job.status == "cancelled":
+                return job
+            raise job_finished(job_id, job.status)
+
+        return self._tx(run)
+
+    def stats(self) -> models.Stats:
+        """Counts per job status and per bot status, every status present."""
+
+        def run(conn: sqlite3.Connection) -> models.Stats:
+            jobs_sql, bots_sql = records.STATS_SQL
+            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
+
+        return self._tx(run)
+
+    # -- work ----------------------------------------------------------------------------
+
+    def _apply_acks(
+        self, conn: sqlite3.Connection, acks: Sequence[models.Ack], at: Moment
+    ) -> list[models.AckResult]:
+        ids = list(dict.fromkeys(a.lease_id for a in acks))
+        rows: dict[str, AckRow] = {}
+        for part in _chunks(ids):
+            for r in conn.execute(
+                "SELECT l.lease_id, l.job_id, l.state, l.outcome, j.status, j.lease_id,"
+                " j.attempts, j.max_attempts, j.error FROM leases l"
+                " JOIN jobs j ON j.job_id = l.job_id"
+                f" WHERE l.lease_id IN ({_marks(len(part))})",
+                tuple(part),
+            ):
+                rows[r[0]] = AckRow(*r)
+        results, done, changes = decide_acks(acks, rows)
+        conn.executemany(
+            "UPDATE leases SET state = 'done', outcome = ? WHERE lease_id = ?",
+            [(outcome, lease_id) for lease_id, outcome in done],
+        )
+        conn.executemany(
+            "UPDATE jobs SET status = ?, attempts = ?, result = ?, error = ?, not_before = ?,"
+            " finished_at = ? WHERE job_id = ?",
+            [
+                (
+                    c.status,
+                    c.attempts,
+                    c.result,
+                    c.error,
+                    at.mono + c.retry_in_s if c.retry_in_s else 0.0,
+                    at.wall if c.final else None,
+                    c.job_id,
+                )
+                for c in changes.values()
+            ],
+        )
+        return results
+
+    def claim(
+        self, req: models.ClaimRequest, at: Moment, lease_ttl_s: float
+    ) -> models.ClaimResponse:
+        """Apply the acks, then lease up to max_jobs due queued jobs: priority, then age."""
+
+        def run(conn: sqlite3.Connection) -> models.ClaimResponse:
+            self._session(conn, req.bot_id, req.session_id)
+            self._seen(conn, req.bot_id, at, None)
+            acks = self._apply_acks(conn, req.acks, at) if req.acks else []
+            if req.max_jobs <= 0:
+                return models.ClaimResponse(jobs=[], acks=acks)
+            args: list[Any] = [at.mono]
+            kinds = ""
+            if req.kinds is not None:
+                if not req.kinds:
+                    return models.ClaimResponse(jobs=[], acks=acks)
+                kinds = f" AND kind IN ({_marks(len(req.kinds))})"
+                args += req.kinds
+            args.append(req.max_jobs)
+            rows = conn.execute(
+                "SELECT seq, job_id, kind, payload, attempts, timeout_s FROM jobs"
+                f" WHERE status = 'queued' AND not_before <= ?{kinds}"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                args,
+            ).fetchall()
+            expires = at.mono + lease_ttl_s
+            shown = at.display(expires)
+            jobs: list[models.ClaimedJob] = []
+            job_rows: list[tuple[int, str, str, int]] = []
+            lease_rows: list[tuple[str, str, str, str, int, float]] = []
+            for seq, job_id, kind, payload, attempts, timeout_s in rows:
+                lease_id = records.new_id()
+                attempt = attempts + 1
+                job_rows.append((attempt, req.bot_id, lease_id, seq))
+                lease_rows.append((lease_id, job_id, req.bot_id, req.session_id, attempt, expires))
+                jobs.append(
+                    records.claimed_job(job_id, lease_id, kind, payload, attempt, timeout_s, shown)
+                )
+            conn.executemany(
+                "UPDATE jobs SET status = 'leased', attempts = ?, bot_id = ?, lease_id = ?"
+                " WHERE seq = ?",
+                job_rows,
+            )
+            conn.executemany(
+                "INSERT INTO leases (lease_id, job_id, bot_id, session_id, attempt, state,"
+                " expires) VALUES (?, ?, ?, ?, ?, 'active', ?)",
+                lease_rows,
+            )
+            return models.ClaimResponse(jobs=jobs, acks=acks)
+
+        return self._tx(run)
+
+    def release(self, lease_ids: Sequence[str], at: Moment) -> int:
+        """Give back active leases without spending their attempts; jobs requeued."""
+        return self._tx(lambda conn: self._end_leases(conn, lease_ids, spend=False, at=at).requeued)
+
+    def ack(self, ack: models.Ack, at: Moment) -> models.AckResult:
+        """Apply one ack (see the protocol's ack semantics)."""
+        return self._tx(lambda conn: self._apply_acks(conn, [ack], at)[0])
+
+    def expire(self, at: Moment, gone_after_s: float) -> ExpiryReport:
+        """Expire active leases whose deadline passed; mark bots silent for gone_after_s gone."""
+
+        def run(conn: sqlite3.Connection) -> ExpiryReport:
+            due = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT lease_id FROM leases WHERE state = 'active' AND expires <= ?",
+                    (at.mono,),
+                )
+            ]
+            report = self._end_leases(conn, due, spend=True, at=at)
+            gone = conn.execute(
+                "UPDATE bots SET status = 'gone' WHERE status = 'active' AND seen_at <= ?",
+                (at.mono - gone_after_s,),
+            ).rowcount
+            return attrs.evolve(report, gone=gone)
+
+        return self._tx(run)
+
+    def next_deadline(self, at: Moment) -> float | None:
+        """The earliest lease expiry or future retry time, or None when there is none."""
+
+        def run(conn: sqlite3.Connection) -> float | None:
+            lease = conn.execute(
+                "SELECT min(expires) FROM leases WHERE state = 'active'"
+            ).fetchone()[0]
+            retry = conn.execute(
+                "SELECT min(not_before) FROM jobs WHERE status = 'queued' AND not_before > ?",
+                (at.mono,),
+            ).fetchone()[0]
+            times = [t for t in (lease, retry) if t is not None]
+            return min(times) if times else None
+
+        return self._tx(run)
+
+    def oldest_queued(self, at: Moment) -> dict[str, float]:
+        """Seconds the longest-waiting due job of each kind has waited (since its submit, or
+        since its retry came due)."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, float]:
+            # not_before is on the monotonic clock: as a wall time, at.wall - (at.mono - nb).
+            rows = conn.execute(
+                "SELECT kind, min(max(created_at, ? - (? - not_before))) FROM jobs"
+                " WHERE status = 'queued' AND not_before <= ? GROUP BY kind",
+                (at.wall, at.mono, at.mono),
+            ).fetchall()
+            return {kind: max(0.0, at.wall - since) for kind, since in rows}
+
+        return self._tx(run)
+
+    def prune(self, at: Moment, older_than_s: float) -> int:
+        """Delete up to PRUNE_BATCH jobs that ended over ``older_than_s`` ago, with their
+        leases; returns how many jobs."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            seqs = [
+                (seq, job_id)
+                for seq, job_id in conn.execute(
+                    "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL"
+                    f" AND finished_at <= ? AND status IN ({records.FINAL_STATUSES_SQL}) LIMIT ?",
+                    (at.wall - older_than_s, PRUNE_BATCH),
+                )
+            ]
+            conn.executemany("DELETE FROM leases WHERE job_id = ?", [(j,) for _, j in seqs])
+            conn.executemany("DELETE FROM jobs WHERE seq = ?", [(q,) for q, _ in seqs])
+            return len(seqs)
+
+        return self._tx(run)
+
+    def check_invariant(self) -> list[str]:
+        """Problems with the store's invariant (empty when it holds); for tests and audits."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return records.invariant_problems(lambda sql: conn.execute(sql).fetchall())
+
+        return self._tx(run)

@@ -1,0 +1,118 @@
+"""The wire of the server's routes: request bodies and parameters in, JSON and errors out.
+
+Every error body is ``{"error": {"code", "message"}}`` (:func:`error_response`). Bad input
+is 400 ``invalid_request`` naming the field; a body over 1 MiB is 413 ``payload_too_large``.
+The helpers raise :class:`~botd.errors.HttpError`, which the routes answer as it says.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import trio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import codec
+from ..errors import HttpError
+from ..models import SessionHolder
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "decode",
+    "error_response",
+    "int_param",
+    "json_response",
+    "read_body",
+    "watch_disconnect",
+]
+
+T = TypeVar("T")
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class _InvalidRequest(HttpError):
+    """Raised by codec.structure on a bad request body: 400 invalid_request naming the field."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(400, "invalid_request", f"{problem}; fix the field and retry")
+
+
+def error_response(
+    status: int, code: str, message: str, holder: SessionHolder | None = None
+) -> Response:
+    """A JSON error body ``{"error": {"code", "message"}}`` with ``status``; a superseded
+    session's body also says who holds the bot id now (``holder``)."""
+    detail: dict[str, Any] = {"code": code, "message": message}
+    if holder is not None:
+        detail["holder"] = codec.unstructure(holder)
+    return Response(
+        json.dumps({"error": detail}, separators=(",", ":")),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    """``obj`` (an attrs object or plain data) as a JSON answer with ``status``."""
+    return Response(codec.dumps(obj), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's body; 413 payload_too_large past :data:`MAX_BODY_BYTES`."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise HttpError(
+            413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send less"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HttpError(
+                413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send less"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def decode(request: Request, cls: type[T]) -> T:
+    """The request's JSON body as ``cls``; 400 invalid_request naming what is wrong."""
+    raw = await read_body(request)
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(
+            400, "invalid_request", f"the body is not valid JSON ({exc}); send a JSON object"
+        ) from None
+    if data is None:
+        raise HttpError(400, "invalid_request", f"the body is empty; send a {cls.__name__} object")
+    return codec.structure(data, cls, error=_InvalidRequest, what=cls.__name__)
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    """Query parameter ``name`` as an integer in ``lo..hi`` (``default`` when absent)."""
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise HttpError(
+            400, "invalid_request", f"query parameter {name!r} must be an integer {lo}..{hi}"
+        )
+    return value
+
+
+async def watch_disconnect(request: Request, gone: trio.Event) -> None:
+    """Set ``gone`` when the client of ``request`` (body already read) disconnects."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            gone.set()
+            return
