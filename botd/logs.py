@@ -29,8 +29,9 @@ exception: hypercorn's own stream handlers, which :func:`hypercorn_config_logger
 (the issue asks for that). A library that sets ``propagate = False`` on its logger keeps its
 records to itself; that is its choice.
 
-Key events carry a stable ``event`` field; :func:`emit` is the helper and :class:`Event` lists
-the names. ``docs/operations.md`` documents the line format and every event.
+Key events carry a stable ``event`` field; :func:`emit` is the helper and
+:class:`botd.events.Event` (also ``logs.Event``) lists every name. ``docs/operations.md``
+documents the line format and every event.
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TextIO, TypedDict, Unpack
 
 import attrs
 from loguru import logger
 
+from .events import Event
 from .redaction import Redactor, Redacts, jsonable
 from .redaction import env_secrets as secrets_in_env
 from .timestamps import rfc3339_of
@@ -85,26 +86,6 @@ _STD_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "as
 #: lines at; escaped so that one record is one line for every reader.
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _HYPERCORN_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
-
-
-class Event(StrEnum):
-    """The stable ``event`` names of key log lines (see ``docs/operations.md``)."""
-
-    STATE_TRANSITION = "state_transition"
-    REGISTERED = "registered"
-    HEARTBEAT_FAILED = "heartbeat_failed"
-    REGISTRATION_FAILED = "registration_failed"
-    CLAIM_FAILED = "claim_failed"
-    ACK_FAILED = "ack_failed"
-    BOT_ID_CONFLICT = "bot_id_conflict"
-    UNRECOVERABLE = "unrecoverable"
-    BREAKER_OPENED = "breaker_opened"
-    BREAKER_CLOSED = "breaker_closed"
-    JOB_STARTED = "job_started"
-    JOB_SUCCEEDED = "job_succeeded"
-    JOB_FAILED = "job_failed"
-    SHUTDOWN_STARTED = "shutdown_started"
-    SHUTDOWN_COMPLETE = "shutdown_complete"
 
 
 # --- per-agent context ------------------------------------------------------------------
@@ -326,6 +307,16 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
+class LogOptions(TypedDict, total=False):
+    """The options of :meth:`LogSetup.install`, for :func:`setup_logging`."""
+
+    level: str | int
+    fmt: LogFormat
+    stream: TextIO | None
+    secrets: Iterable[str]
+    env_secrets: bool
+
+
 class LogSetup:
     """What the process's entry point installs into loguru and stdlib logging, and owns.
 
@@ -454,18 +445,9 @@ class LogSetup:
             self._removed_default = False
 
 
-def setup_logging(
-    *,
-    level: str | int = "INFO",
-    fmt: LogFormat = "auto",
-    stream: TextIO | None = None,
-    secrets: Iterable[str] = (),
-    env_secrets: bool = True,
-) -> LogSetup:
-    """A new :class:`LogSetup`, installed (see :meth:`LogSetup.install` for the arguments)."""
-    return LogSetup().install(
-        level=level, fmt=fmt, stream=stream, secrets=secrets, env_secrets=env_secrets
-    )
+def setup_logging(**options: Unpack[LogOptions]) -> LogSetup:
+    """A new :class:`LogSetup`, installed (see :meth:`LogSetup.install` for the options)."""
+    return LogSetup().install(**options)
 
 
 _LEVEL_NO = {
