@@ -1,12 +1,17 @@
 """Real ``botd`` processes for tests: spawn, stop, kill, wait for states, read their JSON logs.
 
 - :class:`Procs`: owns every process a test starts (``botd server``, ``botd run``) and kills
-  them all on :meth:`Procs.close` (use it as a fixture, so a failing test cleans up too);
+  them all on :meth:`Procs.close` (use it as a fixture, or as a context manager in a
+  module-scoped one, so a failing test cleans up too);
+- :func:`botd`: a one-shot ``botd`` command (``status``, ``submit``, ``check-config``...) run
+  to its end, its output captured;
 - :func:`server_args`, :func:`bot_env`: the command line of a server on a given port and
   database, and the environment of a fast bot (short intervals, JSON logs, an ops port);
+  :data:`FAST_BREAKERS` makes it faster still, with breakers that open and close in a second;
 - :func:`wait_for` (blocking) and :func:`await_for` (in a Trio run, so that a proxy in the
   same run keeps serving): poll until a check returns something, fail with the logs if not;
-- :func:`server_up`, :func:`ops_json`, :func:`bot_state`: small probes over loopback;
+- :func:`server_up`, :func:`ops_json`, :func:`bot_state`, :func:`get`: small probes over
+  loopback;
 - :func:`live_with_marker`: processes whose argv holds a marker (no orphan left behind);
 - :func:`live_with_env`: processes whose environment holds an entry (everything a
   supervisord started, and their children, inherit its environment).
@@ -27,6 +32,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
@@ -39,15 +45,19 @@ from tests.support.server import free_port
 
 __all__ = [
     "BOTD",
+    "BREAKER_OPEN_S",
+    "FAST_BREAKERS",
     "Execution",
     "Proc",
     "Procs",
     "await_for",
     "bot_env",
     "bot_state",
+    "botd",
     "clean_env",
     "exec_command",
     "free_ports",
+    "get",
     "live_with_env",
     "live_with_marker",
     "ops_json",
@@ -156,13 +166,30 @@ class Proc:
 
 @attrs.define
 class Procs:
-    """Every process one test started. :meth:`close` kills what is still running."""
+    """Every process one test started. :meth:`close` kills what is still running.
+
+    As a context manager, it closes on the way out.
+    """
 
     tmp: Path
     all: list[Proc] = attrs.field(factory=list)
     #: argv markers of processes a test may leave behind on failure (exec jobs'
     #: grandchildren): :meth:`close` kills them too.
     markers: list[str] = attrs.field(factory=list)
+    #: None: :meth:`close` SIGKILLs at once. Seconds: it first stops each process still
+    #: running, the newest first, with a SIGTERM and that long to exit (:meth:`Proc.stop`).
+    grace: float | None = None
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
         """Start ``botd ARGS`` with ``env`` (complete, see :func:`clean_env`) in ``tmp``."""
@@ -188,18 +215,28 @@ class Procs:
         *,
         lease_ttl: float = 5.0,
         heartbeat: float = 0.3,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
-        """Start ``botd server`` on 127.0.0.1:``port`` and ``db`` (does not wait for it)."""
-        return self.spawn(
-            name, server_args(port, db, lease_ttl=lease_ttl, heartbeat=heartbeat), clean_env({})
-        )
+        """Start ``botd server`` on 127.0.0.1:``port`` and ``db`` (does not wait for it).
+
+        ``env`` is its whole environment, ``clean_env({})`` when None.
+        """
+        args = server_args(port, db, lease_ttl=lease_ttl, heartbeat=heartbeat, token=token)
+        return self.spawn(name, args, clean_env({}) if env is None else env)
 
     def bot(self, name: str, env: dict[str, str]) -> Proc:
         """Start ``botd run`` with ``env`` (does not wait for it)."""
         return self.spawn(name, ["run"], env)
 
     def close(self) -> None:
-        """SIGKILL every process still running and reap it; then kill what has a marker."""
+        """SIGKILL every process still running and reap it; then kill what has a marker.
+
+        With a :attr:`grace`, each one still running is stopped politely first.
+        """
+        if self.grace is not None:
+            for proc in reversed(self.all):
+                proc.stop(self.grace)
         for proc in self.all:
             if proc.alive():
                 proc.popen.kill()
@@ -219,9 +256,22 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, **extra}
 
 
-def server_args(port: int, db: Path | str, *, lease_ttl: float, heartbeat: float) -> list[str]:
-    return ["server", "--port", str(port), "--db", str(db),
+def botd(
+    args: list[str], env: dict[str, str], timeout: float = DEADLINE_S
+) -> subprocess.CompletedProcess[str]:
+    """Run a one-shot ``botd ARGS`` with ``env`` (complete) to its end; capture its output."""
+    return subprocess.run(
+        [*BOTD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def server_args(
+    port: int, db: Path | str, *, lease_ttl: float, heartbeat: float, token: str | None = None
+) -> list[str]:
+    """``botd server`` on 127.0.0.1:``port`` and ``db``; ``token`` adds ``--token``."""
+    args = ["server", "--port", str(port), "--db", str(db),
             "--lease-ttl", f"{lease_ttl:g}", "--heartbeat-interval", f"{heartbeat:g}"]  # fmt: skip
+    return args if token is None else [*args, "--token", token]
 
 
 def bot_env(
@@ -258,6 +308,24 @@ def bot_env(
         env["BOT_STATE_DIR"] = str(state_dir)
     env.update(extra)
     return clean_env(env)
+
+
+#: How long an open breaker of a bot with :data:`FAST_BREAKERS` waits before its probe.
+BREAKER_OPEN_S = 1.0
+#: :func:`bot_env` extras for a bot that notices an outage within a second and its end
+#: soon after: 100 ms heartbeats, short retries, breakers that open after two failures and
+#: probe after :data:`BREAKER_OPEN_S`, without jitter.
+FAST_BREAKERS = {
+    "HEARTBEAT_INTERVAL_MS": "100",
+    "PROCESSING_DURATION_MS": "30",
+    "RETRY_BASE_DELAY": "0.05",
+    "RETRY_MAX_DELAY": "0.3",
+    "CIRCUIT_BREAKER_THRESHOLD": "2",
+    "CIRCUIT_BREAKER_TIMEOUT": str(BREAKER_OPEN_S),
+    "BOT_CIRCUIT_BREAKER_JITTER": "0",
+    "BOT_HEALTH_INTERVAL": "0.3",
+    "BOT_REGISTER_TIMEOUT": "2",
+}
 
 
 def free_ports(n: int) -> list[int]:
@@ -322,6 +390,14 @@ def server_up(url: str) -> bool | None:
     try:
         return True if httpx.get(f"{url}/v1/health", timeout=1.0).status_code == 200 else None
     except httpx.HTTPError:
+        return None
+
+
+def get(url: str) -> httpx.Response | None:
+    """GET ``url``; None when nothing answers."""
+    try:
+        return httpx.get(url, timeout=5.0)
+    except httpx.TransportError:
         return None
 
 
