@@ -14,24 +14,22 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_observability import (
+from tests.support.procs import (
+    FAST_BREAKERS,
+    Procs,
     bot_env,
     clean_env,
+    free_ports,
     get,
-    metric_series,
-    server_args,
-    spawn,
-    submit,
-    succeeded,
-    two_free_ports,
     wait_for,
 )
+from tests.support.server_jobs import submit, succeeded
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 
@@ -193,18 +191,32 @@ def test_the_kit_covers_the_important_metrics() -> None:
 # --- against a live /metrics ------------------------------------------------------------
 
 
+def metric_series(text: str) -> set[str]:
+    """Names that select something in this exposition: every sample name (``x_total`` of a
+    counter, ``h_bucket`` of a histogram), plus the family name of a histogram or summary
+    with samples (PromQL tokenizers map ``h_bucket`` back to ``h``). A counter's family name
+    without ``_total`` selects nothing, so it is not included."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.update(s.name for s in family.samples)
+        if family.samples and family.type in ("histogram", "summary", "gaugehistogram"):
+            names.add(family.name)
+    return names
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """The series names a real bot's and a real server's /metrics serve after a few jobs."""
     tmp = tmp_path_factory.mktemp("live_metrics")
     token = "tok-" + secrets.token_hex(8)
-    server_port, ops_port = two_free_ports()
+    server_port, ops_port = free_ports(2)
     server_url, ops = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ops_port}"
-    with ExitStack() as stack:
-        server = spawn(
-            stack, tmp, "server", server_args(server_port, tmp / "jobs.db", token), clean_env({})
+    with Procs(tmp, grace=5.0) as procs:
+        server = procs.server(
+            "server", server_port, tmp / "jobs.db", lease_ttl=5.0, heartbeat=0.2, token=token
         )
-        bot = spawn(stack, tmp, "bot", ["run"], bot_env("live-1", server_url, ops_port, token))
+        env = bot_env("live-1", server_url, None, ops_port, BOT_TOKEN=token, **FAST_BREAKERS)
+        bot = procs.bot("bot", env)
 
         def ready() -> bool | None:
             resp = get(f"{ops}/readyz")
