@@ -16,234 +16,42 @@ parsed by ``prometheus_client`` and checked by ``promtool``, readiness and liven
 breakers in ``botd status``. Real time, short intervals, generous deadlines; every process
 started here is killed on the way out, even when a step fails.
 
-The helpers (:func:`spawn`, :func:`bot_env`, :func:`wait_for`...) are also used by
-``tests/test_contrib_metrics.py`` for its live ``/metrics`` check.
+The processes come from :mod:`tests.support.procs` (the bot with its ``FAST_BREAKERS``
+profile), the jobs from :mod:`tests.support.server_jobs`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.server import free_port
+from tests.support.procs import (
+    BREAKER_OPEN_S,
+    FAST_BREAKERS,
+    Proc,
+    Procs,
+    bot_env,
+    botd,
+    clean_env,
+    free_ports,
+    get,
+    wait_for,
+)
+from tests.support.server_jobs import submit, succeeded
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
-
-_CONSOLE_SCRIPT = Path(sys.executable).parent / "botd"
-BOTD = (
-    [str(_CONSOLE_SCRIPT)]
-    if _CONSOLE_SCRIPT.exists()
-    else [sys.executable, "-c", "from botd.cli import entry; entry()"]
-)
-DEADLINE_S = 20.0  # generous: each step normally takes well under a second
-BREAKERS_OPEN_TIMEOUT_S = 1.0
 #: Liveness probes made while the server is down, at the least (each must answer 200).
 OUTAGE_PROBES = 10
-
-
-# --- processes ---------------------------------------------------------------------------
-
-
-@attrs.define
-class Proc:
-    """A child process whose stdout and stderr go to files under ``tmp_path``."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-
-    def out(self) -> str:
-        return self.stdout.read_text(errors="replace")
-
-    def err(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-    def stop(self, timeout: float = DEADLINE_S) -> int:
-        """SIGTERM, wait for the exit; SIGKILL when it does not come. Returns the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """This environment minus every botd setting and ``*_TOKEN``, plus ``extra``."""
-    drop = re.compile(r"^(BOT_|BOTD_|MAIN_SERVER_URL$|NOTIFY_SOCKET$)|_TOKEN$|_TOKEN_FILE$")
-    env = {k: v for k, v in os.environ.items() if not drop.search(k)}
-    return {**env, **extra}
-
-
-def spawn(stack: ExitStack, tmp: Path, name: str, args: list[str], env: dict[str, str]) -> Proc:
-    """Start ``botd ARGS``; ``stack`` kills it on exit (after a SIGTERM and a grace)."""
-    stdout, stderr = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
-    with stdout.open("ab") as out, stderr.open("ab") as err:
-        popen = subprocess.Popen(
-            [*BOTD, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=tmp
-        )
-    proc = Proc(name, popen, stdout, stderr)
-    stack.callback(proc.kill)
-    stack.callback(proc.stop, 5.0)  # LIFO: a polite stop first, then the kill
-    return proc
-
-
-def botd(
-    args: list[str], env: dict[str, str], timeout: float = DEADLINE_S
-) -> subprocess.CompletedProcess[str]:
-    """Run a one-shot ``botd`` command; capture its output."""
-    return subprocess.run(
-        [*BOTD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], T | None],
-    procs: tuple[Proc, ...] = (),
-    timeout: float = DEADLINE_S,
-) -> T:
-    """Poll ``check`` every 20 ms until it returns something not None; fail after ``timeout``.
-
-    Fails at once if one of ``procs`` has exited, with the end of its output.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        for proc in procs:
-            if proc.popen.poll() is not None:
-                pytest.fail(
-                    f"waiting for {what}: {proc.name} exited with {proc.popen.returncode}\n"
-                    f"stdout:\n{proc.out()[-3000:]}\nstderr:\n{proc.err()[-3000:]}"
-                )
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-
-
-def get(url: str) -> httpx.Response | None:
-    """GET ``url``; None when nothing answers."""
-    try:
-        return httpx.get(url, timeout=5.0)
-    except httpx.TransportError:
-        return None
-
-
-def two_free_ports() -> tuple[int, int]:
-    """Two distinct TCP ports that were free a moment ago."""
-    ports = {free_port()}
-    while len(ports) < 2:
-        ports.add(free_port())
-    first, second = sorted(ports)
-    return first, second
-
-
-def server_args(port: int, db: Path, token: str) -> list[str]:
-    return ["server", "--port", str(port), "--db", str(db), "--token", token,
-            "--lease-ttl", "5", "--heartbeat-interval", "0.2"]  # fmt: skip
-
-
-def bot_env(
-    bot_id: str, server_url: str, ops_port: int, token: str, **extra: str
-) -> dict[str, str]:
-    """The environment of a fast bot: short intervals, short breaker timeout, JSON logs."""
-    return clean_env(
-        {
-            "MAIN_SERVER_URL": server_url,
-            "BOT_ID": bot_id,
-            "BOT_TOKEN": token,
-            "BOT_OPS_ADDR": f"127.0.0.1:{ops_port}",
-            "BOT_LOG_FORMAT": "json",
-            "HEARTBEAT_INTERVAL_MS": "100",
-            "PROCESSING_DURATION_MS": "30",
-            "MAX_STARTUP_ATTEMPTS": "10000",
-            "RETRY_BASE_DELAY": "0.05",
-            "RETRY_MAX_DELAY": "0.3",
-            "CIRCUIT_BREAKER_THRESHOLD": "2",
-            "CIRCUIT_BREAKER_TIMEOUT": str(BREAKERS_OPEN_TIMEOUT_S),
-            "BOT_CIRCUIT_BREAKER_JITTER": "0",
-            "BOT_HEALTH_INTERVAL": "0.3",
-            "BOT_CLAIM_WAIT": "1",
-            "BOT_CLAIM_TIMEOUT_MARGIN": "1",
-            "BOT_CONNECT_TIMEOUT": "1",
-            "BOT_REQUEST_TIMEOUT": "2",
-            "BOT_REGISTER_TIMEOUT": "2",
-            "BOT_SHUTDOWN_TIMEOUT": "5",
-            **extra,
-        }
-    )
-
-
-def stats(server_url: str, token: str) -> dict[str, Any] | None:
-    """The server's /v1/stats, or None when it does not answer 200."""
-    try:
-        resp = httpx.get(
-            f"{server_url}/v1/stats", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
-        )
-    except httpx.TransportError:
-        return None
-    return resp.json() if resp.status_code == 200 else None
-
-
-def submit(
-    server_url: str, token: str, count: int, env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    """``botd submit`` ``count`` simulate jobs, the token from ``BOTD_TOKEN``."""
-    done = botd(
-        ["submit", "--server", server_url, "--kind", "simulate", "--count", str(count)],
-        {**env, "BOTD_TOKEN": token},
-    )
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-def succeeded(server_url: str, token: str, count: int) -> Callable[[], bool | None]:
-    def check() -> bool | None:
-        doc = stats(server_url, token)
-        return True if doc is not None and doc["jobs"].get("succeeded", 0) >= count else None
-
-    return check
-
-
-def metric_series(text: str) -> set[str]:
-    """Names that select something in this exposition: every sample name (``x_total`` of a
-    counter, ``h_bucket`` of a histogram), plus the family name of a histogram or summary
-    with samples (PromQL tokenizers map ``h_bucket`` back to ``h``). A counter's family name
-    without ``_total`` selects nothing, so it is not included."""
-    names: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        names.update(s.name for s in family.samples)
-        if family.samples and family.type in ("histogram", "summary", "gaugehistogram"):
-            names.add(family.name)
-    return names
 
 
 # --- the scenario ------------------------------------------------------------------------
@@ -325,17 +133,22 @@ def _breakers(status: Status) -> dict[str, str]:
     return {row[0]: row[1] for row in rows if len(row) >= 3 and not set(row[0]) <= {"-"}}
 
 
-def run_scenario(tmp: Path, stack: ExitStack, rec: Record) -> None:
+def run_scenario(procs: Procs, rec: Record) -> None:
     token = rec.token
-    server_port, ops_port = two_free_ports()
+    server_port, ops_port = free_ports(2)
     server_url, ops = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{ops_port}"
-    db = tmp / "jobs.db"
-    env = bot_env("obs-bot-1", server_url, ops_port, token)
+    db = procs.tmp / "jobs.db"
+    env = bot_env("obs-bot-1", server_url, None, ops_port, BOT_TOKEN=token, **FAST_BREAKERS)
     server_env = clean_env({"BOT_LOG_FORMAT": "json"})
     cli_env = clean_env({})
 
+    def start_server(name: str) -> Proc:
+        return procs.server(
+            name, server_port, db, lease_ttl=5.0, heartbeat=0.2, token=token, env=server_env
+        )
+
     # 1. The bot alone: alive, not ready.
-    bot = rec.bot = spawn(stack, tmp, "bot", ["run"], env)
+    bot = rec.bot = procs.bot("bot", env)
     wait_for("the ops endpoint", lambda: _probe(rec, ops, "before_server"), (bot,))
     for _ in range(5):
         _probe(rec, ops, "before_server")
@@ -345,7 +158,7 @@ def run_scenario(tmp: Path, stack: ExitStack, rec: Record) -> None:
     _snapshot(rec, ops, None, "before_server")
 
     # 2. The server appears; the bot registers and becomes ready.
-    server = spawn(stack, tmp, "server-1", server_args(server_port, db, token), server_env)
+    server = start_server("server-1")
     rec.servers.append(server)
 
     def ready() -> bool | None:
@@ -378,7 +191,7 @@ def run_scenario(tmp: Path, stack: ExitStack, rec: Record) -> None:
     _snapshot(rec, ops, None, "outage")
     # Stay down a while longer (past the breakers' open time), probing all along: at least
     # OUTAGE_PROBES times, however slowly a busy machine answers each probe.
-    until = time.monotonic() + 2 * BREAKERS_OPEN_TIMEOUT_S
+    until = time.monotonic() + 2 * BREAKER_OPEN_S
     while time.monotonic() < until or _probes(rec, "outage") < OUTAGE_PROBES:
         _probe(rec, ops, "outage")
         time.sleep(0.05)
@@ -386,7 +199,7 @@ def run_scenario(tmp: Path, stack: ExitStack, rec: Record) -> None:
     rec.outage_s = time.monotonic() - down_at
 
     # 5. The server comes back on the same port and database.
-    server = spawn(stack, tmp, "server-2", server_args(server_port, db, token), server_env)
+    server = start_server("server-2")
     rec.servers.append(server)
 
     def recovered() -> bool | None:
@@ -424,8 +237,8 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Record:
     """Run the scenario once for the module (every process is gone after it); its record."""
     tmp = tmp_path_factory.mktemp("observability")
     rec = Record(token="tok-" + secrets.token_hex(16))
-    with ExitStack() as stack:
-        run_scenario(tmp, stack, rec)
+    with Procs(tmp, grace=5.0) as procs:
+        run_scenario(procs, rec)
     return rec
 
 
@@ -561,7 +374,7 @@ def test_readyz_follows_the_server_and_healthz_does_not(full_run: Record) -> Non
     assert set(outage_health) == {200}, f"/healthz during the outage: {outage_health}"
     everything = [code for _, code in full_run.healthz if code is not None]
     assert set(everything) == {200}, "/healthz failed at some point of the run"
-    assert full_run.outage_s >= 2 * BREAKERS_OPEN_TIMEOUT_S
+    assert full_run.outage_s >= 2 * BREAKER_OPEN_S
 
 
 def test_botd_status_shows_breakers_open_then_closed(full_run: Record) -> None:
