@@ -22,7 +22,6 @@ import csv
 import io
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+
+from tests.support.server import free_port
 
 __all__ = ["CONTRIB_CONFIG", "Haproxy", "find_haproxy", "render_config"]
 
@@ -49,12 +50,6 @@ def find_haproxy() -> str | None:
     if found is None and os.access(DEBIAN_HAPROXY, os.X_OK):
         found = DEBIAN_HAPROXY
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _address(backend: int | str) -> str:
@@ -178,9 +173,9 @@ class Haproxy:
             raise RuntimeError(f"{self.binary} not found: apt-get install haproxy (nox does it)")
         # A unix socket's path has at most 107 bytes; a test's tmp_path may be longer.
         self._run_dir = Path(tempfile.mkdtemp(prefix="botd-haproxy-"))
-        self.port, self.stats_port = _free_port(), _free_port()
+        self.port, self.stats_port = free_port(), free_port()
         while self.stats_port == self.port:
-            self.stats_port = _free_port()
+            self.stats_port = free_port()
         self.backends = [_address(b) for b in backends]
         self.config_path.write_text(
             render_config(

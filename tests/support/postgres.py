@@ -26,7 +26,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from tests.support.jobs import children_of
+from tests.support.server import free_port
 
 __all__ = ["DEFAULT_SETTINGS", "PostgresServer", "find_pg_bin"]
 
@@ -75,12 +75,6 @@ def find_pg_bin() -> Path | None:
         return tuple(int(part) for part in re.findall(r"\d+", bin_dir.parent.name))
 
     return max(found, key=version) if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _conf_value(value: str | int | float | bool) -> str:
@@ -264,7 +258,7 @@ class PostgresServer:
             self._initdb()
         for attempt in range(5):
             if self.port is None or attempt > 0:
-                self.port = _free_port()
+                self.port = free_port()
             self._write_settings()
             log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
