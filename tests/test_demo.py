@@ -29,20 +29,13 @@ from botd.demo import (
     format_summary,
     run_demo,
 )
-from tests.support.procs import BOTD, clean_env, wait_for
+from tests.support.procs import BOTD, botd, clean_env, wait_for
 
 SUBPROCESS_DEADLINE_S = 60
 
 
 def _run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BOTD, "demo", "--workdir", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_DEADLINE_S,
-        env=clean_env({}),
-        check=False,
-    )
+    return botd(["demo", "--workdir", str(tmp_path), *args], clean_env({}), SUBPROCESS_DEADLINE_S)
 
 
 def _figure(text: str, label: str) -> int:

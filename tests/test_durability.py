@@ -21,9 +21,7 @@ from __future__ import annotations
 import functools
 import random
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +29,11 @@ import httpx
 import pytest
 
 from tests.support.procs import (
-    BOTD,
     Proc,
     Procs,
     bot_env,
     bot_state,
+    botd,
     exec_command,
     free_ports,
     live_with_marker,
@@ -49,13 +47,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    owner = Procs(tmp_path)
-    owner.markers.append(str(tmp_path / "exec_job.py"))
-    try:
-        yield owner
-    finally:
-        owner.close()
+def procs(procs: Procs, tmp_path: Path) -> Procs:
+    """conftest's ``procs``, which also kills what the exec script left behind."""
+    procs.markers.append(str(tmp_path / "exec_job.py"))
+    return procs
 
 
 def start_server(procs: Procs, port: int, db: Path, *, lease_ttl: float = 10.0) -> Proc:
@@ -137,9 +132,7 @@ def ended(processes: set[tuple[int, str]]) -> bool | None:
 def botd_run(env: dict[str, str], timeout: float = 20.0) -> tuple[int, str, float]:
     """Run ``botd run`` to its end; (exit code, stdout + stderr, seconds)."""
     began = time.monotonic()
-    done = subprocess.run(
-        [*BOTD, "run"], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    done = botd(["run"], env, timeout)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - began
 
 
