@@ -36,6 +36,7 @@ from .client import ServerClient
 from .config import BotConfig, as_data
 from .driver import Driver
 from .errors import ConfigError, Unrecoverable, leaf_exceptions
+from .events import Event
 from .exit_codes import ExitCode
 from .health import HealthMonitor
 from .lifecycle import Lifecycle, State
@@ -168,10 +169,10 @@ class Agent:
         if count == 1:
             self.request_shutdown()
         elif count == 2:
-            logger.bind(event="drain_skipped").warning("second {}: skipping the drain", name)
+            logger.bind(event=Event.DRAIN_SKIPPED).warning("second {}: skipping the drain", name)
             self.request_shutdown(skip_drain=True)
         elif self._root is not None:
-            logger.bind(event="exit_now").error("third {}: exiting without cleanup", name)
+            logger.bind(event=Event.EXIT_NOW).error("third {}: exiting without cleanup", name)
             self.exit_code = ExitCode.FAILURE
             self._root.cancel_scope.cancel()
 
@@ -251,7 +252,7 @@ class Agent:
 
     def _refused(self, exc: Unrecoverable) -> None:
         """The server refused this bot (401/403): retrying will not help. Drain and exit 78."""
-        logs.emit("unrecoverable", f"the server refused this bot: {exc}", "ERROR")
+        logs.emit(Event.UNRECOVERABLE, f"the server refused this bot: {exc}", "ERROR")
         if self.exit_code == ExitCode.OK:
             self.exit_code = ExitCode.CONFIG
         self.request_shutdown()
@@ -262,7 +263,7 @@ class Agent:
         try:
             await fn(task_status=task_status)
         except ConfigError as exc:  # e.g. BOT_OPS_ADDR cannot be bound
-            logs.emit("startup_failed", f"cannot start: {exc}", "ERROR", task=name)
+            logs.emit(Event.STARTUP_FAILED, f"cannot start: {exc}", "ERROR", task=name)
             self.exit_code = ExitCode.CONFIG
             self.request_shutdown(skip_drain=True)
             task_status.started()
@@ -271,7 +272,7 @@ class Agent:
 
     def _crash(self, name: str, exc: BaseException) -> None:
         logs.emit(
-            "internal_error",
+            Event.INTERNAL_ERROR,
             f"internal error in the {name} task: {type(exc).__name__}: {exc}",
             "CRITICAL",
             exc=exc,
@@ -299,7 +300,7 @@ class Agent:
         reason = "signal" if self.exit_code == ExitCode.OK else f"exit code {int(self.exit_code)}"
         self.lifecycle.transition(State.SHUTTING_DOWN, reason)
         logs.emit(
-            "shutdown_started",
+            Event.SHUTDOWN_STARTED,
             f"shutting down ({reason}): claiming stopped, "
             f"{len(self.runner.running)} job(s) get {cfg.shutdown_timeout:g}s to finish",
             jobs_in_flight=len(self.runner.running),
@@ -327,10 +328,10 @@ class Agent:
                     self._refused(exc)
             await self._deregister()
         if whole.cancelled_caught:
-            logs.emit("shutdown_timeout", "shutdown ran out of time", "WARNING")
+            logs.emit(Event.SHUTDOWN_TIMEOUT, "shutdown ran out of time", "WARNING")
         self.lifecycle.transition(State.STOPPED, "shutdown complete")
         logs.emit(
-            "shutdown_complete",
+            Event.SHUTDOWN_COMPLETE,
             "stopped",
             exit_code=int(self.exit_code),
             outbox_pending=self._outbox.count,
@@ -343,16 +344,16 @@ class Agent:
         if self._outbox.count:
             # Deregistering would hand these jobs to another bot: keep the leases, so that
             # the next start reports them with attempt 1.
-            logger.bind(event="deregister_skipped", pending=self._outbox.count).warning(
+            logger.bind(event=Event.DEREGISTER_SKIPPED, pending=self._outbox.count).warning(
                 "not deregistering: {} result(s) are still unreported", self._outbox.count
             )
             return
         with trio.CancelScope(shield=True), trio.move_on_after(DEREGISTER_TIMEOUT_S):
             try:
                 await self.client.deregister(session.bot_id, session.session_id)
-                logs.emit("deregistered", "deregistered from the server")
+                logs.emit(Event.DEREGISTERED, "deregistered from the server")
             except Exception as exc:
-                logs.emit("deregister_failed", f"could not deregister: {exc}", "WARNING")
+                logs.emit(Event.DEREGISTER_FAILED, f"could not deregister: {exc}", "WARNING")
 
 
 def _unrecoverable(exc: BaseException) -> Unrecoverable | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._version import __version__
+from .events import Event
 from .exit_codes import ExitCode
 
 __all__ = ["main"]
@@ -93,7 +94,7 @@ def _config_failed(problems: Sequence[str]) -> None:
     fmt = os.environ.get("BOT_LOG_FORMAT", "auto").strip().lower()
     logs.setup_logging(fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto")
     for problem in problems:
-        logs.emit("config_error", f"bad configuration: {problem}", "ERROR", problem=problem)
+        logs.emit(Event.CONFIG_ERROR, f"bad configuration: {problem}", "ERROR", problem=problem)
     if fmt == "text" or sys.stderr.isatty():
         # For a person at a terminal. Under a supervisor every captured line stays JSON: the
         # config_error lines above already name each variable and what it accepts.
@@ -130,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code: int = trio.run(run)
     except Exception as exc:  # a bug that escaped every guard
         logs.emit(
-            "internal_error", f"botd crashed: {type(exc).__name__}: {exc}", "CRITICAL", exc=exc
+            Event.INTERNAL_ERROR, f"botd crashed: {type(exc).__name__}: {exc}", "CRITICAL", exc=exc
         )
         return int(ExitCode.SOFTWARE)
     return code

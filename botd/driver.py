@@ -25,6 +25,7 @@ from .call_policy import CallPolicy
 from .claiming import Claimer
 from .client import ServerClient
 from .config import BotConfig
+from .events import Event
 from .health import HealthMonitor
 from .heartbeat import Heartbeat
 from .lifecycle import Lifecycle, State
@@ -122,7 +123,7 @@ class Driver:
             try:
                 session = await self.registrar.register(self.held_leases(), startup=not ever_ready)
             except StartupExhausted as exc:
-                logs.emit("startup_exhausted", str(exc), "ERROR")
+                logs.emit(Event.STARTUP_EXHAUSTED, str(exc), "ERROR")
                 raise
             self.session = session
             self._transition(State.HEALTH_CHECK, f"registered, session {session.session_id}")
@@ -203,7 +204,7 @@ class Driver:
         if them not in self._conflicts:
             self._conflicts.add(them)
             logs.emit(
-                "bot_id_conflict",
+                Event.BOT_ID_CONFLICT,
                 f"another process uses BOT_ID {self.config.bot_id!r}: host {holder.hostname!r},"
                 f" pid {holder.pid}, registered at {holder.since or 'an unknown time'}; the two"
                 " keep replacing each other's session: give each bot a BOT_ID of its own",
@@ -232,11 +233,13 @@ class Driver:
     def _on_heartbeat_answer(self, answer: HeartbeatResponse) -> None:
         for lease_id in answer.cancel_leases:
             if self.runner.cancel(lease_id, "cancelled"):
-                logs.emit("job_cancel_requested", "the server cancelled a job", lease_id=lease_id)
+                logs.emit(
+                    Event.JOB_CANCEL_REQUESTED, "the server cancelled a job", lease_id=lease_id
+                )
         for lease_id in answer.lost_leases:
             if self.runner.cancel(lease_id, "lost"):
                 logs.emit(
-                    "lease_lost",
+                    Event.LEASE_LOST,
                     "the server gave this job to another bot; stopping it",
                     "WARNING",
                     lease_id=lease_id,
@@ -253,7 +256,9 @@ class Driver:
                 for job in jobs:
                     await outbox.put(job.job_id, Ack(lease_id=job.lease_id, outcome=RELEASED))
                     self._telemetry.on_job_finished(RELEASED, None)
-            logs.emit("jobs_released", f"released {len(jobs)} job(s) not started", count=len(jobs))
+            logs.emit(
+                Event.JOBS_RELEASED, f"released {len(jobs)} job(s) not started", count=len(jobs)
+            )
 
         root.start_soon(release)
 

@@ -32,6 +32,7 @@ import trio
 from loguru import logger
 
 from .errors import ConfigError
+from .events import Event
 from .logs import configure_hypercorn_logging
 from .redaction import Redactor, redact_config, redact_value
 from .timestamps import rfc3339, rfc3339_of
@@ -222,7 +223,7 @@ class Canary:
             self._last_tick = now
             delay = now - start - self.interval
             if delay > self.warn_after:
-                logger.bind(event="event_loop_blocked", delay_s=round(delay, 3)).warning(
+                logger.bind(event=Event.EVENT_LOOP_BLOCKED, delay_s=round(delay, 3)).warning(
                     f"Event loop blocked or overloaded: delay={delay:.3f}s"
                 )
 

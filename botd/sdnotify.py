@@ -25,6 +25,8 @@ from enum import Enum
 import trio
 from loguru import logger
 
+from .events import Event
+
 __all__ = ["Notifier"]
 
 _READY_STATE = "ready"
@@ -80,7 +82,7 @@ class Notifier:
                 if raw_pid and int(raw_pid) != os.getpid():
                     watchdog_usec = None
             except ValueError:
-                logger.bind(event="sd_notify_bad_env").warning(
+                logger.bind(event=Event.SD_NOTIFY_BAD_ENV).warning(
                     "ignoring WATCHDOG_USEC={!r} / WATCHDOG_PID={!r}: not positive integers",
                     raw_usec,
                     raw_pid,
@@ -117,7 +119,7 @@ class Notifier:
                 self._sock = sock
             self._sock.sendto(payload.encode(), _socket_address(self._address))
         except OSError as exc:
-            log = logger.bind(event="sd_notify_failed", error_type=type(exc).__name__)
+            log = logger.bind(event=Event.SD_NOTIFY_FAILED, error_type=type(exc).__name__)
             if self._failed_once:
                 log.debug("sd_notify to {} failed: {}", self._address, exc)
             else:

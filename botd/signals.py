@@ -8,6 +8,8 @@ from collections.abc import Callable
 import trio
 from loguru import logger
 
+from .events import Event
+
 __all__ = ["watch_signals"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -28,5 +30,5 @@ async def watch_signals(
         async for signum in signals:
             count += 1
             name = signal.Signals(signum).name
-            logger.bind(event="signal", signal=name, count=count).info("received {}", name)
+            logger.bind(event=Event.SIGNAL, signal=name, count=count).info("received {}", name)
             on_signal(count, name)

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import logs
 from .breaker import BreakerState, CircuitBreaker
+from .events import Event
 from .lifecycle import State, Transition
 from .metrics import BotMetrics
 from .outbox import Outbox
@@ -48,7 +49,7 @@ class Telemetry:
     def on_transition(self, t: Transition) -> None:
         self.metrics.on_transition(t.from_state.value, t.to_state.value)
         logs.emit(
-            "state_transition",
+            Event.STATE_TRANSITION,
             f"{t.from_state.value} -> {t.to_state.value}: {t.reason}",
             "INFO" if t.to_state is not State.ERROR else "WARNING",
             from_state=t.from_state.value,
@@ -65,16 +66,16 @@ class Telemetry:
             breaker = self.breakers.get(name)
             retry = breaker.open_for if breaker is not None else math.nan
             logs.emit(
-                "breaker_opened",
+                Event.BREAKER_OPENED,
                 f"circuit breaker {name} opened; next probe in {retry:.1f}s",
                 "WARNING",
                 breaker=name,
                 from_state=old.value,
             )
         elif new is BreakerState.CLOSED:
-            logs.emit("breaker_closed", f"circuit breaker {name} closed", breaker=name)
+            logs.emit(Event.BREAKER_CLOSED, f"circuit breaker {name} closed", breaker=name)
         else:
-            logs.emit("breaker_half_open", f"circuit breaker {name} half-open", breaker=name)
+            logs.emit(Event.BREAKER_HALF_OPEN, f"circuit breaker {name} half-open", breaker=name)
 
     def on_call(self, name: str, event: str) -> None:
         """The call policies' events: each call's metrics, recorded once."""

@@ -34,6 +34,7 @@ from .client import ServerClient
 from .config import BotConfig
 from .driver import Driver
 from .errors import ConfigError, StateDirError
+from .events import Event
 from .exit_codes import ExitCode
 from .handlers import GROUPS_DIR, Handler, build_handler, reap_leftover_groups
 from .health import HealthMonitor
@@ -185,7 +186,7 @@ async def open_agent(
             )
             telemetry.outbox_changed()
             if outbox.count:
-                logger.bind(event="outbox_recovered", pending=outbox.count).info(
+                logger.bind(event=Event.OUTBOX_RECOVERED, pending=outbox.count).info(
                     "{} result(s) from an earlier run wait to be reported", outbox.count
                 )
         # Not bound across the yield: the caller's own lines are not this bot's (Agent.run
@@ -204,7 +205,9 @@ async def run_agent(
             agent = await stack.enter_async_context(open_agent(config, **parts))
         except (StateDirError, ConfigError) as exc:
             with logs.bind_agent(config.bot_id, lambda: State.INITIALIZING.value):
-                logger.bind(event="startup_failed", error=str(exc)).error("cannot start: {}", exc)
+                logger.bind(event=Event.STARTUP_FAILED, error=str(exc)).error(
+                    "cannot start: {}", exc
+                )
             return int(ExitCode.CONFIG)
         if on_open is not None:
             on_open(agent)
@@ -235,10 +238,10 @@ def _call_policies(
         )
 
     return {
-        "registration": policy("registration", "registration_failed", loses_session=False),
-        "heartbeat": policy("heartbeat", "heartbeat_failed", backoff_on=False, hold=False),
-        "job_claim": policy("job_claim", "claim_failed"),
-        "results": policy("results", "ack_failed"),
+        "registration": policy("registration", Event.REGISTRATION_FAILED, loses_session=False),
+        "heartbeat": policy("heartbeat", Event.HEARTBEAT_FAILED, backoff_on=False, hold=False),
+        "job_claim": policy("job_claim", Event.CLAIM_FAILED),
+        "results": policy("results", Event.ACK_FAILED),
     }
 
 
@@ -268,7 +271,7 @@ async def _reap_leftovers(cfg: BotConfig) -> None:
     killed = await trio.to_thread.run_sync(reap_leftover_groups, cfg.state_dir / GROUPS_DIR)
     if killed:
         logs.emit(
-            "exec_leftovers_killed",
+            Event.EXEC_LEFTOVERS_KILLED,
             f"killed {killed} process(es) that exec jobs of an earlier run left",
             "WARNING",
             count=killed,

@@ -22,6 +22,7 @@ from loguru import logger
 from trio_util import AsyncValue
 
 from . import logs
+from .events import Event
 from .handlers import Handler, cancelled_failure, run_job
 from .models import Ack, ClaimedJob
 from .outbox import Outbox
@@ -31,7 +32,11 @@ __all__ = ["CancelReason", "JobRunner", "RunningJob"]
 
 CancelReason = Literal["cancelled", "shutdown", "lost"]
 
-_EVENTS = {SUCCEEDED: "job_succeeded", RELEASED: "job_released", LEASE_LOST: "job_lease_lost"}
+_EVENTS = {
+    SUCCEEDED: Event.JOB_SUCCEEDED,
+    RELEASED: Event.JOB_RELEASED,
+    LEASE_LOST: Event.JOB_LEASE_LOST,
+}
 
 #: How long the outbox write of one outcome may take once its job was cancelled.
 OUTCOME_WRITE_DEADLINE = 10.0
@@ -107,7 +112,7 @@ class JobRunner:
         job = running.job
         ids = {"job_id": job.job_id, "lease_id": job.lease_id, "attempt": job.attempt}
         if logs.enabled("INFO"):  # the record is not even built when no sink takes it
-            logger.bind(**ids, event="job_started", kind=job.kind).info(
+            logger.bind(**ids, event=Event.JOB_STARTED, kind=job.kind).info(
                 "job {} started", job.job_id
             )
         ack: Ack | None = None
@@ -131,7 +136,7 @@ class JobRunner:
             self.on_finished(outcome, duration)
             level = "INFO" if outcome in (SUCCEEDED, RELEASED) else "WARNING"
             if logs.enabled(level):
-                fields: dict[str, Any] = {"event": _EVENTS.get(outcome, "job_failed")}
+                fields: dict[str, Any] = {"event": _EVENTS.get(outcome, Event.JOB_FAILED)}
                 if ack is not None and ack.error is not None:
                     fields.update(error_type=ack.error.type, error=ack.error.message)
                 logger.bind(

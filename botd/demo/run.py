@@ -16,6 +16,7 @@ from trio_util import AsyncValue
 from .. import logs
 from ..admin_client import AsyncAdminClient
 from ..errors import ServerError
+from ..events import Event
 from ..models import FINAL_JOB_STATUSES, JOB_STATUSES, JobList, JobView, Stats
 from ..server.run import ServerConfig
 from ..signals import watch_signals
@@ -67,7 +68,7 @@ class _Demo:
         stamp = f"[{self.elapsed():5.1f}s] {text}"
         self.notes.append(stamp)
         self.view.note(self.elapsed(), text)
-        logs.emit("demo", text)
+        logs.emit(Event.DEMO, text)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(

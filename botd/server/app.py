@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from .._version import __version__
 from ..errors import HttpError
+from ..events import Event
 from ..models import (
     JOB_STATUSES,
     MAX_CLAIM_JOBS,
@@ -113,7 +114,7 @@ def create_app(
         gone_after_s=gone_after_s,
     )
     expected = token.encode() if token else None
-    unavailable_log = _RateLimitedLog("store_unavailable", every_s=1.0)
+    unavailable_log = _RateLimitedLog(Event.STORE_UNAVAILABLE, every_s=1.0)
 
     def check_auth(request: Request) -> None:
         if expected is None:
@@ -147,7 +148,7 @@ def create_app(
                     f"the server's database failed ({exc}); retry later and tell its operator",
                 )
             except Exception:
-                logger.bind(event="internal_error", path=request.url.path).exception(
+                logger.bind(event=Event.INTERNAL_ERROR, path=request.url.path).exception(
                     "request failed"
                 )
                 return error_response(
@@ -175,7 +176,7 @@ def create_app(
         session_id, requeued = await store.register(req, lease_ttl_s=core.lease_ttl_s)
         if requeued:
             core.jobs_may_be_available()
-        logger.bind(event="bot_registered", bot_id=req.bot_id, session_id=session_id).info(
+        logger.bind(event=Event.BOT_REGISTERED, bot_id=req.bot_id, session_id=session_id).info(
             "bot registered"
         )
         return json_response(
@@ -200,7 +201,7 @@ def create_app(
         answer, requeued = await store.heartbeat(bot_id, req, lease_ttl_s=core.lease_ttl_s)
         if requeued:
             core.jobs_may_be_available()
-            logger.bind(event="leases_not_received", bot_id=bot_id, requeued=requeued).info(
+            logger.bind(event=Event.LEASES_NOT_RECEIVED, bot_id=bot_id, requeued=requeued).info(
                 "released leases the bot never received; their attempts were given back"
             )
         return json_response(answer)
@@ -215,7 +216,7 @@ def create_app(
         requeued = await store.deregister(bot_id, session_id)
         if requeued:
             core.jobs_may_be_available()
-        logger.bind(event="bot_deregistered", bot_id=bot_id, requeued=requeued).info(
+        logger.bind(event=Event.BOT_DEREGISTERED, bot_id=bot_id, requeued=requeued).info(
             "bot deregistered"
         )
         return Response(status_code=204)
@@ -254,7 +255,7 @@ def create_app(
 
     async def cancel_job(request: Request) -> Response:
         view = await store.cancel_job(request.path_params["job_id"])
-        logger.bind(event="job_cancelled", job_id=view.job_id).info("job cancelled")
+        logger.bind(event=Event.JOB_CANCELLED, job_id=view.job_id).info("job cancelled")
         return json_response(view)
 
     async def stats(request: Request) -> Response:
@@ -277,7 +278,7 @@ def create_app(
             requeued = await store.release(leases) if leases else 0
             if requeued:
                 core.jobs_may_be_available()
-            logger.bind(event="claim_abandoned", bot_id=req.bot_id, released=requeued).info(
+            logger.bind(event=Event.CLAIM_ABANDONED, bot_id=req.bot_id, released=requeued).info(
                 "the client went away during its long poll; no job was handed out"
             )
         return json_response(answer)

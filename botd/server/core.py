@@ -13,6 +13,7 @@ import attrs
 import trio
 from loguru import logger
 
+from ..events import Event
 from ..models import Ack, ClaimRequest, ClaimResponse
 from .metrics import ServerMetrics
 from .store import PRUNE_BATCH, Store, StoreUnavailable
@@ -134,7 +135,7 @@ class ServerCore:
                 if report.expired:
                     self.metrics.lease_expiries.inc(report.expired)
                     logger.bind(
-                        event="leases_expired",
+                        event=Event.LEASES_EXPIRED,
                         expired=report.expired,
                         requeued=report.requeued,
                         dead=report.dead,
@@ -142,11 +143,11 @@ class ServerCore:
                 if report.requeued:
                     self.jobs_may_be_available()
                 if report.gone:
-                    logger.bind(event="bots_gone", count=report.gone).info("bots went silent")
+                    logger.bind(event=Event.BOTS_GONE, count=report.gone).info("bots went silent")
                 nxt = await self.store.next_deadline()
                 if down:
                     down = False
-                    logger.bind(event="timer_store_recovered").info(
+                    logger.bind(event=Event.TIMER_STORE_RECOVERED).info(
                         "lease expiry resumed: the store answers again"
                     )
                 if nxt is not None:
@@ -154,7 +155,7 @@ class ServerCore:
             except StoreUnavailable as exc:
                 if not down:
                     down = True
-                    logger.bind(event="timer_store_unavailable", error=str(exc)).warning(
+                    logger.bind(event=Event.TIMER_STORE_UNAVAILABLE, error=str(exc)).warning(
                         "lease expiry paused: the store is unavailable (retried every second)"
                     )
             if pending is not None:
@@ -180,12 +181,12 @@ class ServerCore:
                     if n < PRUNE_BATCH:
                         break
             except StoreUnavailable as exc:
-                logger.bind(event="prune_store_unavailable", error=str(exc)).warning(
+                logger.bind(event=Event.PRUNE_STORE_UNAVAILABLE, error=str(exc)).warning(
                     "pruning skipped: the store is unavailable"
                 )
             if pruned:
                 self.metrics.jobs_pruned.inc(pruned)
-                logger.bind(event="jobs_pruned", count=pruned).info("finished jobs pruned")
+                logger.bind(event=Event.JOBS_PRUNED, count=pruned).info("finished jobs pruned")
             await trio.sleep(_PRUNE_EVERY_S)
 
 

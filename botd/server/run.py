@@ -26,6 +26,7 @@ from loguru import logger
 
 from .. import logs
 from ..errors import leaf_exceptions
+from ..events import Event
 from ..exit_codes import ExitCode
 from .app import core_of, create_app
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S
@@ -159,7 +160,7 @@ async def serve(
     try:
         await store.open(lease_ttl_s=config.lease_ttl)
     except StoreUnavailable as exc:
-        logger.bind(event="store_open_failed", db=store.where, error=str(exc)).error(
+        logger.bind(event=Event.STORE_OPEN_FAILED, db=store.where, error=str(exc)).error(
             "the job store failed to open; /v1/health reports degraded until it works"
         )
     except StoreIncompatible:
@@ -182,7 +183,7 @@ async def serve(
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        logger.bind(event="server_stopping").info("server stopping")
+        logger.bind(event=Event.SERVER_STOPPING).info("server stopping")
         core.close()
 
     try:
@@ -202,11 +203,13 @@ async def serve(
 
             binds: list[str] = await nursery.start(http)
             url = binds[0] if binds else f"http://{_bind(config.host, config.port)}"
-            logger.bind(event="server_listening", url=url, db=store.where).info("server listening")
+            logger.bind(event=Event.SERVER_LISTENING, url=url, db=store.where).info(
+                "server listening"
+            )
             task_status.started(url)
     finally:
         await _close_store(store)
-    logger.bind(event="server_stopped").info("server stopped")
+    logger.bind(event=Event.SERVER_STOPPED).info("server stopped")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -292,10 +295,10 @@ async def serve_until_signalled(config: ServerConfig) -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if stop.is_set():
-                        logger.bind(event="signal", signal=name).warning("stopping now")
+                        logger.bind(event=Event.SIGNAL, signal=name).warning("stopping now")
                         nursery.cancel_scope.cancel()
                         return
-                    logger.bind(event="signal", signal=name).info("stopping gracefully")
+                    logger.bind(event=Event.SIGNAL, signal=name).info("stopping gracefully")
                     stop.set()
 
             nursery.start_soon(watch)
@@ -332,7 +335,7 @@ def run_server_from_args(args: argparse.Namespace) -> int:
         failures = [str(exc) for exc in leaf_exceptions(group)]
     if refused:
         for message in refused:
-            logger.bind(event="store_refused", error=message).error("cannot use the database")
+            logger.bind(event=Event.STORE_REFUSED, error=message).error("cannot use the database")
             print(f"botd server: {message}", file=sys.stderr)
         return int(ExitCode.CONFIG)
     if failures:

@@ -31,6 +31,7 @@ from loguru import logger
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus
 
+from ...events import Event
 from .errors import StoreUnavailable
 from .postgres_schema import migrate
 from .records import new_id
@@ -228,7 +229,7 @@ class PostgresDatabase:
         cannot be reached (the store keeps trying on later calls) and StoreIncompatible
         when its schema is newer than this botd."""
         await self._run(lambda conn: None)
-        logger.bind(event="store_opened", db=self.where).info("job store opened")
+        logger.bind(event=Event.STORE_OPENED, db=self.where).info("job store opened")
 
     async def aclose(self) -> None:
         """Close the pool (waits for its connections to close)."""
@@ -308,21 +309,21 @@ class PostgresDatabase:
             except psycopg.Error as exc:
                 if not failing:
                     failing = True
-                    logger.bind(event="listen_unavailable", db=self.where, error=str(exc)).warning(
-                        "cannot LISTEN for new jobs; retrying until the database answers"
-                    )
+                    logger.bind(
+                        event=Event.LISTEN_UNAVAILABLE, db=self.where, error=str(exc)
+                    ).warning("cannot LISTEN for new jobs; retrying until the database answers")
                 await trio.sleep(delay)
                 delay = min(2 * delay, LISTEN_FALLBACK_S)
                 continue
             if failing:
                 failing = False
-                logger.bind(event="listen_restored", db=self.where).info("listening again")
+                logger.bind(event=Event.LISTEN_RESTORED, db=self.where).info("listening again")
             delay = 0.25
             wake()  # anything sent while we were not listening
             try:
                 await self._listen(conn, wake)
             except psycopg.Error as exc:
-                logger.bind(event="listen_lost", db=self.where, error=str(exc)).warning(
+                logger.bind(event=Event.LISTEN_LOST, db=self.where, error=str(exc)).warning(
                     "the LISTEN connection was lost; reconnecting"
                 )
             finally:

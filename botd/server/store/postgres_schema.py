@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from loguru import logger
 
+from ...events import Event
 from ...models import JOB_STATUSES
 from .errors import newer_schema
 from .interface import SCHEMA_VERSION
@@ -150,4 +151,6 @@ def migrate(conn: psycopg.Connection[Any], where: str) -> None:
         if target > version:
             conn.execute(sql)
             conn.execute("INSERT INTO botd_schema (version) VALUES (%s)", (target,))
-            logger.bind(event="schema_migrated", version=target).info("database schema migrated")
+            logger.bind(event=Event.SCHEMA_MIGRATED, version=target).info(
+                "database schema migrated"
+            )

@@ -22,6 +22,7 @@ import trio
 from loguru import logger
 
 from ... import models
+from ...events import Event
 from .interface import ExpiryReport
 from .sqlite_backend import Moment, SqliteBackend
 
@@ -70,7 +71,7 @@ class SqliteStore:
         """Create the schema; give a previous run's leases a fresh lease_ttl_s."""
         at = self._moment()
         await self._run(lambda: self.backend.open(at, lease_ttl_s))
-        logger.bind(event="store_opened", db=self.where).info("job store opened")
+        logger.bind(event=Event.STORE_OPENED, db=self.where).info("job store opened")
 
     async def aclose(self) -> None:
         """Close the connection."""
