@@ -107,4 +107,4 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def soak(session: nox.Session) -> None:
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_chaos.py", "--soak", *session.posargs)
+    session.run("pytest", "tests/process/test_chaos.py", "--soak", *session.posargs)

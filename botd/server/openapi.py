@@ -3,7 +3,7 @@
 The schemas are derived from the attrs classes' fields and type hints (str, int, float,
 bool, Any, Literal, unions, lists, dicts and nested attrs classes), so they cannot drift
 from the models the server decodes with. The route table below is the one place that lists
-the routes for the document; ``tests/test_server_openapi.py`` checks it against the app.
+the routes for the document; ``tests/asgi/test_server_openapi.py`` checks it against the app.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import pytest
 
 from benchmarks.common import median, percentile, ratio
 from benchmarks.report import Figure, fmt, machine, render
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def test_statistics() -> None:

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana" / "botd.json"
+from tests.support.paths import REPO
+
+DASHBOARD = REPO / "contrib" / "grafana" / "botd.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__all"}
 

@@ -14,12 +14,12 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.paths import REPO
 from tests.support.procs import (
     FAST_BREAKERS,
     Procs,
@@ -31,7 +31,7 @@ from tests.support.procs import (
 )
 from tests.support.server_jobs import submit, succeeded
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+CONTRIB = REPO / "contrib"
 
 KNOWN_BOT_METRICS = frozenset(
     {

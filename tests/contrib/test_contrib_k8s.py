@@ -24,8 +24,9 @@ from starlette.requests import Request
 from botd.models import MAX_WAIT_S
 from botd.server.dashboard import dashboard
 from botd.server.run import DB_ENV, GRACEFUL_TIMEOUT_S
+from tests.support.paths import REPO
 
-K8S = Path(__file__).resolve().parent.parent / "contrib" / "k8s"
+K8S = REPO / "contrib" / "k8s"
 PG = K8S / "postgres"
 SECRET_EXAMPLE = PG / "secret.yaml.example"
 KUBERNETES_VERSION = "1.30"  # the oldest release still commonly run that we promise to fit

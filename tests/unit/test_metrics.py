@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -28,6 +27,7 @@ from botd.metrics import (
     STATES,
     BotMetrics,
 )
+from tests.support.paths import REPO
 
 ISSUE_METRICS = {
     "botd_info": "gauge",  # an Info metric is a gauge in the text format
@@ -247,7 +247,7 @@ def test_request_outcome(exc: BaseException | None, outcome: str) -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    doc = (REPO / "docs" / "operations.md").read_text()
     documented = set(re.findall(r"`(botd_[a-z_]+)`", doc))
     for name, kind in ISSUE_METRICS.items():
         exposed = f"{name}_total" if kind == "counter" else name

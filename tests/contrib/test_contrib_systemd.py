@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+from tests.support.paths import REPO
+
+CONTRIB = REPO / "contrib" / "systemd"
 BOT_UNIT = CONTRIB / "botd@.service"
 SERVER_UNIT = CONTRIB / "botd-server.service"
 SHUTDOWN_BOUND_S = 5  # botd's whole shutdown ends within BOT_SHUTDOWN_TIMEOUT + this

@@ -47,7 +47,7 @@ import pytest
 import trio
 
 from botd.models import FINAL_JOB_STATUSES
-from tests.chaos_proxy import ChaosProxy
+from tests.support.chaos_proxy import ChaosProxy
 from tests.support.haproxy import Haproxy
 from tests.support.postgres import PostgresServer
 from tests.support.procs import (

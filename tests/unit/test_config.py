@@ -26,6 +26,7 @@ from botd.config import (
     to_env,
 )
 from botd.errors import ConfigError
+from tests.support.paths import REPO
 
 SEED_NAMES = {
     "bot_id": "BOT_ID",
@@ -58,7 +59,7 @@ def test_env_names_seed_unprefixed_new_ones_bot_prefixed() -> None:
         assert help_text
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 
 
 def test_readme_settings_table_is_the_fields() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dockerfile
 import pytest
 
-DOCKERFILE = Path(__file__).resolve().parent.parent / "contrib" / "docker" / "Dockerfile"
+from tests.support.paths import REPO
+
+DOCKERFILE = REPO / "contrib" / "docker" / "Dockerfile"
 
 
 @pytest.fixture(scope="module")

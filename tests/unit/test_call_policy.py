@@ -29,9 +29,8 @@ from botd.errors import (
 )
 from botd.models import HeartbeatRequest, SessionHolder
 from botd.session import SessionLost
-
-from .support.logcapture import captured_logs, events_of
-from .support.scripted import OUTCOMES, ScriptedServer
+from tests.support.logcapture import captured_logs, events_of
+from tests.support.scripted import OUTCOMES, ScriptedServer
 
 RETRYABLE = {
     "connect": ServerUnavailable,

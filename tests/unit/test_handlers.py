@@ -31,8 +31,8 @@ from botd.handlers import (
 )
 from botd.models import Ack, ClaimedJob, FailureInfo
 from tests.support import jobs
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 _ids = itertools.count(1)
 
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from loguru import logger
 
 from botd import logs
+from tests.support.paths import REPO
 
 TIME_RE = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 ANSI = "\x1b["
@@ -364,7 +365,7 @@ def test_bad_level_or_format_is_rejected(setup: logs.LogSetup) -> None:
 
 def documented_events() -> list[str]:
     """The event names in the first column of docs/operations.md's "Key events" tables."""
-    doc = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    doc = (REPO / "docs" / "operations.md").read_text()
     section = doc.split("### Key events", 1)[1].split("\n## ", 1)[0]
     names: list[str] = []
     for line in section.splitlines():

@@ -46,6 +46,7 @@ import httpx
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
+from tests.support.paths import REPO
 from tests.support.procs import (
     Execution,
     bot_env,
@@ -62,7 +63,7 @@ from tests.support.procs import (
 
 pytestmark = pytest.mark.slow
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "supervisord"
+CONTRIB = REPO / "contrib" / "supervisord"
 BOTS_CONF = CONTRIB / "botd.conf"
 SERVER_CONF = CONTRIB / "reference-server.conf"
 BIN = Path(sys.executable).parent

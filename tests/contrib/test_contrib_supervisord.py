@@ -15,7 +15,9 @@ import pytest
 from supervisor.datatypes import RestartWhenExitUnexpected
 from supervisor.options import ServerOptions
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "supervisord"
+from tests.support.paths import REPO
+
+CONTRIB = REPO / "contrib" / "supervisord"
 BOTS = CONTRIB / "botd.conf"
 SERVER = CONTRIB / "reference-server.conf"
 SHUTDOWN_BOUND_S = 5  # botd's whole shutdown ends within BOT_SHUTDOWN_TIMEOUT + this

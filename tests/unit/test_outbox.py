@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from botd.errors import StateDirError
 from botd.models import Ack, FailureInfo
 from botd.outbox import DB_NAME, Outbox, OutboxEntry
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
 
 
 def ack(n: int | str, outcome: str = "succeeded") -> Ack:

@@ -38,9 +38,8 @@ from botd.registration import Registrar, StartupExhausted
 from botd.results import ResultReporter
 from botd.session import Session, SessionLost
 from botd.workers import JobRunner
-
-from .support.logcapture import captured_logs, events_of
-from .support.scripted import OUTCOMES, ScriptedServer
+from tests.support.logcapture import captured_logs, events_of
+from tests.support.scripted import OUTCOMES, ScriptedServer
 
 SESSION = Session("bot-1", "s-1", heartbeat_interval_s=1.0, lease_ttl_s=30.0, server_version="t")
 RETRYABLE = ["connect", "timeout", "429", "500", "503", "garbage", "wrong_shape", "400"]

@@ -27,8 +27,7 @@ from botd.models import ClaimedJob
 from botd.server.app import core_of, create_app
 from botd.server.store import SqliteStore
 from botd.wiring import open_agent
-
-from .support.faults import FaultyTransport
+from tests.support.faults import FaultyTransport
 
 
 @attrs.define

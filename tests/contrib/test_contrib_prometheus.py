@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-PROM = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
+from tests.support.paths import REPO
+
+PROM = REPO / "contrib" / "prometheus"
 ALERTS = PROM / "alerts.yml"
 ALERTS_TEST = PROM / "alerts_test.yml"
 CONFIG = PROM / "prometheus.yml"

@@ -30,6 +30,7 @@ import pytest
 import trio
 from playwright.sync_api import ConsoleMessage, Page, Request, expect, sync_playwright
 
+from tests.support.paths import REPO
 from tests.support.procs import (
     Proc,
     Procs,
@@ -42,7 +43,6 @@ from tests.support.procs import (
 )
 from tests.support.server import asgi_client, make_app
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "dash-token-5f1c9a"
 LEASE_TTL_S = 2.5
 SIMULATED_JOBS = 60
