@@ -26,15 +26,13 @@ import attrs
 import trio
 from loguru import logger
 
-from .call_policy import CallPolicy
+from .call_policy import SESSION_LOST_ERRORS, CallPolicy
 from .client import ServerClient
 from .errors import (
     CircuitOpen,
     ProtocolError,
     RequestRejected,
     ServerError,
-    SessionSuperseded,
-    UnknownBot,
 )
 from .models import Ack, AckResult, AckStatus, ClaimRequest
 from .outbox import Outbox
@@ -174,7 +172,7 @@ class ResultReporter:
             )
             try:
                 answer = await self.client.claim(request)
-            except (UnknownBot, SessionSuperseded):
+            except SESSION_LOST_ERRORS:
                 self.session = None  # that session is gone: one by one below
             else:
                 await self.settle(answer.acks)
@@ -196,7 +194,7 @@ class ResultReporter:
                 try:
                     answer = await self.client.ack(ack)
                     status, message = answer.status, ""
-                except (UnknownBot, SessionSuperseded) as exc:  # not a lease's answer
+                except SESSION_LOST_ERRORS as exc:  # not a lease's answer
                     failure = failure or ProtocolError(f"ack: unexpected answer: {exc}")
                     return
                 except RequestRejected as exc:
