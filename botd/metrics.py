@@ -44,6 +44,9 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .client import OUTCOMES
+from .lifecycle import State
+
 __all__ = [
     "BREAKERS",
     "BREAKER_STATES",
@@ -54,17 +57,8 @@ __all__ = [
     "BotMetrics",
 ]
 
-#: The lifecycle states, as their lowercase values.
-STATES: tuple[str, ...] = (
-    "initializing",
-    "registering",
-    "health_check",
-    "ready",
-    "processing",
-    "error",
-    "shutting_down",
-    "stopped",
-)
+#: The lifecycle states' values (``"ready"``), in :class:`~botd.lifecycle.State`'s order.
+STATES: tuple[str, ...] = tuple(state.value for state in State)
 BREAKERS: tuple[str, ...] = ("registration", "heartbeat", "job_claim", "results")
 BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
 JOB_OUTCOMES: tuple[str, ...] = (
@@ -76,9 +70,8 @@ JOB_OUTCOMES: tuple[str, ...] = (
     "lease_lost",
 )
 HEARTBEAT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed")
-#: ``ok``: a 2xx; ``unavailable``: network error, timeout, 429, 5xx; ``rejected``: any other
-#: 4xx incl. 401/403; ``protocol_error``: an answer we cannot read; ``error``: anything else.
-REQUEST_OUTCOMES: tuple[str, ...] = ("ok", "unavailable", "rejected", "protocol_error", "error")
+#: The outcomes of a server request, as the client reports them (:data:`botd.client.OUTCOMES`).
+REQUEST_OUTCOMES: tuple[str, ...] = OUTCOMES
 
 JOB_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
