@@ -149,7 +149,10 @@ class ServerClient:
     Args:
       base_url: the main server, e.g. ``http://localhost:3001``.
       token: the bearer token, or None. It goes only into the Authorization header.
-      connect_timeout, request_timeout: seconds; a long-poll claim gets ``wait_s + claim_margin``.
+      connect_timeout, request_timeout: seconds to connect, and to read, write or wait for a
+        pooled connection.
+      claim_margin: seconds a long-poll claim may take beyond its ``wait_s``: a claim's
+        read timeout is ``wait_s + claim_margin + request_timeout``.
       transport: an httpx transport to use instead of the network (tests).
       observe: called after every request with the endpoint, outcome and duration.
 
@@ -230,7 +233,7 @@ class ServerClient:
             )
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
-        """``POST /v1/jobs/claim``; its read timeout covers the long poll plus a margin."""
+        """``POST /v1/jobs/claim``; its timeout is ``wait_s + claim_margin + request_timeout``."""
         timeout = httpx.Timeout(
             request.wait_s + self.claim_margin + self.request_timeout,
             connect=self.connect_timeout,
