@@ -28,6 +28,7 @@ The metrics (``docs/operations.md`` has the full table):
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -116,61 +117,48 @@ class BotMetrics:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.bot_id = bot_id
+        counter = functools.partial(Counter, registry=r)
+        gauge = functools.partial(Gauge, registry=r)
+        histogram = functools.partial(Histogram, registry=r)
         self.info = Info("botd", "Static facts about this bot.", registry=r)
         self.info.info({"version": version, "bot_id": bot_id})
-        self.state = Gauge(
-            "botd_state", "1 for the bot's current lifecycle state.", ["state"], registry=r
+        self.state = gauge("botd_state", "1 for the bot's current lifecycle state.", ["state"])
+        self.state_transitions = counter(
+            "botd_state_transitions", "Lifecycle state transitions.", ["from_state", "to_state"]
         )
-        self.state_transitions = Counter(
-            "botd_state_transitions",
-            "Lifecycle state transitions.",
-            ["from_state", "to_state"],
-            registry=r,
-        )
-        self.jobs = Counter("botd_jobs", "Jobs finished, by outcome.", ["outcome"], registry=r)
-        self.job_duration = Histogram(
+        self.jobs = counter("botd_jobs", "Jobs finished, by outcome.", ["outcome"])
+        self.job_duration = histogram(
             "botd_job_duration_seconds",
             "Time from a job's start to its outcome.",
             buckets=JOB_DURATION_BUCKETS,
-            registry=r,
         )
-        self.jobs_in_flight = Gauge("botd_jobs_in_flight", "Jobs running now.", registry=r)
-        self.breaker_state = Gauge(
+        self.jobs_in_flight = gauge("botd_jobs_in_flight", "Jobs running now.")
+        self.breaker_state = gauge(
             "botd_circuit_breaker_state",
             "1 for each circuit breaker's current state.",
             ["breaker", "state"],
-            registry=r,
         )
-        self.breaker_failures = Counter(
+        self.breaker_failures = counter(
             "botd_circuit_breaker_failures",
             "Failures counted by each circuit breaker.",
             ["breaker"],
-            registry=r,
         )
-        self.registration_attempts = Counter(
-            "botd_registration_attempts", "Registration attempts.", registry=r
-        )
-        self.heartbeats = Counter(
-            "botd_heartbeats", "Heartbeats sent, by outcome.", ["outcome"], registry=r
-        )
-        self.request_duration = Histogram(
+        self.registration_attempts = counter("botd_registration_attempts", "Registration attempts.")
+        self.heartbeats = counter("botd_heartbeats", "Heartbeats sent, by outcome.", ["outcome"])
+        self.request_duration = histogram(
             "botd_server_request_duration_seconds",
             "Requests to the main server, by endpoint and outcome.",
             ["endpoint", "outcome"],
             buckets=REQUEST_DURATION_BUCKETS,
-            registry=r,
         )
-        self.outbox_pending = Gauge(
-            "botd_outbox_pending", "Results in the outbox not yet acknowledged.", registry=r
+        self.outbox_pending = gauge(
+            "botd_outbox_pending", "Results in the outbox not yet acknowledged."
         )
-        self.outbox_lease_lost_total = Counter(
+        self.outbox_lease_lost_total = counter(
             "botd_outbox_lease_lost",
             "Outbox results dropped because the server said their lease was lost.",
-            registry=r,
         )
-        self.start_time = Gauge(
-            "botd_start_time_seconds", "When this bot started, in Unix time.", registry=r
-        )
+        self.start_time = gauge("botd_start_time_seconds", "When this bot started, in Unix time.")
         self.start_time.set(time.time())
         if process_collectors:
             ProcessCollector(registry=r)
