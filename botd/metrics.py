@@ -45,6 +45,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .breaker import BreakerState
 from .client import OUTCOMES
 from .lifecycle import State
 
@@ -61,7 +62,8 @@ __all__ = [
 #: The lifecycle states' values (``"ready"``), in :class:`~botd.lifecycle.State`'s order.
 STATES: tuple[str, ...] = tuple(state.value for state in State)
 BREAKERS: tuple[str, ...] = ("registration", "heartbeat", "job_claim", "results")
-BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
+#: The circuit breaker states' values, in :class:`~botd.breaker.BreakerState`'s order.
+BREAKER_STATES: tuple[str, ...] = tuple(state.value for state in BreakerState)
 JOB_OUTCOMES: tuple[str, ...] = (
     "succeeded",
     "failed",
