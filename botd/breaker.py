@@ -10,11 +10,14 @@
 - OPEN refuses every call for ``timeout * uniform(1 - jitter, 1 + jitter)`` seconds, so a fleet
   that lost the server together does not come back in lockstep.
 - HALF_OPEN lets exactly one probe through at a time; the others are refused while it is in
-  flight. A success closes the breaker, a failure reopens it with a fresh jittered timeout.
-  A probe guarded by :meth:`CircuitBreaker.guard` that is cancelled gives its slot back
-  without counting; a caller that took the slot with :meth:`~CircuitBreaker.allow` must
-  give it back itself (:meth:`~CircuitBreaker.release`), which is why botd's loops only use
-  the guard, through :mod:`botd.call_policy`.
+  flight (a forced call, ``guard(force=True)``, goes through all the same). A success closes
+  the breaker, a failure reopens it with a fresh jittered timeout.
+  A cancelled probe gives its slot back without counting: :meth:`~CircuitBreaker.guard` and
+  :meth:`~CircuitBreaker.admitted` do that themselves; a caller that took the slot with
+  :meth:`~CircuitBreaker.allow` or :meth:`~CircuitBreaker.check` calls
+  :meth:`~CircuitBreaker.release`. botd's loops never take the slot by hand:
+  :mod:`botd.call_policy` admits every call with ``admitted()``, or ``guard()`` when the
+  call must not wait.
 
 The state is computed on read from the clock: an OPEN breaker whose timeout has passed reads
 as HALF_OPEN. Outcomes that arrive while OPEN (late answers to calls let through before it
@@ -169,8 +172,9 @@ class CircuitBreaker:
         """Sleep (on Trio's clock) until a call would be let through; never takes the slot.
 
         Returns at once when CLOSED or HALF_OPEN with the slot free. Several waiters may
-        wake together for one probe slot: the losers get CircuitOpen from :meth:`check`
-        and wait again. Ends only when ready or cancelled.
+        wake together for one probe slot: the one that takes it goes, the others are
+        refused (CircuitOpen) and must wait again, which :meth:`admitted` does for them.
+        Ends only when ready or cancelled.
         """
         await trio.lowlevel.checkpoint()
         while True:
@@ -250,7 +254,11 @@ class CircuitBreaker:
             self._open()
 
     def release(self) -> None:
-        """Give the half-open probe slot back without counting an outcome (e.g. cancelled)."""
+        """Give the half-open probe slot back without counting an outcome, whoever holds it.
+
+        For a call let through by :meth:`allow` or :meth:`check` that ended without an
+        outcome (cancelled); :meth:`guard` gives back only its own slot, by itself.
+        """
         self._release(None)
 
     # -- internals -------------------------------------------------------------------------

@@ -58,15 +58,20 @@ from .errors import (
     UnknownBot,
     Unrecoverable,
 )
+from .events import Event
 from .session import SessionLost
 
-__all__ = ["CALL_EVENTS", "Call", "CallObserver", "CallPolicy"]
+__all__ = ["CALL_EVENTS", "SESSION_LOST_ERRORS", "Call", "CallObserver", "CallPolicy"]
 
 #: What ``observe(name, event)`` is told: once ``started``, then once one of the others.
 CALL_EVENTS = ("started", "ok", "failed", "session_lost", "unrecoverable", "cancelled")
 
 #: ``observe(policy_name, event)`` with ``event`` from :data:`CALL_EVENTS`.
 CallObserver = Callable[[str, str], None]
+
+#: The server's answers that mean the bot's session is gone: 404 ``unknown_bot`` and
+#: 409 ``session_superseded``.
+SESSION_LOST_ERRORS = (UnknownBot, SessionSuperseded)
 
 
 @attrs.define
@@ -101,7 +106,7 @@ class CallPolicy:
     name: str
     breaker: CircuitBreaker | None = None
     backoff: Backoff | None = None
-    failed_event: str | None = None
+    failed_event: Event | None = None
     hold: bool = True
     observe: CallObserver = lambda name, event: None
     loses_session: bool = True
@@ -143,7 +148,7 @@ class CallPolicy:
                 try:
                     with _deadline(within, self.name):
                         yield call
-                except (UnknownBot, SessionSuperseded) as exc:
+                except SESSION_LOST_ERRORS as exc:
                     if not self.loses_session:
                         raise
                     # Inside the guard: the server answered, so its breaker hears a success.

@@ -11,6 +11,7 @@ from trio_util import AsyncBool
 
 from .call_policy import CallPolicy
 from .client import ServerClient
+from .events import Event
 from .models import ClaimedJob, ClaimRequest
 from .results import ResultReporter
 from .session import Session
@@ -61,7 +62,7 @@ class Claimer:
                 with trio.move_on_after(BATCH_WINDOW_S):
                     await self.runner.in_flight.wait_value(self._half_free)
             if self.outbox_full():
-                logger.bind(event="outbox_full").warning("outbox full: claiming paused")
+                logger.bind(event=Event.OUTBOX_FULL).warning("outbox full: claiming paused")
                 await self.outbox_not_full()
             if self.check_health is not None and not await self.check_health():
                 continue  # degraded: wait for the monitor to see it healthy again

@@ -3,7 +3,8 @@
 :class:`ServerClient` turns each protocol call into one HTTP request and its answer into a
 model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.ServerError`:
 
-- network errors, timeouts, DNS failures, 429 and 5xx -> :class:`ServerUnavailable` (retryable);
+- network errors, timeouts, DNS failures, 408, 425, 429 and 5xx -> :class:`ServerUnavailable`
+  (retryable);
 - a body that is not JSON, or JSON of the wrong shape -> :class:`ProtocolError` (retryable);
 - 401/403 -> :class:`Unrecoverable`;
 - 404 ``unknown_bot`` -> :class:`UnknownBot`;
@@ -51,13 +52,15 @@ from .models import (
     SingleAckResponse,
 )
 
-__all__ = ["RequestObserver", "ServerClient", "map_transport_errors"]
+__all__ = ["OUTCOMES", "RequestObserver", "ServerClient", "map_transport_errors", "outcome_of"]
 
 T = TypeVar("T")
 
 #: ``observe(endpoint, outcome, seconds)``; outcome is one of :data:`OUTCOMES`.
 RequestObserver = Callable[[str, str, float], None]
 
+#: The 4xx answers that mean "later" (request timeout, too early, too many requests): like a
+#: 5xx, they are :class:`ServerUnavailable`.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 #: How long an idle pooled connection is kept. It must stay below the idle timeout of the
@@ -67,12 +70,14 @@ KEEPALIVE_EXPIRY_S = 15.0
 #: The errors of a request on a pooled connection that the server may have closed meanwhile.
 _STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
-#: ``ok``: a 2xx; ``unavailable``: network error, timeout, 429, 5xx; ``rejected``: any other
-#: 4xx; ``protocol_error``: an answer we cannot read; ``error``: anything else.
+#: ``ok``: an answer the call accepts (a 2xx; also health's 503 and deregister's 404);
+#: ``unavailable``: a network error, a timeout, 408, 425, 429 or 5xx; ``rejected``: 401/403 or
+#: any other 4xx; ``protocol_error``: an answer we cannot read; ``error``: anything else.
 OUTCOMES = ("ok", "unavailable", "rejected", "protocol_error", "error")
 
 
 def outcome_of(exc: BaseException) -> str:
+    """The outcome (from :data:`OUTCOMES`) of a request that raised ``exc``."""
     if isinstance(exc, ServerUnavailable):
         return "unavailable"
     if isinstance(exc, ProtocolError):
@@ -144,7 +149,10 @@ class ServerClient:
     Args:
       base_url: the main server, e.g. ``http://localhost:3001``.
       token: the bearer token, or None. It goes only into the Authorization header.
-      connect_timeout, request_timeout: seconds; a long-poll claim gets ``wait_s + claim_margin``.
+      connect_timeout, request_timeout: seconds to connect, and to read, write or wait for a
+        pooled connection.
+      claim_margin: seconds a long-poll claim may take beyond its ``wait_s``: a claim's
+        read timeout is ``wait_s + claim_margin + request_timeout``.
       transport: an httpx transport to use instead of the network (tests).
       observe: called after every request with the endpoint, outcome and duration.
 
@@ -225,7 +233,7 @@ class ServerClient:
             )
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
-        """``POST /v1/jobs/claim``; its read timeout covers the long poll plus a margin."""
+        """``POST /v1/jobs/claim``; its timeout is ``wait_s + claim_margin + request_timeout``."""
         timeout = httpx.Timeout(
             request.wait_s + self.claim_margin + self.request_timeout,
             connect=self.connect_timeout,

@@ -18,6 +18,7 @@ from trio_util import AsyncBool, periodic
 
 from .call_policy import CallPolicy
 from .client import ServerClient
+from .events import Event
 
 __all__ = ["HealthMonitor"]
 
@@ -81,9 +82,9 @@ class HealthMonitor:
     def _set(self, healthy: bool, error: str | None) -> None:
         if healthy != self.healthy.value:
             if healthy:
-                logger.bind(event="server_healthy").info("server healthy: claiming resumes")
+                logger.bind(event=Event.SERVER_HEALTHY).info("server healthy: claiming resumes")
             else:
-                logger.bind(event="server_unhealthy", error=error).warning(
+                logger.bind(event=Event.SERVER_UNHEALTHY, error=error).warning(
                     "claiming paused: {}", error
                 )
         self.healthy.value = healthy

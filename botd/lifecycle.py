@@ -34,6 +34,7 @@ import trio
 import trio_util
 
 from .errors import InvalidTransition
+from .timestamps import rfc3339_of
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -79,10 +80,6 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
     }
 )
 """The one table of allowed transitions: ``to in TRANSITIONS[from]``."""
-
-
-def _rfc3339(moment: _dt.datetime) -> str:
-    return moment.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _utc_now() -> _dt.datetime:
@@ -214,7 +211,7 @@ class Lifecycle:
             to_state=to,
             reason=reason,
             at=now,
-            wall_time=_rfc3339(self._wall_clock()),
+            wall_time=rfc3339_of(self._wall_clock()),
             duration_s=now - self.entered_at,
         )
         self._history.append(record)

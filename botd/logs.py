@@ -473,7 +473,7 @@ def enabled(level: str) -> bool:
 
 
 def emit(
-    event: str,
+    event: Event,
     msg: str,
     level: str | int = "INFO",
     *,

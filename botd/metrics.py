@@ -28,6 +28,7 @@ The metrics (``docs/operations.md`` has the full table):
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +45,9 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .breaker import BreakerState
+from .client import OUTCOMES
+from .lifecycle import State
 from .outcomes import JOB_OUTCOMES
 
 __all__ = [
@@ -56,23 +60,15 @@ __all__ = [
     "BotMetrics",
 ]
 
-#: The lifecycle states, as their lowercase values.
-STATES: tuple[str, ...] = (
-    "initializing",
-    "registering",
-    "health_check",
-    "ready",
-    "processing",
-    "error",
-    "shutting_down",
-    "stopped",
-)
+#: The lifecycle states' values (``"ready"``), in :class:`~botd.lifecycle.State`'s order.
+STATES: tuple[str, ...] = tuple(state.value for state in State)
+#: The bot's circuit breakers, one per loop that calls the server (also their label values).
 BREAKERS: tuple[str, ...] = ("registration", "heartbeat", "job_claim", "results")
-BREAKER_STATES: tuple[str, ...] = ("closed", "open", "half_open")
+#: The circuit breaker states' values, in :class:`~botd.breaker.BreakerState`'s order.
+BREAKER_STATES: tuple[str, ...] = tuple(state.value for state in BreakerState)
 HEARTBEAT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed")
-#: ``ok``: a 2xx; ``unavailable``: network error, timeout, 429, 5xx; ``rejected``: any other
-#: 4xx incl. 401/403; ``protocol_error``: an answer we cannot read; ``error``: anything else.
-REQUEST_OUTCOMES: tuple[str, ...] = ("ok", "unavailable", "rejected", "protocol_error", "error")
+#: The outcomes of a server request, as the client reports them (:data:`botd.client.OUTCOMES`).
+REQUEST_OUTCOMES: tuple[str, ...] = OUTCOMES
 
 JOB_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 REQUEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -117,61 +113,48 @@ class BotMetrics:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.bot_id = bot_id
+        counter = functools.partial(Counter, registry=r)
+        gauge = functools.partial(Gauge, registry=r)
+        histogram = functools.partial(Histogram, registry=r)
         self.info = Info("botd", "Static facts about this bot.", registry=r)
         self.info.info({"version": version, "bot_id": bot_id})
-        self.state = Gauge(
-            "botd_state", "1 for the bot's current lifecycle state.", ["state"], registry=r
+        self.state = gauge("botd_state", "1 for the bot's current lifecycle state.", ["state"])
+        self.state_transitions = counter(
+            "botd_state_transitions", "Lifecycle state transitions.", ["from_state", "to_state"]
         )
-        self.state_transitions = Counter(
-            "botd_state_transitions",
-            "Lifecycle state transitions.",
-            ["from_state", "to_state"],
-            registry=r,
-        )
-        self.jobs = Counter("botd_jobs", "Jobs finished, by outcome.", ["outcome"], registry=r)
-        self.job_duration = Histogram(
+        self.jobs = counter("botd_jobs", "Jobs finished, by outcome.", ["outcome"])
+        self.job_duration = histogram(
             "botd_job_duration_seconds",
             "Time from a job's start to its outcome.",
             buckets=JOB_DURATION_BUCKETS,
-            registry=r,
         )
-        self.jobs_in_flight = Gauge("botd_jobs_in_flight", "Jobs running now.", registry=r)
-        self.breaker_state = Gauge(
+        self.jobs_in_flight = gauge("botd_jobs_in_flight", "Jobs running now.")
+        self.breaker_state = gauge(
             "botd_circuit_breaker_state",
             "1 for each circuit breaker's current state.",
             ["breaker", "state"],
-            registry=r,
         )
-        self.breaker_failures = Counter(
+        self.breaker_failures = counter(
             "botd_circuit_breaker_failures",
             "Failures counted by each circuit breaker.",
             ["breaker"],
-            registry=r,
         )
-        self.registration_attempts = Counter(
-            "botd_registration_attempts", "Registration attempts.", registry=r
-        )
-        self.heartbeats = Counter(
-            "botd_heartbeats", "Heartbeats sent, by outcome.", ["outcome"], registry=r
-        )
-        self.request_duration = Histogram(
+        self.registration_attempts = counter("botd_registration_attempts", "Registration attempts.")
+        self.heartbeats = counter("botd_heartbeats", "Heartbeats sent, by outcome.", ["outcome"])
+        self.request_duration = histogram(
             "botd_server_request_duration_seconds",
             "Requests to the main server, by endpoint and outcome.",
             ["endpoint", "outcome"],
             buckets=REQUEST_DURATION_BUCKETS,
-            registry=r,
         )
-        self.outbox_pending = Gauge(
-            "botd_outbox_pending", "Results in the outbox not yet acknowledged.", registry=r
+        self.outbox_pending = gauge(
+            "botd_outbox_pending", "Results in the outbox not yet acknowledged."
         )
-        self.outbox_lease_lost_total = Counter(
+        self.outbox_lease_lost_total = counter(
             "botd_outbox_lease_lost",
             "Outbox results dropped because the server said their lease was lost.",
-            registry=r,
         )
-        self.start_time = Gauge(
-            "botd_start_time_seconds", "When this bot started, in Unix time.", registry=r
-        )
+        self.start_time = gauge("botd_start_time_seconds", "When this bot started, in Unix time.")
         self.start_time.set(time.time())
         if process_collectors:
             ProcessCollector(registry=r)

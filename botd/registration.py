@@ -12,6 +12,7 @@ from loguru import logger
 from .call_policy import CallPolicy
 from .client import ServerClient
 from .errors import BotdError, ProtocolError
+from .events import Event
 from .models import RegisterRequest
 from .session import Session
 
@@ -68,7 +69,7 @@ class Registrar:
                     f" {call.error}"
                 )
         logger.bind(
-            event="registered",
+            event=Event.REGISTERED,
             session_id=session.session_id,
             attempt=self.attempts,
             active_leases=len(active_leases),

@@ -26,16 +26,15 @@ import attrs
 import trio
 from loguru import logger
 
-from .call_policy import CallPolicy
+from .call_policy import SESSION_LOST_ERRORS, CallPolicy
 from .client import ServerClient
 from .errors import (
     CircuitOpen,
     ProtocolError,
     RequestRejected,
     ServerError,
-    SessionSuperseded,
-    UnknownBot,
 )
+from .events import Event
 from .models import Ack, AckResult, AckStatus, ClaimRequest
 from .outbox import Outbox
 from .session import Session
@@ -174,7 +173,7 @@ class ResultReporter:
             )
             try:
                 answer = await self.client.claim(request)
-            except (UnknownBot, SessionSuperseded):
+            except SESSION_LOST_ERRORS:
                 self.session = None  # that session is gone: one by one below
             else:
                 await self.settle(answer.acks)
@@ -196,7 +195,7 @@ class ResultReporter:
                 try:
                     answer = await self.client.ack(ack)
                     status, message = answer.status, ""
-                except (UnknownBot, SessionSuperseded) as exc:  # not a lease's answer
+                except SESSION_LOST_ERRORS as exc:  # not a lease's answer
                     failure = failure or ProtocolError(f"ack: unexpected answer: {exc}")
                     return
                 except RequestRejected as exc:
@@ -223,10 +222,10 @@ class ResultReporter:
         log = logger.bind(lease_id=lease_id, ack_status=status)
         if status == "lease_lost":
             self.on_lease_lost()
-            log.bind(event="lease_lost").warning(
+            log.bind(event=Event.LEASE_LOST).warning(
                 "lease {} was lost before its result arrived; the result is dropped", lease_id
             )
         elif status in ("conflict", "unknown_lease"):
-            log.bind(event="ack_rejected", error=result.message).error(
+            log.bind(event=Event.ACK_REJECTED, error=result.message).error(
                 "the server will never accept the result of lease {}: {}", lease_id, status
             )

@@ -39,7 +39,7 @@ from .exit_codes import ExitCode
 from .handlers import GROUPS_DIR, Handler, build_handler, reap_leftover_groups
 from .health import HealthMonitor
 from .lifecycle import TRANSITIONS, Lifecycle, State
-from .metrics import BotMetrics
+from .metrics import BREAKERS, BotMetrics
 from .outbox import Outbox
 from .redaction import Redactor, env_secrets
 from .registration import Registrar
@@ -47,10 +47,8 @@ from .results import ResultReporter
 from .telemetry import Telemetry
 from .workers import JobRunner
 
-__all__ = ["BREAKER_NAMES", "open_agent", "run_agent"]
+__all__ = ["open_agent", "run_agent"]
 
-#: One circuit breaker per loop that calls the server.
-BREAKER_NAMES = ("registration", "heartbeat", "job_claim", "results")
 #: How long closing the client, and then the outbox, may take once the bot stopped.
 CLOSE_TIMEOUT_S = 5.0
 
@@ -92,13 +90,13 @@ async def open_agent(
         config.bot_id,
         __version__,
         transitions=[(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets],
-        breakers=BREAKER_NAMES,
+        breakers=BREAKERS,
     )
     metrics.set_state(lifecycle.state.value)
     breakers: dict[str, CircuitBreaker] = {}
     telemetry = Telemetry(metrics, breakers, notifier=notifier)
     lifecycle.add_listener(telemetry.on_transition)
-    for name in BREAKER_NAMES:
+    for name in BREAKERS:
         breakers[name] = CircuitBreaker(
             name,
             threshold=config.circuit_breaker_threshold,
@@ -221,7 +219,7 @@ def _call_policies(
 
     def policy(
         name: str,
-        failed_event: str,
+        failed_event: Event,
         *,
         backoff_on: bool = True,
         hold: bool = True,

@@ -14,7 +14,8 @@ import trio
 from ..agent import Agent, AgentView
 from ..config import BotConfig
 from ..lifecycle import State, Transition
-from ..wiring import BREAKER_NAMES, open_agent
+from ..metrics import BREAKERS
+from ..wiring import open_agent
 from .options import POLL_INTERVAL_S, DemoOptions
 from .report import BotReport
 from .views import BotRow
@@ -59,7 +60,7 @@ class FleetBot:
             running=tuple(f"{job.job_id[:8]}#{job.attempt}" for job in agent.running),
             processed=agent.total_processed,
             errors=self.transitions[State.ERROR.value],
-            breakers=tuple((name, agent.breakers[name].state.value) for name in BREAKER_NAMES),
+            breakers=tuple((name, agent.breakers[name].state.value) for name in BREAKERS),
         )
 
     def report(self) -> BotReport:

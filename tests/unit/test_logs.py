@@ -374,6 +374,18 @@ def documented_events() -> list[str]:
     return names
 
 
+def test_the_code_names_events_only_through_the_enum() -> None:
+    # emit() takes an Event (mypy checks the calls); a bound ``event=`` must be one too.
+    literal = re.compile(r'(\bemit\(\s*|\bevent=\s*|"event":\s*)["\']')
+    found = [
+        f"{path.relative_to(REPO)}:{text[: m.start()].count(chr(10)) + 1}"
+        for path in sorted((REPO / "botd").rglob("*.py"))
+        for text in [path.read_text()]
+        for m in literal.finditer(text)
+    ]
+    assert not found, f"an event named by a string literal, not botd.events.Event: {found}"
+
+
 def test_every_event_is_documented_once_and_every_documented_event_exists() -> None:
     documented = documented_events()
     assert sorted(documented) == sorted(e.value for e in logs.Event)

@@ -15,18 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
+from botd.lifecycle import State
 from botd.sdnotify import Notifier
 
-STATES = [
-    "initializing",
-    "registering",
-    "health_check",
-    "ready",
-    "processing",
-    "error",
-    "shutting_down",
-    "stopped",
-]
+STATES = [state.value for state in State]
 
 
 @pytest.fixture
