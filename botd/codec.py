@@ -13,6 +13,7 @@ False (never True, as a plain ``bool("false")`` would).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import cattrs
@@ -76,28 +77,26 @@ def parse_bool(value: Any, _: type = bool) -> bool:
     raise ValueError(f"expected one of true/false/1/0/yes/no/on/off, got {value!r}")
 
 
-def _text_int(value: Any, _: type) -> int:
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    return _strict_int(value, int)
+def _from_text(
+    parse: Callable[[str], T], strict: Callable[[Any, type], T], expected: str
+) -> Callable[[Any, type], T]:
+    """A hook that parses a string with ``parse`` (after strip) and else is ``strict``."""
 
+    def hook(value: Any, tp: type) -> T:
+        if isinstance(value, str):
+            try:
+                return parse(value.strip())
+            except ValueError:
+                raise ValueError(f"expected {expected}, got {value!r}") from None
+        return strict(value, tp)
 
-def _text_float(value: Any, _: type) -> float:
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    return _strict_float(value, float)
+    return hook
 
 
 lenient = converter.copy(forbid_extra_keys=True)
 lenient.register_structure_hook(bool, parse_bool)
-lenient.register_structure_hook(int, _text_int)
-lenient.register_structure_hook(float, _text_float)
+lenient.register_structure_hook(int, _from_text(int, _strict_int, "an integer"))
+lenient.register_structure_hook(float, _from_text(float, _strict_float, "a number"))
 
 
 def _format(exc: BaseException, _type: Any) -> str:
