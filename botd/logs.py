@@ -3,8 +3,9 @@
 The pieces, in the order a record meets them:
 
 1. A stdlib :class:`logging.LogRecord` (httpx, hypercorn, trio, anything) reaches the
-   :class:`InterceptHandler` on the root logger and is re-emitted through loguru, with the
-   stdlib logger's name as ``logger`` and its ``extra=`` attributes as fields.
+   :class:`~botd.stdlib_logging.InterceptHandler` on the root logger and is re-emitted
+   through loguru, with the stdlib logger's name as ``logger`` and its ``extra=`` attributes
+   as fields.
 2. The loguru patcher fills ``bot_id`` and ``state`` from the :class:`AgentLogContext` of the
    current task (a :class:`contextvars.ContextVar`; Trio copies it into child tasks), or
    ``None`` outside any agent. Several agents in one process each see their own.
@@ -15,11 +16,11 @@ The pieces, in the order a record meets them:
    by value before serializing, so a secret overlapping a JSON escape cannot break the line;
    text lines are redacted as a whole.
 
-What is installed is owned by an object, not by this module: :func:`setup_logging` returns
-the :class:`LogSetup` that the process's entry point holds (:meth:`LogSetup.install` again
-replaces its sink, :meth:`LogSetup.close` takes it all away), and each agent's secrets live in
-its own :class:`AgentLogContext`. Loguru's logger and the stdlib root logger are process-wide
-by nature; nothing else is.
+What is installed is owned by an object, not by module globals: :func:`setup_logging` returns
+the :class:`LogSetup` that the process's entry point holds (a later install replaces it,
+:meth:`LogSetup.close` takes it all away), and each agent's id, state and secrets live in its
+own :class:`AgentLogContext`, so the agents of one process share nothing here. Loguru's
+logger and the stdlib root logger are process-wide by nature: so is which setup is installed.
 
 Stdlib logging is joined, not taken over: :func:`setup_logging` adds one handler to the root
 logger and sets the root level to the chosen level, so records below it are not even built.
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import json
 import logging
 import os
@@ -53,6 +53,12 @@ from loguru import logger
 from .events import Event
 from .redaction import Redactor, Redacts, jsonable
 from .redaction import env_secrets as secrets_in_env
+from .stdlib_logging import (
+    InterceptHandler,
+    configure_hypercorn_logging,
+    hypercorn_config_loggers,
+    stdlib_level,
+)
 from .timestamps import rfc3339_of
 
 if TYPE_CHECKING:
@@ -70,7 +76,6 @@ __all__ = [
     "emit",
     "enabled",
     "hypercorn_config_loggers",
-    "redact",
     "setup_logging",
 ]
 
@@ -80,12 +85,9 @@ LogFormat = Literal["auto", "json", "text"]
 CORE_FIELDS = ("time", "level", "msg", "logger", "bot_id", "state")
 EXC_FIELDS = ("exc_type", "exc_message", "exc_traceback")
 _INTERNAL_PREFIX = "_botd_"
-#: Attributes every stdlib LogRecord has; anything else on a record came from ``extra=``.
-_STD_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 #: Characters that JSON leaves raw but some line splitters (str.splitlines, JavaScript) break
 #: lines at; escaped so that one record is one line for every reader.
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-_HYPERCORN_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 
 
 # --- per-agent context ------------------------------------------------------------------
@@ -146,12 +148,6 @@ def _patch(record: Record) -> None:
         except Exception:
             state = None
         extra["state"] = None if state is None else str(state)
-
-
-def redact(text: str) -> str:
-    """``text`` with the current agent's secrets and every ``Bearer <token>`` as ``***``."""
-    ctx = _agent.get()
-    return (ctx.redactor if ctx is not None else Redactor())(text)
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -228,75 +224,6 @@ def _text_format(record: Record) -> str:
     )
 
 
-# --- stdlib logging ---------------------------------------------------------------------
-
-
-class InterceptHandler(logging.Handler):
-    """A stdlib handler that re-emits every record through loguru, keeping the logger name.
-
-    Errors while emitting go to :meth:`logging.Handler.handleError`, like any stdlib handler.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level: str | int
-            try:
-                level = logger.level(record.levelname).name
-            except ValueError:
-                level = record.levelno
-            frame, depth = inspect.currentframe(), 0
-            while frame is not None and (
-                depth == 0 or frame.f_code.co_filename == logging.__file__
-            ):
-                frame = frame.f_back
-                depth += 1
-            fields = {k: v for k, v in vars(record).items() if k not in _STD_RECORD_ATTRS}
-            fields["logger"] = record.name
-            logger.opt(depth=depth, exception=record.exc_info).bind(**fields).log(
-                level, record.getMessage()
-            )
-        except Exception:
-            self.handleError(record)
-
-
-def _stdlib_level(level: str | int) -> int:
-    if isinstance(level, int):
-        return level
-    no = logger.level(level.upper()).no
-    return max(no, 1)  # loguru TRACE (5) still means "everything" to stdlib
-
-
-def hypercorn_config_loggers(*, access_log: bool = True) -> dict[str, logging.Logger | None]:
-    """Return the ``errorlog`` and ``accesslog`` values for a hypercorn ``Config``.
-
-    Hypercorn uses a :class:`logging.Logger` given there as is, instead of building its own
-    stderr/stdout handlers; ours propagate to the root logger, hence into our sink. Handlers
-    that an earlier hypercorn ``Config`` installed on those loggers (a stream handler with
-    hypercorn's format) are removed and ``propagate`` is set again, so no hypercorn line
-    bypasses the sink. ``access_log=False`` turns the access log off (``None``).
-    """
-    loggers: dict[str, logging.Logger | None] = {}
-    for key, name in (("errorlog", "hypercorn.error"), ("accesslog", "hypercorn.access")):
-        lg = logging.getLogger(name)
-        lg.handlers = [h for h in lg.handlers if not _is_hypercorn_handler(h)]
-        lg.propagate = True
-        loggers[key] = lg
-    if not access_log:
-        loggers["accesslog"] = None
-    return loggers
-
-
-def configure_hypercorn_logging(config: Any, *, access_log: bool = True) -> None:
-    """Set ``config.errorlog`` / ``config.accesslog`` from :func:`hypercorn_config_loggers`."""
-    for key, value in hypercorn_config_loggers(access_log=access_log).items():
-        setattr(config, key, value)
-
-
-def _is_hypercorn_handler(handler: logging.Handler) -> bool:
-    fmt = handler.formatter._fmt if handler.formatter is not None else None
-    return isinstance(handler, logging.StreamHandler) and fmt == _HYPERCORN_FORMAT
-
-
 # --- setup ------------------------------------------------------------------------------
 
 
@@ -320,15 +247,22 @@ class LogOptions(TypedDict, total=False):
 class LogSetup:
     """What the process's entry point installs into loguru and stdlib logging, and owns.
 
-    Loguru's logger and the stdlib root logger are process-wide; this object records what it
-    added to them, so that :meth:`install` again replaces (never adds) and :meth:`close`
-    puts back what it changed. ``redactor`` holds the process's secrets; every line is also
-    redacted with the secrets of the agent that wrote it (its :class:`AgentLogContext`).
+    Loguru's logger and the stdlib root logger are process-wide, so one setup is installed
+    at a time: :meth:`install` replaces (never adds to) what this or another setup installed,
+    taking over what it must put back, and :meth:`close` puts that back. ``redactor`` holds
+    the process's secrets; every line is also redacted with the secrets of the agent that
+    wrote it (its :class:`AgentLogContext`): agents never share secrets through here.
     """
 
-    #: The id of loguru's default stderr handler (0 until a close put it back): loguru's own
-    #: process-wide handler, so the one thing kept per class rather than per object.
+    #: What loguru and the root logger hold is process-wide, so are these two: the id of
+    #: loguru's default stderr handler (0 until a close put it back), and the one installed.
     _loguru_default_id: ClassVar[int] = 0
+    _installed: ClassVar[LogSetup | None] = None
+
+    @classmethod
+    def installed(cls) -> LogSetup | None:
+        """The setup installed now, or None."""
+        return cls._installed
 
     def __init__(self) -> None:
         self.redactor = Redactor()
@@ -378,7 +312,7 @@ class LogSetup:
                 self.add_secret(secret)
         if isinstance(level, str):
             level = level.upper()
-        stdlib_level = _stdlib_level(level)  # raises ValueError for an unknown name
+        root_level = stdlib_level(level)  # raises ValueError for an unknown name
         tty = _is_tty(out)
         text = fmt == "text" or (fmt == "auto" and tty)
         clean = self._clean
@@ -392,6 +326,8 @@ class LogSetup:
             out.flush()
 
         self._remove_sink()
+        self._take_over(LogSetup._installed)
+        LogSetup._installed = self
         try:
             logger.remove(LogSetup._loguru_default_id)  # gone already after the first setup
             self._removed_default = True
@@ -417,8 +353,20 @@ class LogSetup:
             root.addHandler(self._intercept)
         if self._root_level is None:
             self._root_level = root.level
-        root.setLevel(stdlib_level)
+        root.setLevel(root_level)
         return self
+
+    def _take_over(self, other: LogSetup | None) -> None:
+        """Replace ``other``: remove its sink; what it must put back, this one puts back."""
+        if other is None or other is self:
+            return
+        other._remove_sink()
+        if self._intercept is None:
+            self._intercept, other._intercept = other._intercept, None
+        if self._root_level is None:
+            self._root_level, other._root_level = other._root_level, None
+        self._removed_default = self._removed_default or other._removed_default
+        other._removed_default = False
 
     def _remove_sink(self) -> None:
         if self._handler_id is not None:
@@ -434,6 +382,8 @@ class LogSetup:
         For tests and for embedding; the daemon never needs it.
         """
         self._remove_sink()
+        if LogSetup._installed is self:
+            LogSetup._installed = None
         if self._intercept is not None:
             logging.getLogger().removeHandler(self._intercept)
             self._intercept = None

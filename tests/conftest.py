@@ -5,7 +5,8 @@
   (:class:`tests.support.postgres.PostgresServer`);
 - ``pg_dsn``: a fresh database of its own for one test, dropped after it; yields its DSN;
 - ``store_kind``, ``clock``, ``new_store``: run a test on both job stores
-  (:mod:`tests.support.stores`).
+  (:mod:`tests.support.stores`);
+- after every test, the log setup a command run in-process installed is closed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from botd import logs
 from tests.support.postgres import PostgresServer
 from tests.support.procs import Procs
 
@@ -32,6 +34,17 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         yield owner
     finally:
         owner.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_log_setup_left_behind() -> Iterator[None]:
+    """A test that runs a command in-process installs logging for the process (the command
+    would, as the entry point); it is closed after the test, so the next test on the worker
+    starts with the logging it would have had first."""
+    yield
+    installed = logs.LogSetup.installed()
+    if installed is not None:
+        installed.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -29,6 +29,7 @@ SHARED = {
     "botd.outcomes",
     "botd.events",
     "botd.redaction",
+    "botd.stdlib_logging",
     "botd.logs",
 }
 #: The commands on top: they may import any side.
