@@ -24,7 +24,7 @@ the others live with the one module that raises them, named on the right::
     │   └── _InvalidRequest      400 invalid_request: a body that does not decode
     │                            (botd.server.wire)
     ├── ServerError              talking to the main server failed
-    │   ├── ServerUnavailable    retryable: network errors, timeouts, 429, 5xx
+    │   ├── ServerUnavailable    retryable: network errors, timeouts, 408/425/429, 5xx
     │   ├── ProtocolError        the server answered something we cannot read
     │   ├── Unrecoverable        401/403: retrying will not help
     │   └── RequestRejected      any other 4xx, carrying the server's error code
@@ -146,7 +146,7 @@ class ServerError(BotdError):
 
 
 class ServerUnavailable(ServerError):
-    """Raised when the server cannot be reached or answers 429/5xx; retry with backoff."""
+    """Raised when the server cannot be reached or answers 408/425/429/5xx; retry with backoff."""
 
     retryable = True
 

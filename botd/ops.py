@@ -33,6 +33,7 @@ from loguru import logger
 
 from .errors import ConfigError
 from .events import Event
+from .lifecycle import State
 from .logs import configure_hypercorn_logging
 from .redaction import Redactor, redact_config, redact_value
 from .timestamps import rfc3339, rfc3339_of
@@ -58,7 +59,7 @@ __all__ = [
 DEFAULT_OPS_ADDR = "127.0.0.1:9317"
 #: ``/healthz`` fails once the event-loop canary has not ticked for this long.
 DEFAULT_LAG_THRESHOLD_S = 5.0
-READY_STATES = frozenset({"ready", "processing"})
+READY_STATES = frozenset({State.READY.value, State.PROCESSING.value})
 DEFAULT_RECENT_TRANSITIONS = 20
 
 

@@ -26,11 +26,12 @@ import trio
 from loguru import logger
 
 from .events import Event
+from .lifecycle import State
 
 __all__ = ["Notifier"]
 
-_READY_STATE = "ready"
-_DRAIN_STATE = "shutting_down"
+_READY_STATE = State.READY.value
+_DRAIN_STATE = State.SHUTTING_DOWN.value
 
 
 def _state_name(state: object) -> str:

@@ -36,7 +36,6 @@ from .accepted import (
     labels_ok,
     non_empty,
     ops_ok,
-    parse_ops_addr,
     split_commas,
     split_labels,
     url_ok,
@@ -345,7 +344,7 @@ class BotConfig:
     claim_timeout_margin: float = setting(
         DEFAULT_CLAIM_TIMEOUT_MARGIN,
         env="BOT_CLAIM_TIMEOUT_MARGIN",
-        help="added to wait_s for a claim's read timeout, seconds",
+        help="a claim may take wait_s + this + BOT_REQUEST_TIMEOUT, seconds",
         accepts=SECONDS,
     )
     kinds: tuple[str, ...] = setting(
@@ -405,31 +404,6 @@ class BotConfig:
         problems = cross_problems(attrs.asdict(self, recurse=False), lambda name: name)
         if problems:
             raise ConfigError(problems)
-
-    @property
-    def processing_duration(self) -> float:
-        """``processing_duration_ms`` in seconds."""
-        return self.processing_duration_ms / 1000
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """``heartbeat_interval_ms`` in seconds."""
-        return self.heartbeat_interval_ms / 1000
-
-    @property
-    def claim_read_timeout(self) -> float:
-        """Read timeout of one long-poll claim: ``claim_wait + claim_timeout_margin``."""
-        return self.claim_wait + self.claim_timeout_margin
-
-    @property
-    def ops_bind(self) -> tuple[str, int] | None:
-        """(host, port) of the ops endpoint, or None when ``ops_addr`` is ``off``."""
-        return parse_ops_addr(self.ops_addr)
-
-    @property
-    def durable(self) -> bool:
-        """True when results survive a crash (``state_dir`` is set)."""
-        return self.state_dir is not None
 
 
 attrs.resolve_types(BotConfig)

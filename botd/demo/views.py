@@ -10,6 +10,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 import attrs
 
+from ..lifecycle import State
 from ..models import FINAL_JOB_STATUSES
 
 if TYPE_CHECKING:
@@ -40,14 +41,14 @@ _STATUS_STYLE = {
     "unsubmitted": "bright_black",
 }
 _STATE_STYLE = {
-    "initializing": "bright_black",
-    "registering": "yellow",
-    "health_check": "yellow",
-    "ready": "green",
-    "processing": "cyan",
-    "error": "bold red",
-    "shutting_down": "magenta",
-    "stopped": "bright_black",
+    State.INITIALIZING.value: "bright_black",
+    State.REGISTERING.value: "yellow",
+    State.HEALTH_CHECK.value: "yellow",
+    State.READY.value: "green",
+    State.PROCESSING.value: "cyan",
+    State.ERROR.value: "bold red",
+    State.SHUTTING_DOWN.value: "magenta",
+    State.STOPPED.value: "bright_black",
 }
 _BREAKER_STYLE = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 

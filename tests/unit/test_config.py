@@ -25,6 +25,7 @@ from botd.config import (
     settings_table,
     to_env,
 )
+from botd.config.accepted import parse_ops_addr
 from botd.errors import ConfigError
 from tests.support.paths import REPO
 
@@ -103,10 +104,9 @@ def test_defaults_from_the_issue() -> None:
     assert (c.retry_base_delay, c.retry_max_delay) == (1.0, 60.0)
     assert (c.concurrency, c.handler, c.shutdown_timeout, c.state_dir) == (1, "simulate", 30, None)
     assert (c.ops_addr, c.log_level, c.log_format) == ("127.0.0.1:9317", "INFO", "auto")
-    assert (c.claim_wait, c.claim_timeout_margin, c.claim_read_timeout) == (20.0, 5.0, 25.0)
+    assert (c.claim_wait, c.claim_timeout_margin) == (20.0, 5.0)
     assert (c.token, c.kinds, dict(c.labels)) == (None, (), {})
-    assert c.heartbeat_interval == 5.0 and c.processing_duration == 2.0
-    assert not c.durable
+    assert c.heartbeat_interval_ms == 5000 and c.processing_duration_ms == 2000
 
 
 def test_empty_env_value_counts_as_unset() -> None:
@@ -259,9 +259,12 @@ def test_url_credentials_never_show() -> None:
 
 
 def test_ops_addr_forms() -> None:
-    assert load_config(env={"BOT_OPS_ADDR": "OFF"}).ops_bind is None
-    assert load_config(env={"BOT_OPS_ADDR": "[::1]:0"}).ops_bind == ("::1", 0)
-    assert load_config(env={}).ops_bind == ("127.0.0.1", 9317)
+    def bind(env: dict[str, str]) -> tuple[str, int] | None:
+        return parse_ops_addr(load_config(env=env).ops_addr)
+
+    assert bind({"BOT_OPS_ADDR": "OFF"}) is None
+    assert bind({"BOT_OPS_ADDR": "[::1]:0"}) == ("::1", 0)
+    assert bind({}) == ("127.0.0.1", 9317)
 
 
 # --- secrets and the token file ----------------------------------------------------------
