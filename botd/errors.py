@@ -14,7 +14,8 @@ the others live with the one module that raises them, named on the right::
     │                            (botd.registration)
     ├── JobError                 a job handler failed (retryable)
     │   ├── PermanentError       ... and must not be retried
-    │   ├── JobTimeout           ... because it outlived its timeout
+    │   ├── JobTimeout           ... because it gave up on its own deadline (a handler
+    │   │                        raises it; botd's own timeouts are cancel scopes)
     │   ├── SimulatedFailure     ... on purpose (botd.handlers: simulate)
     │   ├── ExitStatusError      ... its command exited non-zero (botd.handlers: exec)
     │   └── SpawnError           ... its command could not start (botd.handlers: exec)
@@ -41,8 +42,9 @@ it, and its store's :class:`~botd.server.store.errors.StoreRejected`, to answer
 it reads such an answer. Private exceptions that never leave their module (``_Unreachable``
 in botd.status) are not part of the tree.
 
-Third-party exceptions (httpx, cattrs) are translated at one boundary each:
-:func:`botd.client.map_transport_errors` and :func:`botd.codec.structure`.
+Third-party exceptions are translated at one boundary each: httpx's in
+:func:`botd.client.map_transport_errors` for the bot and in the admin client
+(``botd.admin_client``) for the commands, cattrs' in :func:`botd.codec.structure`.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class PermanentError(JobError):
 
 
 class JobTimeout(JobError):
-    """Raised when a job outlived its timeout."""
+    """Raised by a job handler that gave up because the job outlived a deadline of its own;
+    acked as a retryable ``timeout``, like the job timeout botd enforces with a cancel scope."""
 
     type = "timeout"
 
