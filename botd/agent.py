@@ -8,8 +8,10 @@
     ├── canary, watchdog   event-loop lag; systemd WATCHDOG=1
     ├── jobs nursery       JobRunner: one cancel scope per job; survives a lost session
     ├── result reporter    sends acks that no claim carried
+    ├── in-flight watcher  READY <-> PROCESSING follows the running jobs (botd.driver)
     └── lifecycle driver   REGISTERING -> HEALTH_CHECK -> READY, ERROR -> REGISTERING ...
-        └── session nursery   heartbeat, claimer, health monitor (cancelled on ERROR)
+        └── session nursery   heartbeat, claimer, health monitor (botd.driver; ends with
+                              the session)
 
 An :class:`Agent` is built in one step by :func:`botd.wiring.open_agent`, which makes and
 opens every collaborator and passes it to the constructor here. The agent starts the tasks,
@@ -85,8 +87,14 @@ class AgentView:
         return self._agent.runner.total_processed
 
     @property
-    def breakers(self) -> Mapping[str, CircuitBreaker]:
-        return self._agent.breakers
+    def breaker_states(self) -> dict[str, str]:
+        """Each circuit breaker's state (``"closed"``, ``"open"``, ``"half_open"``)."""
+        return {name: b.state.value for name, b in self._agent.breakers.items()}
+
+    @property
+    def breaker_openings(self) -> dict[str, int]:
+        """How many times each circuit breaker opened."""
+        return {name: b.opened_count for name, b in self._agent.breakers.items()}
 
     def loop_lag(self) -> float:
         return self._agent.loop_lag()

@@ -60,7 +60,7 @@ class FleetBot:
             running=tuple(f"{job.job_id[:8]}#{job.attempt}" for job in agent.running),
             processed=agent.total_processed,
             errors=self.transitions[State.ERROR.value],
-            breakers=tuple((name, agent.breakers[name].state.value) for name in BREAKERS),
+            breakers=tuple((name, agent.breaker_states[name]) for name in BREAKERS),
         )
 
     def report(self) -> BotReport:
@@ -71,7 +71,7 @@ class FleetBot:
             jobs_processed=agent.total_processed,
             transitions=dict(self.transitions),
             breaker_openings={
-                name: b.opened_count for name, b in agent.breakers.items() if b.opened_count
+                name: count for name, count in agent.breaker_openings.items() if count
             },
             exit_code=self.exit_code,
         )
