@@ -80,7 +80,7 @@ async def open_agent(
     """
     rng = rng or random.Random()
     token = config.token.reveal() if config.token is not None else None
-    redactor = Redactor([token or "", *env_secrets(os.environ)])
+    redactor = _secrets_of(config)
     lifecycle = Lifecycle(history=config.transition_history)
 
     def logged_as_bot() -> AbstractContextManager[logs.AgentLogContext]:
@@ -202,7 +202,9 @@ async def run_agent(
         try:
             agent = await stack.enter_async_context(open_agent(config, **parts))
         except (StateDirError, ConfigError) as exc:
-            with logs.bind_agent(config.bot_id, lambda: State.INITIALIZING.value):
+            with logs.bind_agent(
+                config.bot_id, lambda: State.INITIALIZING.value, _secrets_of(config)
+            ):
                 logger.bind(event=Event.STARTUP_FAILED, error=str(exc)).error(
                     "cannot start: {}", exc
                 )
@@ -210,6 +212,12 @@ async def run_agent(
         if on_open is not None:
             on_open(agent)
         return await agent.run()
+
+
+def _secrets_of(config: BotConfig) -> Redactor:
+    """A bot's own secrets: its token and the ``*_TOKEN`` variables of the environment."""
+    token = config.token.reveal() if config.token is not None else ""
+    return Redactor([token, *env_secrets(os.environ)])
 
 
 def _call_policies(
