@@ -32,6 +32,7 @@ quick start:
   botd run                      one bot against MAIN_SERVER_URL (default http://localhost:3001)
   botd submit --kind k --payload '{"n": 1}' --count 10
   botd status                   the state of a running bot (its ops endpoint)
+  botd conformance URL          check that a main server (yours too) keeps protocol v1
 """
 
 EXIT_CODES = """\
@@ -155,6 +156,11 @@ _LAZY_COMMANDS = {
     "submit": (".submit", "add_submit_arguments", "run_submit_from_args"),
     "status": (".status", "add_status_arguments", "run_status_from_args"),
     "demo": (".demo", "add_demo_arguments", "run_demo_from_args"),
+    "conformance": (
+        ".conformance.command",
+        "add_conformance_arguments",
+        "run_conformance_from_args",
+    ),
 }
 
 
@@ -222,6 +228,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="a server and a fleet of bots in one process, with a live view",
         description="Start the reference server and N bots in one Trio run, submit jobs, "
         "and show them flow (and recover, with --chaos).",
+    )
+    _lazy(
+        sub,
+        "conformance",
+        command,
+        help="check that a main server keeps protocol v1 (exit 0 pass, 1 fail, 2 unreachable)",
     )
     return parser
 
