@@ -8,6 +8,7 @@ The helpers raise :class:`~botd.errors.HttpError`, which the routes answer as it
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 import trio
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "decode",
     "error_response",
+    "float_param",
     "int_param",
     "json_response",
     "read_body",
@@ -105,6 +107,22 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
     if not lo <= value <= hi:
         raise HttpError(
             400, "invalid_request", f"query parameter {name!r} must be an integer {lo}..{hi}"
+        )
+    return value
+
+
+def float_param(request: Request, name: str, default: float, lo: float, hi: float) -> float:
+    """Query parameter ``name`` as a number in ``lo..hi`` (``default`` when absent)."""
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not lo <= value <= hi:  # NaN fails too
+        raise HttpError(
+            400, "invalid_request", f"query parameter {name!r} must be a number {lo:g}..{hi:g}"
         )
     return value
 
