@@ -44,6 +44,7 @@ from ..models import (
     JobBatchResult,
     JobList,
     JobSubmit,
+    JobView,
     RegisterRequest,
     RegisterResponse,
     RetryRequest,
@@ -237,8 +238,13 @@ def create_app(
         view, created = await store.submit(job)
         if created:
             core.metrics.jobs_submitted.inc()
-            core.jobs_may_be_available()
+            submitted([view])
         return json_response(view, 201 if created else 200)
+
+    def submitted(views: list[JobView]) -> None:
+        core.jobs_may_be_available()
+        if any(view.run_at is not None for view in views):
+            core.schedule_changed()  # the timer wakes waiting claims when they come due
 
     async def submit_batch(request: Request) -> Response:
         batch = await decode(request, JobBatch)
@@ -246,7 +252,7 @@ def create_app(
         created = sum(1 for _, new in done if new)
         if created:
             core.metrics.jobs_submitted.inc(created)
-            core.jobs_may_be_available()
+            submitted([view for view, new in done if new])
         answer = JobBatchResult(jobs=[view for view, _ in done], created=created)
         return json_response(answer, 201 if created else 200)
 

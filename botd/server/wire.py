@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
@@ -97,32 +98,33 @@ async def decode(request: Request, cls: type[T]) -> T:
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     """Query parameter ``name`` as an integer in ``lo..hi`` (``default`` when absent)."""
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
-        raise HttpError(
-            400, "invalid_request", f"query parameter {name!r} must be an integer {lo}..{hi}"
-        )
-    return value
+    return int(_number_param(request, name, default, lo, hi, int, "an integer"))
 
 
 def float_param(request: Request, name: str, default: float, lo: float, hi: float) -> float:
     """Query parameter ``name`` as a number in ``lo..hi`` (``default`` when absent)."""
+    return _number_param(request, name, default, lo, hi, float, "a number")
+
+
+def _number_param(
+    request: Request,
+    name: str,
+    default: float,
+    lo: float,
+    hi: float,
+    parse: Callable[[str], float],
+    what: str,
+) -> float:
     text = request.query_params.get(name)
     if text is None or text == "":
         return default
     try:
-        value = float(text)
+        value = parse(text)
     except ValueError:
         value = math.nan
     if not lo <= value <= hi:  # NaN fails too
         raise HttpError(
-            400, "invalid_request", f"query parameter {name!r} must be a number {lo:g}..{hi:g}"
+            400, "invalid_request", f"query parameter {name!r} must be {what} {lo:g}..{hi:g}"
         )
     return value
 
