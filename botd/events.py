@@ -87,4 +87,5 @@ class Event(StrEnum):
     LEASES_NOT_RECEIVED = "leases_not_received"
     CLAIM_ABANDONED = "claim_abandoned"
     JOB_CANCELLED = "job_cancelled"
+    JOBS_RETRIED = "jobs_retried"
     JOBS_PRUNED = "jobs_pruned"

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
+from .timestamps import parse_rfc3339
+
 __all__ = [
     "Ack",
     "AckOutcome",
@@ -39,6 +41,9 @@ __all__ = [
     "JobView",
     "RegisterRequest",
     "RegisterResponse",
+    "RetryRequest",
+    "RetryResult",
+    "RetryableStatus",
     "SessionHolder",
     "SingleAckResponse",
     "Stats",
@@ -53,6 +58,12 @@ AckStatus = Literal["recorded", "duplicate", "conflict", "lease_lost", "unknown_
 
 MAX_CLAIM_JOBS = 1000
 MAX_WAIT_S = 30.0
+#: The longest ``delay_s`` of a submit: a year.
+MAX_DELAY_S = 365 * 24 * 3600.0
+#: The longest ``retry_base_s`` or ``retry_max_s`` of a submit: a day.
+MAX_RETRY_S = 24 * 3600.0
+#: The bulk retry's ``limit``: at most this many jobs in one transaction.
+MAX_RETRY_JOBS = 10000
 
 
 def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -63,6 +74,25 @@ def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> No
 def _finite(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"'{attribute.name}' must be a finite number")
+
+
+def _timestamp(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        parse_rfc3339(value)
+    except ValueError as exc:
+        raise ValueError(f"'{attribute.name}' {exc}") from None
+
+
+def _optional_number(lo: float, hi: float, *, above: bool = False) -> Any:
+    """The field of an optional finite number in ``lo..hi`` (``above``: greater than ``lo``),
+    null by default; its bounds also go into the OpenAPI document (``metadata["schema"]``)."""
+    low = v.gt(lo) if above else v.ge(lo)
+    schema = {"exclusiveMinimum" if above else "minimum": lo, "maximum": hi}
+    return attrs.field(
+        default=None,
+        validator=v.optional([_finite, low, v.le(hi)]),
+        metadata={"schema": schema},
+    )
 
 
 # --- bots -------------------------------------------------------------------------------
@@ -134,6 +164,21 @@ class JobSubmit:
     #: A 32-bit integer, so that every store keeps it as it is (PostgreSQL's integer).
     priority: int = attrs.field(default=0, validator=[v.ge(-(2**31)), v.le(2**31 - 1)])
     idempotency_key: str | None = None
+    #: When the job becomes due (RFC 3339 with a time zone); not with ``delay_s``.
+    run_at: str | None = attrs.field(default=None, validator=v.optional(_timestamp))
+    #: Seconds from the submit until the job becomes due; not with ``run_at``.
+    delay_s: float | None = _optional_number(0, MAX_DELAY_S)
+    #: The first retry's backoff (then doubled per attempt); null: the server's 0.5 s.
+    retry_base_s: float | None = _optional_number(0, MAX_RETRY_S, above=True)
+    #: The longest retry backoff; null: the server's 30 s.
+    retry_max_s: float | None = _optional_number(0, MAX_RETRY_S, above=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give 'run_at' or 'delay_s', not both")
+        base, most = self.retry_base_s, self.retry_max_s
+        if base is not None and most is not None and base > most:
+            raise ValueError(f"'retry_base_s' ({base:g}) must be <= 'retry_max_s' ({most:g})")
 
 
 MAX_BATCH = 1000
@@ -171,6 +216,10 @@ class JobView:
     priority: int = 0
     timeout_s: float | None = None
     idempotency_key: str | None = None
+    #: When the job is (or was) due, RFC 3339; null for a job due at its submit.
+    run_at: str | None = None
+    retry_base_s: float | None = None
+    retry_max_s: float | None = None
 
 
 @attrs.frozen
@@ -189,8 +238,37 @@ class JobList:
 
 @attrs.frozen
 class Stats:
+    """Jobs and bots per status; ``scheduled`` counts the queued jobs not yet due (delayed,
+    or waiting out a retry's backoff), which ``jobs["queued"]`` includes."""
+
     jobs: dict[str, int]
     bots: dict[str, int]
+    scheduled: int = 0
+
+
+RetryableStatus = Literal["dead", "failed"]
+
+
+@attrs.frozen
+class RetryRequest:
+    """``POST /v1/jobs/retry``: put up to ``limit`` jobs of ``status`` (and ``kind``, when
+    given) back in the queue, oldest first, in one transaction (an extension)."""
+
+    status: RetryableStatus
+    kind: str | None = None
+    limit: int = attrs.field(
+        default=1000,
+        validator=[v.ge(1), v.le(MAX_RETRY_JOBS)],
+        metadata={"schema": {"minimum": 1, "maximum": MAX_RETRY_JOBS}},
+    )
+
+
+@attrs.frozen
+class RetryResult:
+    """How many jobs ``POST /v1/jobs/retry`` put back, and which."""
+
+    retried: int
+    job_ids: list[str]
 
 
 # --- work -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ..events import Event
 from ..models import (
     JOB_STATUSES,
     MAX_CLAIM_JOBS,
+    MAX_WAIT_S,
     Ack,
     BotList,
     ClaimRequest,
@@ -43,13 +44,23 @@ from ..models import (
     JobBatchResult,
     JobList,
     JobSubmit,
+    JobView,
     RegisterRequest,
     RegisterResponse,
+    RetryRequest,
+    RetryResult,
 )
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, ServerCore
 from .dashboard import dashboard
 from .store import Store, StoreIncompatible, StoreUnavailable
-from .wire import decode, error_response, int_param, json_response, watch_disconnect
+from .wire import (
+    decode,
+    error_response,
+    float_param,
+    int_param,
+    json_response,
+    watch_disconnect,
+)
 
 __all__ = ["core_of", "create_app"]
 
@@ -174,6 +185,7 @@ def create_app(
     async def register(request: Request) -> Response:
         req = await decode(request, RegisterRequest)
         session_id, requeued = await store.register(req, lease_ttl_s=core.lease_ttl_s)
+        core.jobs_may_have_ended()  # leases it dropped on their last attempt are dead
         if requeued:
             core.jobs_may_be_available()
         logger.bind(event=Event.BOT_REGISTERED, bot_id=req.bot_id, session_id=session_id).info(
@@ -226,8 +238,13 @@ def create_app(
         view, created = await store.submit(job)
         if created:
             core.metrics.jobs_submitted.inc()
-            core.jobs_may_be_available()
+            submitted([view])
         return json_response(view, 201 if created else 200)
+
+    def submitted(views: list[JobView]) -> None:
+        core.jobs_may_be_available()
+        if any(view.run_at is not None for view in views):
+            core.schedule_changed()  # the timer wakes waiting claims when they come due
 
     async def submit_batch(request: Request) -> Response:
         batch = await decode(request, JobBatch)
@@ -235,7 +252,7 @@ def create_app(
         created = sum(1 for _, new in done if new)
         if created:
             core.metrics.jobs_submitted.inc(created)
-            core.jobs_may_be_available()
+            submitted([view for view, new in done if new])
         answer = JobBatchResult(jobs=[view for view, _ in done], created=created)
         return json_response(answer, 201 if created else 200)
 
@@ -248,15 +265,46 @@ def create_app(
                 f"query parameter 'status' must be one of {', '.join(JOB_STATUSES)}",
             )
         limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_CLAIM_JOBS)
-        return json_response(JobList(jobs=await store.list_jobs(status=status, limit=limit)))
+        kind = request.query_params.get("kind") or None
+        jobs = await store.list_jobs(status=status, limit=limit, kind=kind)
+        return json_response(JobList(jobs=jobs))
 
     async def get_job(request: Request) -> Response:
-        return json_response(await store.get_job(request.path_params["job_id"]))
+        job_id = request.path_params["job_id"]
+        wait_s = float_param(request, "wait_s", 0.0, 0.0, MAX_WAIT_S)
+        if wait_s == 0 or core.closing:
+            return json_response(await store.get_job(job_id))
+        gone = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect, request, gone)
+            # Captured, so that a store error leaves this nursery as itself, not as a group.
+            waited = await outcome.acapture(core.wait_for_job, job_id, wait_s, gone=gone)
+            nursery.cancel_scope.cancel()
+        return json_response(waited.unwrap())
 
     async def cancel_job(request: Request) -> Response:
         view = await store.cancel_job(request.path_params["job_id"])
+        core.jobs_may_have_ended()
         logger.bind(event=Event.JOB_CANCELLED, job_id=view.job_id).info("job cancelled")
         return json_response(view)
+
+    def retried(job_ids: list[str]) -> None:
+        core.jobs_may_be_available()
+        logger.bind(event=Event.JOBS_RETRIED, count=len(job_ids), job_ids=job_ids[:10]).info(
+            "jobs queued again by a retry"
+        )
+
+    async def retry_job(request: Request) -> Response:
+        view = await store.retry_job(request.path_params["job_id"])
+        retried([view.job_id])
+        return json_response(view)
+
+    async def retry_jobs(request: Request) -> Response:
+        req = await decode(request, RetryRequest)
+        ids = await store.retry_jobs(status=req.status, kind=req.kind, limit=req.limit)
+        if ids:
+            retried(ids)
+        return json_response(RetryResult(retried=len(ids), job_ids=ids))
 
     async def stats(request: Request) -> Response:
         return json_response(await store.stats())
@@ -332,9 +380,12 @@ def create_app(
         Route("/v1/jobs/claim", endpoint(claim), methods=["POST"]),
         Route("/v1/jobs", endpoint(submit), methods=["POST"]),
         Route("/v1/jobs/batch", endpoint(submit_batch), methods=["POST"]),
+        # Before any /v1/jobs/{job_id} route: "retry" is no job_id.
+        Route("/v1/jobs/retry", endpoint(retry_jobs), methods=["POST"]),
         Route("/v1/jobs", endpoint(list_jobs), methods=["GET"]),
         Route("/v1/jobs/{job_id}", endpoint(get_job), methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", endpoint(cancel_job), methods=["POST"]),
+        Route("/v1/jobs/{job_id}/retry", endpoint(retry_job), methods=["POST"]),
         Route("/v1/stats", endpoint(stats), methods=["GET"]),
         Route("/v1/leases/{lease_id}/ack", endpoint(ack), methods=["POST"]),
         Route("/metrics", endpoint(metrics, auth=False), methods=["GET"]),

@@ -1,8 +1,8 @@
 """What the server keeps beside its store: :class:`ServerCore`.
 
-It holds the long poll's wake-up event, the lease-expiry timer, the pruning task and the
-server's metrics. The routes (:mod:`.app`) call it; it calls the store only. No HTTP and no
-SQL live here.
+It holds the long poll's wake-up event, the waiting GETs of jobs (:mod:`.job_waits`), the
+lease-expiry timer, the pruning task and the server's metrics. The routes (:mod:`.app`)
+call it; it calls the store only. No HTTP and no SQL live here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import trio
 from loguru import logger
 
 from ..events import Event
-from ..models import Ack, ClaimRequest, ClaimResponse
+from ..models import Ack, ClaimRequest, ClaimResponse, JobView
+from .job_waits import JobWaits, first_of
 from .metrics import ServerMetrics
 from .store import PRUNE_BATCH, Store, StoreUnavailable
 
@@ -39,8 +40,10 @@ class ServerCore:
 
     A waiting claim sleeps on :attr:`_available`, an event that is set (and replaced) by
     every change that can make a job claimable: a submit, a release or failure ack, a lease
-    expiry, a retry becoming due, a deregistration. Waiters take the event *before* they
-    query the store, so a wake-up can never slip between their query and their wait.
+    expiry, a retry or a delayed job becoming due, a retried job, a deregistration. Waiters
+    take the event *before* they query the store, so a wake-up can never slip between their
+    query and their wait. A waiting GET of a job is :attr:`waits`'s: acks, expiries to
+    dead and cancels wake it (:meth:`jobs_may_have_ended`).
     """
 
     store: Store
@@ -51,10 +54,12 @@ class ServerCore:
     closing: bool = attrs.field(init=False, default=False)
     _available: trio.Event = attrs.field(init=False, factory=trio.Event)
     _schedule: trio.Event = attrs.field(init=False, factory=trio.Event)
+    waits: JobWaits = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.lease_ttl_s > 0 or not self.heartbeat_interval_s > 0:
             raise ValueError("lease_ttl_s and heartbeat_interval_s must be > 0")
+        self.waits = JobWaits(self.store)
 
     @property
     def gone_after_s(self) -> float:
@@ -72,16 +77,27 @@ class ServerCore:
         """Wake the timer: a deadline earlier than the one it sleeps towards may exist."""
         self._schedule.set()
 
+    def jobs_may_have_ended(self) -> None:
+        """Wake the waiting GETs of jobs that ended (one store query for all of them)."""
+        self.waits.may_have_ended()
+
     def close(self) -> None:
-        """Stop long polls: waiting claims answer at once with what they have."""
+        """Stop long polls: waiting claims and GETs answer at once with what they have."""
         self.closing = True
         self.jobs_may_be_available()
+        self.waits.close()
 
     def after_acks(self, acks: list[Ack]) -> None:
-        """Wake waiters and the timer when acks may have requeued a job."""
+        """Wake waiters and the timer when acks may have requeued or ended a job."""
+        if acks:
+            self.jobs_may_have_ended()
         if any(a.outcome != "succeeded" for a in acks):
             self.jobs_may_be_available()
             self.schedule_changed()
+
+    async def wait_for_job(self, job_id: str, wait_s: float, *, gone: trio.Event) -> JobView:
+        """The job once it is final, or as it is after ``wait_s`` (see :meth:`JobWaits.wait`)."""
+        return await self.waits.wait(job_id, wait_s, gone=gone)
 
     async def claim(self, req: ClaimRequest, *, gone: trio.Event | None = None) -> ClaimResponse:
         """Apply the acks and claim; if nothing is due, wait up to wait_s for a job.
@@ -98,7 +114,7 @@ class ServerCore:
         retry = attrs.evolve(req, acks=[])
         while not jobs and req.max_jobs > 0 and not self.closing:
             with trio.move_on_at(deadline) as scope:
-                await _first_of(event, gone)
+                await first_of(event, gone)
             if scope.cancelled_caught or self.closing or (gone is not None and gone.is_set()):
                 break
             event = self._available
@@ -112,7 +128,8 @@ class ServerCore:
     async def run_timers(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Expire leases on time and wake waiters when a lease expires or a retry is due.
+        """Expire leases on time and wake waiters when a lease expires or a job (a retry, a
+        delayed job) comes due; beside it, run the checker of waiting GETs (:attr:`waits`).
 
         Sleeps until the store's next deadline (at most 1 s, so silent bots are marked gone),
         or until :meth:`schedule_changed`. This function never returns unless cancelled.
@@ -120,7 +137,12 @@ class ServerCore:
         database, reachable at last, has a newer schema) is raised: it stops the server,
         which exits 78.
         """
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.waits.run)
+            task_status.started()
+            await self._expire_on_time()
+
+    async def _expire_on_time(self) -> None:
         down = False  # log the outage once, and its end, not every second of it
         # The earliest deadline seen and not yet passed. It is kept across passes: a store
         # reports only deadlines still ahead, and one that passes while a pass queries the
@@ -142,6 +164,8 @@ class ServerCore:
                     ).info("leases expired")
                 if report.requeued:
                     self.jobs_may_be_available()
+                if report.dead:
+                    self.jobs_may_have_ended()
                 if report.gone:
                     logger.bind(event=Event.BOTS_GONE, count=report.gone).info("bots went silent")
                 nxt = await self.store.next_deadline()
@@ -188,18 +212,3 @@ class ServerCore:
                 self.metrics.jobs_pruned.inc(pruned)
                 logger.bind(event=Event.JOBS_PRUNED, count=pruned).info("finished jobs pruned")
             await trio.sleep(_PRUNE_EVERY_S)
-
-
-async def _first_of(event: trio.Event, other: trio.Event | None) -> None:
-    """Wait until ``event`` or ``other`` is set."""
-    if other is None:
-        await event.wait()
-        return
-    async with trio.open_nursery() as nursery:
-
-        async def until(which: trio.Event) -> None:
-            await which.wait()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(until, event)
-        nursery.start_soon(until, other)

@@ -2,10 +2,13 @@
 
 The page (``dashboard.html`` beside this module, shipped in the wheel as package data) has
 its CSS and JS inline: no build step, nothing from a CDN, no request to any other origin.
-Every second it polls ``/v1/stats``, ``/v1/bots`` and ``/v1/jobs?status=dead|failed`` and
-shows the bots (status, state, last seen, active leases), the queue depth by status, a
-jobs-per-second sparkline (the change in finished jobs between polls) and the dead and
-failed jobs with their errors. Server data reaches the DOM through ``textContent`` only.
+Every second it polls ``/v1/stats``, ``/v1/bots`` and ``/v1/jobs?status=dead|failed|queued``
+and shows the bots (status, state, last seen, active leases), the queue depth by status and
+how many queued jobs are not yet due (``scheduled``), a jobs-per-second sparkline (the
+change in finished jobs between polls), the dead and failed jobs with their errors, each
+with a Retry button (``POST /v1/jobs/{job_id}/retry``), and the latest queued jobs whose
+``run_at`` is still ahead, with their due time. Server data reaches the DOM through
+``textContent`` only.
 
 The page holds no secret, so ``GET /`` needs no auth. When the server has a token, the
 page's first poll gets 401 and it asks for the token; it keeps it in the tab's

@@ -43,6 +43,17 @@ class ServerMetrics:
             ["kind"],
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "botd_server_queue_depth",
+            "Queued jobs that are due (claimable now), by kind (absent when none is due).",
+            ["kind"],
+            registry=r,
+        )
+        self.jobs_scheduled = Gauge(
+            "botd_server_jobs_scheduled",
+            "Queued jobs not yet due: delayed, or waiting out a retry's backoff.",
+            registry=r,
+        )
         self.claims_abandoned = Counter(
             "botd_server_claims_abandoned_total",
             "Long polls whose client went away; their leases, if any, were given back.",
@@ -61,6 +72,7 @@ class ServerMetrics:
         try:
             stats = await store.stats()
             ages = await store.oldest_queued()
+            depths = await store.queue_depth()
         except StoreUnavailable:
             self.store_up.set(0)
             return
@@ -68,6 +80,10 @@ class ServerMetrics:
         self.oldest_queued.clear()
         for kind, age in ages.items():
             self.oldest_queued.labels(kind=kind).set(age)
+        self.queue_depth.clear()
+        for kind, depth in depths.items():
+            self.queue_depth.labels(kind=kind).set(depth)
+        self.jobs_scheduled.set(stats.scheduled)
         for status in JOB_STATUSES:
             self.jobs.labels(status=status).set(stats.jobs.get(status, 0))
         for status in BOT_STATUSES:

@@ -55,7 +55,9 @@ def schema_for(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
             props: dict[str, Any] = {}
             required: list[str] = []
             for field in attrs.fields(tp):
-                props[field.name] = schema_for(hints[field.name], defs)
+                # A field's bounds beyond its type (see models._optional_number).
+                bounds = field.metadata.get("schema", {})
+                props[field.name] = {**schema_for(hints[field.name], defs), **bounds}
                 if field.default is attrs.NOTHING:
                     required.append(field.name)
             schema: dict[str, Any] = {"type": "object", "properties": props}
@@ -78,7 +80,8 @@ class RouteDoc:
     request: type | None = None
     responses: dict[int, type | None] = attrs.field(factory=dict)
     auth: bool = True
-    query: tuple[tuple[str, str, bool], ...] = ()  # (name, JSON type, required)
+    #: (name, JSON Schema, required); a schema given as a string is ``{"type": it}``.
+    query: tuple[tuple[str, str | dict[str, Any], bool], ...] = ()
 
 
 ROUTES: tuple[RouteDoc, ...] = (
@@ -135,7 +138,18 @@ ROUTES: tuple[RouteDoc, ...] = (
         "List jobs, newest first",
         None,
         {200: models.JobList, 400: ErrorBody},
-        query=(("status", "string", False), ("limit", "integer", False)),
+        query=(
+            ("status", {"enum": list(models.JOB_STATUSES)}, False),
+            ("kind", "string", False),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": models.MAX_CLAIM_JOBS}, False),
+        ),
+    ),
+    RouteDoc(
+        "post",
+        "/v1/jobs/retry",
+        "Queue dead or failed jobs again, in one transaction (extension)",
+        models.RetryRequest,
+        {200: models.RetryResult, 400: ErrorBody},
     ),
     RouteDoc(
         "post",
@@ -144,11 +158,25 @@ ROUTES: tuple[RouteDoc, ...] = (
         models.ClaimRequest,
         {200: models.ClaimResponse, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
     ),
-    RouteDoc("get", "/v1/jobs/{job_id}", "One job", None, {200: models.JobView, 404: ErrorBody}),
+    RouteDoc(
+        "get",
+        "/v1/jobs/{job_id}",
+        "One job; with wait_s, once it is final or after wait_s (extension)",
+        None,
+        {200: models.JobView, 400: ErrorBody, 404: ErrorBody},
+        query=(("wait_s", {"type": "number", "minimum": 0, "maximum": models.MAX_WAIT_S}, False),),
+    ),
     RouteDoc(
         "post",
         "/v1/jobs/{job_id}/cancel",
         "Cancel a job",
+        None,
+        {200: models.JobView, 404: ErrorBody, 409: ErrorBody},
+    ),
+    RouteDoc(
+        "post",
+        "/v1/jobs/{job_id}/retry",
+        "Queue a dead or failed job again with fresh attempts (extension)",
         None,
         {200: models.JobView, 404: ErrorBody, 409: ErrorBody},
     ),
@@ -169,7 +197,7 @@ _STATUS_TEXT = {
     400: "invalid_request",
     401: "unauthorized",
     404: "not found (unknown_bot, unknown_job, unknown_lease)",
-    409: "conflict (session_superseded, conflict, lease_lost, job_finished)",
+    409: "conflict (session_superseded, conflict, lease_lost, job_finished, job_not_retryable)",
     503: "degraded / store_unavailable",
 }
 
@@ -190,8 +218,13 @@ def _document(version: str) -> dict[str, Any]:
             for name in _path_params(route.path)
         ]
         params += [
-            {"name": name, "in": "query", "required": req, "schema": {"type": kind}}
-            for name, kind, req in route.query
+            {
+                "name": name,
+                "in": "query",
+                "required": req,
+                "schema": {"type": schema} if isinstance(schema, str) else schema,
+            }
+            for name, schema, req in route.query
         ]
         if params:
             op["parameters"] = params

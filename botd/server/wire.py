@@ -8,6 +8,8 @@ The helpers raise :class:`~botd.errors.HttpError`, which the routes answer as it
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
@@ -22,6 +24,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "decode",
     "error_response",
+    "float_param",
     "int_param",
     "json_response",
     "read_body",
@@ -95,16 +98,33 @@ async def decode(request: Request, cls: type[T]) -> T:
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     """Query parameter ``name`` as an integer in ``lo..hi`` (``default`` when absent)."""
+    return int(_number_param(request, name, default, lo, hi, int, "an integer"))
+
+
+def float_param(request: Request, name: str, default: float, lo: float, hi: float) -> float:
+    """Query parameter ``name`` as a number in ``lo..hi`` (``default`` when absent)."""
+    return _number_param(request, name, default, lo, hi, float, "a number")
+
+
+def _number_param(
+    request: Request,
+    name: str,
+    default: float,
+    lo: float,
+    hi: float,
+    parse: Callable[[str], float],
+    what: str,
+) -> float:
     text = request.query_params.get(name)
     if text is None or text == "":
         return default
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
+        value = math.nan
+    if not lo <= value <= hi:  # NaN fails too
         raise HttpError(
-            400, "invalid_request", f"query parameter {name!r} must be an integer {lo}..{hi}"
+            400, "invalid_request", f"query parameter {name!r} must be {what} {lo:g}..{hi:g}"
         )
     return value
 

@@ -7,10 +7,11 @@
   ``executable_path``; no browser is downloaded): a real ``botd server`` with a token, three
   real ``botd run`` bots and a demo-sized batch of jobs. The page asks for the token (and
   refuses a wrong one), then shows the bots with their state, counts that change while the
-  jobs run, a sparkline, and the dead and failed jobs with their error text, escaped. It
-  keeps the token in session storage only and makes no request to another origin. A
-  screenshot is saved under ``tmp_path`` and ``$BOTD_TEST_ARTIFACTS`` (default
-  ``.artifacts/`` in the repo), also when the test fails.
+  jobs run, a sparkline, and the dead and failed jobs with their error text, escaped; a
+  delayed job shows as scheduled with its due time, and a dead job's Retry button queues it
+  again (a POST with the token). It keeps the token in session storage only and makes no
+  request to another origin. A screenshot is saved under ``tmp_path`` and
+  ``$BOTD_TEST_ARTIFACTS`` (default ``.artifacts/`` in the repo), also when the test fails.
 """
 
 from __future__ import annotations
@@ -227,6 +228,9 @@ def test_dashboard_in_chromium_during_a_run(procs: Procs, tmp_path: Path) -> Non
     api_calls = [r for r in requests if r.url.startswith(f"{url}/v1/")]
     authed = [r for r in api_calls if r.headers.get("authorization") == f"Bearer {TOKEN}"]
     assert len(authed) >= 10  # it polled, with the token, many times
+    posts = [r for r in api_calls if r.method == "POST"]
+    assert [r.url.rsplit("/", 1)[-1] for r in posts] == ["retry"]
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in posts)
     assert problems == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
@@ -316,6 +320,21 @@ def _drive(page: Page, api: httpx.Client, url: str, fleet: tuple[Proc, ...], doo
     expect(problems.locator(f'tr[data-job-id="{xss_job}"] td.msg')).to_have_text(XSS_MESSAGE)
     expect(bots.locator("td.id", has_text=XSS_BOT)).to_have_count(1)
     assert page.locator("#xss-bot, #xss-msg, #xss-b, #bots img, #problems img").count() == 0
+
+    # A delayed job shows as scheduled, with its due time.
+    later = _submit(api, "later", None, delay_s=3600)
+    expect(page.locator("#scheduled")).to_contain_text("1 scheduled")
+    expect(page.locator(f'#later tr[data-job-id="{later}"]')).to_contain_text(
+        re.compile(r"in \d+ min")
+    )
+
+    # The Retry button of a dead job queues it again (its bot is gone: it stays queued).
+    retried = doomed_ids[0]
+    problems.locator(f'tr[data-job-id="{retried}"] button.retry').click()
+    expect(problems.locator(f'tr[data-job-id="{retried}"]')).to_have_count(0)
+    view = api.get(f"/v1/jobs/{retried}").json()
+    assert (view["status"], view["attempts"]) == ("queued", 0), view
+    expect(page.locator("#count-dead b")).to_have_text(str(final["dead"] - 1))
 
     # The sparkline drew the throughput; the page is still live.
     points = page.locator("#spark-line").get_attribute("points") or ""

@@ -63,3 +63,43 @@ async def test_real_bodies_match_their_schemas(autojump_clock: trio.abc.Clock) -
         validator(doc, "ErrorBody").validate((await client.get("/v1/jobs/nope")).json())
         bad = validator(doc, "JobView")
         assert not bad.is_valid({**job, "status": "weird"})
+
+
+async def test_the_producer_extensions_are_documented_with_their_bounds(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    app, _ = make_app()
+    async with asgi_client(app) as client:
+        doc = (await client.get("/v1/openapi.json")).json()
+        delayed = {"kind": "k", "delay_s": 60, "retry_base_s": 1, "retry_max_s": 2}
+        validator(doc, "JobSubmit").validate(delayed)
+        view = (await client.post("/v1/jobs", json=delayed)).json()
+        validator(doc, "JobView").validate(view)
+        assert view["run_at"] is not None
+        validator(doc, "Stats").validate((await client.get("/v1/stats")).json())
+        retried = await client.post("/v1/jobs/retry", json={"status": "dead"})
+        validator(doc, "RetryResult").validate(retried.json())
+    schemas = doc["components"]["schemas"]
+    submit = schemas["JobSubmit"]["properties"]
+    assert (submit["delay_s"]["minimum"], submit["delay_s"]["maximum"]) == (0, 31_536_000)
+    for name in ("retry_base_s", "retry_max_s"):
+        assert (submit[name]["exclusiveMinimum"], submit[name]["maximum"]) == (0, 86_400)
+    assert not validator(doc, "JobSubmit").is_valid({"kind": "k", "delay_s": -1})
+    retry = schemas["RetryRequest"]
+    assert retry["properties"]["status"] == {"enum": ["dead", "failed"]}
+    assert retry["required"] == ["status"]
+    assert (retry["properties"]["limit"]["minimum"], retry["properties"]["limit"]["maximum"]) == (
+        1,
+        10_000,
+    )
+    assert "scheduled" in schemas["Stats"]["properties"]
+    wait = doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"][1]
+    assert wait == {
+        "name": "wait_s",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "maximum": 30.0},
+    }
+    kinds = [p["name"] for p in doc["paths"]["/v1/jobs"]["get"]["parameters"]]
+    assert kinds == ["status", "kind", "limit"]
+    assert "409" in doc["paths"]["/v1/jobs/{job_id}/retry"]["post"]["responses"]

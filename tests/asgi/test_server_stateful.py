@@ -4,11 +4,14 @@ The same machine drives :class:`SqliteBackend` (the synchronous SQL of the SQLit
 with a fake clock, and :class:`PostgresStore` on a real PostgreSQL whose ``now()`` is
 replaced by a clock kept in the database (``clock_sql``), so both are exact and fast and
 hours can pass in no time: submit, claim (with piggybacked acks), single acks, heartbeats,
-re-registrations, deregistrations, cancels and the passing of time (then expiry).
+re-registrations, deregistrations, cancels, retries of dead and failed jobs (one, or all of
+a status), delayed submits and the passing of time (then expiry).
 After every step: every job is in exactly one known status and none is lost; a leased job
 has exactly one active lease; a succeeded job has exactly one recorded result, and it came
-from a lease of that job whose success was recorded; final statuses never change; an ack
-repeated is ``duplicate`` and a different outcome for an acked lease is ``conflict``.
+from a lease of that job whose success was recorded; final statuses never change but by a
+retry, which queues the job with no attempt spent and no result; a lease granted before a
+retry is never recorded after it; no job is claimed before it is due; an ack repeated is
+``duplicate`` and a different outcome for an acked lease is ``conflict``.
 """
 
 from __future__ import annotations
@@ -109,7 +112,13 @@ class SqliteDriver:
         return self.backend.list_jobs(None, 1000)
 
     def stats(self) -> Stats:
-        return self.backend.stats()
+        return self.backend.stats(self.at())
+
+    def retry_job(self, job_id: str) -> JobView:
+        return self.backend.retry_job(job_id)
+
+    def retry_jobs(self, status: str, kind: str | None) -> list[str]:
+        return self.backend.retry_jobs(status, kind, 1000)
 
 
 class PostgresDriver:
@@ -192,6 +201,12 @@ class PostgresDriver:
     def stats(self) -> Stats:
         return self._run(self.store.stats())
 
+    def retry_job(self, job_id: str) -> JobView:
+        return self._run(self.store.retry_job(job_id))
+
+    def retry_jobs(self, status: str, kind: str | None) -> list[str]:
+        return self._run(self.store.retry_jobs(status=status, kind=kind, limit=1000))
+
     def close(self) -> None:
         self.store.close_sync()
 
@@ -215,6 +230,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.acked: dict[str, str] = {}  # lease -> first recorded outcome
         self.succeeded_by: dict[str, str] = {}  # lease -> job, success recorded on a live job
         self.keys: dict[str, str] = {}
+        self.clock = 0.0  # seconds the store's clock has moved since the start
+        self.due: dict[str, float] = {}  # job -> when its delay ends, on self.clock
+        self.retired: set[str] = set()  # leases granted before their job's latest retry
 
     def add_job(self, job_id: str) -> None:
         if job_id not in self.jobs:
@@ -232,6 +250,8 @@ class StoreMachine(RuleBasedStateMachine):
             expected = "duplicate" if self.acked[lease] == ack.outcome else "conflict"
             assert status == expected, (lease, status, expected)
             return
+        if lease in self.retired:
+            assert status == "lease_lost", "a lease from before a retry has lost its job"
         assert status in ("recorded", "lease_lost"), status
         if status == "recorded":
             self.acked[lease] = ack.outcome
@@ -255,14 +275,19 @@ class StoreMachine(RuleBasedStateMachine):
         max_attempts=st.integers(1, 3),
         priority=st.integers(0, 2),
         key=st.none() | st.sampled_from(["k1", "k2"]),
+        delay=st.none() | st.sampled_from([0.0, 1.0, 3.0]),
+        kind=st.sampled_from(["k", "other"]),
     )
-    def submit(self, max_attempts: int, priority: int, key: str | None) -> None:
+    def submit(
+        self, max_attempts: int, priority: int, key: str | None, delay: float | None, kind: str
+    ) -> None:
         job = JobSubmit(
-            kind="k",
+            kind=kind,
             payload=None,
             max_attempts=max_attempts,
             priority=priority,
             idempotency_key=key,
+            delay_s=delay,
         )
         view, created = self.store.submit(job)
         if key is not None and key in self.keys:
@@ -271,6 +296,9 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             assert created
             assert view.status == "queued"
+            assert (view.run_at is None) == (not delay)
+            if delay:
+                self.due[view.job_id] = self.clock + delay
             if key is not None:
                 self.keys[key] = view.job_id
         self.add_job(view.job_id)
@@ -319,6 +347,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert len(got.jobs) <= max_jobs
         for job in got.jobs:
             assert job.job_id in self.jobs
+            # (A micro-second of slack: the store's clock adds the same steps in another order.)
+            assert self.due.get(job.job_id, 0.0) <= self.clock + 1e-6, "claimed before due"
             assert job.lease_id not in self.leases
             self.leases[job.lease_id] = job.job_id
             self.lease_bot[job.lease_id] = bot
@@ -373,8 +403,47 @@ class StoreMachine(RuleBasedStateMachine):
             return
         assert view.status == "cancelled"
 
+    def retried(self, job_id: str) -> None:
+        self.final.pop(job_id, None)
+        self.retired |= {lease for lease, job in self.leases.items() if job == job_id}
+
+    @precondition(lambda self: bool(self.jobs))
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(self.job_order))
+        before = self.status_of(job_id)
+        try:
+            view = self.store.retry_job(job_id)
+        except StoreRejected as exc:
+            assert exc.code == "job_not_retryable"
+            assert before not in ("dead", "failed")
+            return
+        assert before in ("dead", "failed")
+        assert (view.status, view.attempts, view.result, view.finished_at) == (
+            "queued",
+            0,
+            None,
+            None,
+        )
+        assert view.error is not None, "the last failure stays"
+        self.retried(job_id)
+
+    @rule(status=st.sampled_from(["dead", "failed"]), kind=st.none() | st.just("k"))
+    def retry_all(self, status: str, kind: str | None) -> None:
+        views = {j.job_id: j for j in self.store.list_jobs()}
+        expected = {
+            job_id
+            for job_id, view in views.items()
+            if view.status == status and kind in (None, view.kind)
+        }
+        ids = self.store.retry_jobs(status, kind)
+        assert set(ids) == expected and len(ids) == len(expected)
+        for job_id in ids:
+            self.retried(job_id)
+
     @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 2.5, 10.0]))
     def advance_and_expire(self, dt: float) -> None:
+        self.clock += dt
         self.store.advance(dt)
         self.store.expire()
         left = self.store.deadline_in()
@@ -389,6 +458,12 @@ class StoreMachine(RuleBasedStateMachine):
         assert set(views) == self.jobs, "no job lost, none invented"
         stats = self.store.stats()
         assert sum(stats.jobs.values()) == len(self.jobs)
+        delayed = {
+            job_id
+            for job_id, view in views.items()
+            if view.status == "queued" and self.due.get(job_id, 0.0) > self.clock + 1e-6
+        }
+        assert len(delayed) <= stats.scheduled <= stats.jobs["queued"]
         for job_id, view in views.items():
             assert view.status in JOB_STATUSES
             assert 0 <= view.attempts <= view.max_attempts

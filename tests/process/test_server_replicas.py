@@ -88,7 +88,10 @@ def test_replicas_started_together_on_an_empty_database_both_come_up(
     for _, url in replicas:
         assert httpx.get(f"{url}/v1/health", timeout=5).json()["status"] == "ok"
     with psycopg.connect(pg_dsn) as conn:
-        assert conn.execute("SELECT version FROM botd_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM botd_schema ORDER BY version").fetchall() == [
+            (1,),
+            (2,),
+        ]
     migrated = [p for p, _ in replicas if p.events("schema_migrated")]
     assert len(migrated) == 1, "one replica migrated, the other waited for the lock"
 
@@ -100,7 +103,7 @@ def test_a_newer_schema_exits_78_and_says_so(procs: Procs, pg_dsn: str) -> None:
     (port,) = free_ports(1)
     proc = procs.server("newer", port, pg_dsn)
     assert proc.wait(timeout=30) == 78
-    assert "schema version 999, newer than this botd's 1" in proc.err()
+    assert "schema version 999, newer than this botd's 2" in proc.err()
 
 
 async def test_a_long_poll_on_one_replica_wakes_on_a_submit_to_another(

@@ -18,6 +18,7 @@ __all__ = [
     "StoreRejected",
     "StoreUnavailable",
     "job_finished",
+    "job_not_retryable",
     "newer_schema",
     "session_problem",
     "superseded",
@@ -95,3 +96,11 @@ def job_finished(job_id: str, status: str) -> StoreRejected:
         "job_finished",
         f"job {job_id!r} already ended as {status!r}; there is nothing to cancel",
     )
+
+
+def job_not_retryable(job_id: str, status: str) -> StoreRejected:
+    if status in ("queued", "leased"):
+        what = "it has not ended yet; wait for it to end, or cancel it"
+    else:
+        what = "only a dead or failed job can be retried; submit a new job instead"
+    return StoreRejected(409, "job_not_retryable", f"job {job_id!r} is {status!r}: {what}")

@@ -40,7 +40,7 @@ __all__ = ["BOT_STATUSES", "PRUNE_BATCH", "SCHEMA_VERSION", "ExpiryReport", "Sto
 BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
 #: The schema this botd writes. A database with a higher version was written by a newer
 #: botd: the server refuses it (exit 78) rather than corrupt it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How many finished jobs one pruning statement deletes (a batch keeps each one short).
 PRUNE_BATCH = 1000
 
@@ -64,6 +64,9 @@ class Store(Protocol):
 
     #: What to show for the database in logs (never a password).
     where: str
+    #: True when other processes (server replicas) write to the database too, so that
+    #: what they change must be looked for (waiting GETs re-check every 2 s).
+    shared: bool
 
     async def open(self, *, lease_ttl_s: float) -> None:
         """Create or migrate the schema; raise StoreIncompatible for a newer one."""
@@ -116,19 +119,38 @@ class Store(Protocol):
     async def get_job(self, job_id: str) -> JobView:
         """The job, or 404 unknown_job."""
 
-    async def list_jobs(self, *, status: str | None, limit: int) -> list[JobView]:
-        """The newest ``limit`` jobs, optionally of one status."""
+    async def list_jobs(
+        self, *, status: str | None, limit: int, kind: str | None = None
+    ) -> list[JobView]:
+        """The newest ``limit`` jobs, optionally of one status and of one kind."""
+
+    async def final_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` that ended (succeeded, failed, dead, cancelled) or that no
+        longer exist; for the waiting ``GET /v1/jobs/{job_id}``."""
+
+    async def retry_job(self, job_id: str) -> JobView:
+        """Queue a dead or failed job again, due now, with no attempt spent (its ``error``
+        stays; ``result`` and ``finished_at`` are cleared; a late ack of its old leases is
+        ``lease_lost``). 404 unknown_job; 409 job_not_retryable in any other status."""
+
+    async def retry_jobs(self, *, status: str, kind: str | None, limit: int) -> list[str]:
+        """Retry, as :meth:`retry_job` does, up to ``limit`` jobs of ``status`` (dead or
+        failed) and of ``kind`` (None: any), oldest first, in one transaction; their ids."""
 
     async def cancel_job(self, job_id: str) -> JobView:
         """Cancel a queued or leased job (idempotent); 409 job_finished for a finished one."""
 
     async def stats(self) -> Stats:
-        """Job counts per status and bot counts per status (every status present)."""
+        """Job counts per status and bot counts per status (every status present), and how
+        many queued jobs are not yet due (``scheduled``)."""
 
     async def oldest_queued(self) -> dict[str, float]:
         """Seconds the longest-waiting due job of each kind has waited: since its submit, or
         since its retry came due (a job waiting out a retry's backoff is not waiting for a
         bot). Kinds with no due job are absent."""
+
+    async def queue_depth(self) -> dict[str, int]:
+        """How many queued jobs of each kind are due. Kinds with none are absent."""
 
     async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
         """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting)."""
@@ -144,7 +166,8 @@ class Store(Protocol):
         """Expire leases past their deadline and mark silent bots gone."""
 
     async def next_deadline(self) -> float | None:
-        """The earliest future lease expiry or retry time, on Trio's clock."""
+        """The earliest future lease expiry, or time a queued job becomes due (a delayed job,
+        a retry), on Trio's clock."""
 
     async def prune(self, *, older_than_s: float) -> int:
         """Delete up to PRUNE_BATCH jobs that ended over ``older_than_s`` ago; how many."""

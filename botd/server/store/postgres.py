@@ -28,10 +28,11 @@ from typing import Any
 import trio
 
 from ... import models
-from ...timestamps import rfc3339_of
+from ...timestamps import parse_rfc3339, rfc3339_of
 from . import records
 from .errors import (
     job_finished,
+    job_not_retryable,
     session_problem,
     superseded,
     unknown_bot,
@@ -47,6 +48,7 @@ from .postgres_db import (
     PostgresDatabase,
     redact_dsn,
 )
+from .postgres_retry import retry_rows
 from .postgres_schema import INVARIANT, MIGRATIONS
 from .rules import AckRow, EndRow, Ends, decide_acks, decide_ends
 
@@ -140,6 +142,12 @@ _ACTIVE = (
     " WHERE lease_state = 'active'"
 )
 
+#: When a submitted job is due (NULL: at its submit), from its row ``u`` of the submit.
+_RUN_AT = (
+    "CASE WHEN u.delay_s > 0 THEN now() + u.delay_s * interval '1 second'"
+    " ELSE to_timestamp(u.run_at) END"
+)
+
 #: A PostgreSQL store's job ids are this long; a lease id starts with its job's id.
 _JOB_ID_LEN = 32
 
@@ -184,6 +192,9 @@ class PostgresStore(PostgresDatabase):
     are :class:`~.postgres_db.PostgresDatabase`'s. Nothing is kept only in this process:
     any replica can answer any request.
     """
+
+    #: Every replica writes to the database: waiting GETs re-check what others changed.
+    shared = True
 
     # -- bots ----------------------------------------------------------------------------
 
@@ -385,12 +396,16 @@ class PostgresStore(PostgresDatabase):
             r[0]
             for r in conn.execute(
                 "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
-                " timeout_s, idempotency_key)"
+                " timeout_s, idempotency_key, run_at, not_before, retry_base_s, retry_max_s)"
                 " SELECT u.job_id, u.kind, u.payload, 'queued', u.priority, u.max_attempts,"
-                " u.timeout_s, u.key FROM ROWS FROM (json_to_recordset(%s::json) AS (job_id text,"
+                f" u.timeout_s, u.key, {_RUN_AT}, coalesce({_RUN_AT}, '-infinity'),"
+                " u.retry_base_s, u.retry_max_s"
+                " FROM ROWS FROM (json_to_recordset(%s::json) AS (job_id text,"
                 " kind text, payload text, priority int, max_attempts int, timeout_s float8,"
-                " key text)) WITH ORDINALITY"
-                " AS u(job_id, kind, payload, priority, max_attempts, timeout_s, key, ord)"
+                " key text, run_at float8, delay_s float8, retry_base_s float8,"
+                " retry_max_s float8)) WITH ORDINALITY"
+                " AS u(job_id, kind, payload, priority, max_attempts, timeout_s, key, run_at,"
+                " delay_s, retry_base_s, retry_max_s, ord)"
                 " ORDER BY u.ord ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL"
                 " DO NOTHING RETURNING job_id",
                 (
@@ -404,6 +419,10 @@ class PostgresStore(PostgresDatabase):
                                 "max_attempts": j.max_attempts,
                                 "timeout_s": j.timeout_s,
                                 "key": j.idempotency_key,
+                                "run_at": None if j.run_at is None else parse_rfc3339(j.run_at),
+                                "delay_s": j.delay_s,
+                                "retry_base_s": j.retry_base_s,
+                                "retry_max_s": j.retry_max_s,
                             }
                             for job_id, j in zip(ids, jobs, strict=True)
                         ]
@@ -448,25 +467,55 @@ class PostgresStore(PostgresDatabase):
         """See :meth:`Store.get_job`."""
         return await self._run(lambda conn: self._job(conn, job_id))
 
-    async def list_jobs(self, *, status: str | None, limit: int) -> list[models.JobView]:
+    async def list_jobs(
+        self, *, status: str | None, limit: int, kind: str | None = None
+    ) -> list[models.JobView]:
         """See :meth:`Store.list_jobs`."""
 
         def run(conn: Conn) -> list[models.JobView]:
-            if status is None:
-                cur = conn.execute(
-                    f"SELECT {records.JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT %s", (limit,)
-                )
-            else:
-                # The status as a literal (one of JOB_STATUSES), so that the plan of a prepared
-                # statement can use the partial index jobs_status.
-                if status not in models.JOB_STATUSES:
-                    raise ValueError(f"unknown job status {status!r}")
-                cur = conn.execute(
-                    f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE status = '{status}'"
-                    " ORDER BY seq DESC LIMIT %s",
-                    (limit,),
-                )
+            where, args = records.job_filter(status=status, kind=kind, mark="%s")
+            cur = conn.execute(
+                f"SELECT {records.JOB_COLUMNS} FROM jobs{where} ORDER BY seq DESC LIMIT %s",
+                (*args, limit),
+            )
             return [records.job_view(row, rfc3339_of) for row in cur.fetchall()]
+
+        return await self._run(run)
+
+    async def final_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """See :meth:`Store.final_jobs`."""
+
+        def run(conn: Conn) -> set[str]:
+            going = conn.execute(
+                f"SELECT job_id FROM jobs WHERE job_id = ANY({_id_array('%s')})"
+                " AND status IN ('queued', 'leased')",
+                (_ids(job_ids),),
+            )
+            return set(job_ids) - {job_id for (job_id,) in going}
+
+        return await self._run(run)
+
+    async def retry_job(self, job_id: str) -> models.JobView:
+        """See :meth:`Store.retry_job`."""
+
+        def run(conn: Conn) -> models.JobView:
+            job = self._job(conn, job_id, lock=True)
+            if job.status not in records.RETRYABLE_STATUSES:
+                raise job_not_retryable(job_id, job.status)
+            retry_rows(conn, job_id=job_id)
+            self._notify(conn)
+            return self._job(conn, job_id)
+
+        return await self._run(run)
+
+    async def retry_jobs(self, *, status: str, kind: str | None, limit: int) -> list[str]:
+        """See :meth:`Store.retry_jobs`."""
+
+        def run(conn: Conn) -> list[str]:
+            ids = retry_rows(conn, status=status, kind=kind, limit=limit)
+            if ids:
+                self._notify(conn)
+            return ids
 
         return await self._run(run)
 
@@ -492,7 +541,11 @@ class PostgresStore(PostgresDatabase):
 
         def run(conn: Conn) -> models.Stats:
             jobs_sql, bots_sql = records.STATS_SQL
-            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
+            row = conn.execute(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND not_before > now()"
+            ).fetchone()
+            scheduled = int(row[0]) if row else 0
+            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql), scheduled)
 
         return await self._run(run)
 
@@ -509,6 +562,18 @@ class PostgresStore(PostgresDatabase):
 
         return await self._run(run)
 
+    async def queue_depth(self) -> dict[str, int]:
+        """See :meth:`Store.queue_depth`."""
+
+        def run(conn: Conn) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT kind, count(*) FROM jobs WHERE status = 'queued' AND not_before <= now()"
+                " GROUP BY kind"
+            ).fetchall()
+            return {kind: int(n) for kind, n in rows}
+
+        return await self._run(run)
+
     # -- work ----------------------------------------------------------------------------
 
     def _apply_acks(self, conn: Conn, acks: Sequence[models.Ack]) -> list[models.AckResult]:
@@ -519,7 +584,7 @@ class PostgresStore(PostgresDatabase):
             r[0]: r
             for r in conn.execute(
                 "SELECT job_id, lease_id, lease_state, lease_outcome, status, attempts,"
-                " max_attempts, error FROM jobs"
+                " max_attempts, error, retry_base_s, retry_max_s FROM jobs"
                 f" WHERE job_id = ANY({_id_array('%s')}) ORDER BY seq FOR UPDATE",
                 (_ids(sorted({_job_of(lease) for lease in ids})),),
             ).fetchall()
@@ -544,13 +609,22 @@ class PostgresStore(PostgresDatabase):
             job = jobs.get(_job_of(lease))
             if job is None:
                 continue
-            job_id, job_lease, state, outcome, status, attempts, max_attempts, error = job
+            job_id, job_lease, state, outcome, status, attempts, max_attempts, error = job[:8]
             if job_lease != lease:
                 if lease not in retired:
                     continue  # no such lease
                 _, state, outcome = retired[lease]
             rows[lease] = AckRow(
-                lease, job_id, state, outcome, status, job_lease, attempts, max_attempts, error
+                lease,
+                job_id,
+                state,
+                outcome,
+                status,
+                job_lease,
+                attempts,
+                max_attempts,
+                error,
+                *job[8:],
             )
         latest = {lease: row.job_lease == lease for lease, row in rows.items()}
         results, done, changes = decide_acks(acks, rows)

@@ -100,8 +100,16 @@ UNION ALL
 SELECT lease_id, job_id, bot_id, attempt, state, outcome FROM leases;
 """
 
+#: Version 2: delayed jobs (run_at: when a job was due; NULL: at its submit; not_before
+#: holds it too) and each job's own retry backoff (NULL: the server's).
+_SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN run_at timestamptz,
+    ADD COLUMN retry_base_s double precision,
+    ADD COLUMN retry_max_s double precision;
+"""
+
 #: Schema migrations: (version, SQL). Each one runs once, in order, under the lock.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_V1), (2, _SCHEMA_V2))
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "BOT_COLUMNS",
     "FINAL_STATUSES_SQL",
     "JOB_COLUMNS",
+    "RETRYABLE_STATUSES",
     "STATS_SQL",
     "Execute",
     "When",
@@ -38,6 +39,7 @@ __all__ = [
     "claimed_job",
     "failure_of",
     "invariant_problems",
+    "job_filter",
     "job_view",
     "json_or_none",
     "new_id",
@@ -48,6 +50,10 @@ __all__ = [
 
 #: The final job statuses, as an SQL list (pruning deletes only these).
 FINAL_STATUSES_SQL = ", ".join(f"'{s}'" for s in sorted(FINAL_JOB_STATUSES))
+
+
+#: The statuses a job can be retried from (``POST /v1/jobs/{job_id}/retry``).
+RETRYABLE_STATUSES: tuple[str, ...] = ("dead", "failed")
 
 
 def new_id() -> str:
@@ -79,6 +85,9 @@ _JOB_FIELDS = (
     "bot_id",
     "created_at",
     "finished_at",
+    "run_at",
+    "retry_base_s",
+    "retry_max_s",
 )
 JOB_COLUMNS = ", ".join(_JOB_FIELDS)
 #: The bot columns :func:`bot_infos` reads, in order: each is the BotInfo field of its name.
@@ -94,15 +103,35 @@ Execute = Callable[[str, tuple[str, ...]], Any]
 def job_view(row: Sequence[Any], when: When) -> JobView:
     """A JobView from a row of :data:`JOB_COLUMNS`."""
     job = dict(zip(_JOB_FIELDS, row, strict=True))
-    finished = job["finished_at"]
+    finished, run_at = job["finished_at"], job["run_at"]
     job.update(
         payload=json.loads(job["payload"]),
         result=json_or_none(job["result"]),
         error=failure_of(job["error"]),
         created_at=when(job["created_at"]),
         finished_at=None if finished is None else when(finished),
+        run_at=None if run_at is None else when(run_at),
     )
     return JobView(**job)
+
+
+def job_filter(*, status: str | None, kind: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (empty, or starting with a space) and its arguments that select the
+    jobs of ``status`` and ``kind`` (None: any). ``mark`` is the store's placeholder.
+
+    The status goes in as a literal (it must be one of JOB_STATUSES), so that a prepared
+    statement's plan can use a partial index on it (PostgreSQL's jobs_status).
+    """
+    conditions: list[str] = []
+    args: tuple[str, ...] = ()
+    if status is not None:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}")
+        conditions.append(f"status = '{status}'")
+    if kind is not None:
+        conditions.append(f"kind = {mark}")
+        args = (kind,)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), args
 
 
 def bot_infos(
@@ -162,13 +191,14 @@ def claimed_job(
     )
 
 
-def stats_of(jobs: Iterable[Sequence[Any]], bots: Iterable[Sequence[Any]]) -> Stats:
-    """Stats from (status, count) rows of jobs and of bots; every status present."""
+def stats_of(jobs: Iterable[Sequence[Any]], bots: Iterable[Sequence[Any]], scheduled: int) -> Stats:
+    """Stats from (status, count) rows of jobs and of bots, and the count of queued jobs not
+    yet due; every status present."""
     job_counts = dict.fromkeys(JOB_STATUSES, 0)
     job_counts.update({status: n for status, n in jobs})
     bot_counts = dict.fromkeys(BOT_STATUSES, 0)
     bot_counts.update({status: n for status, n in bots})
-    return Stats(jobs=job_counts, bots=bot_counts)
+    return Stats(jobs=job_counts, bots=bot_counts, scheduled=scheduled)
 
 
 #: The two statements :func:`stats_of` reads.

@@ -19,6 +19,7 @@ from .interface import ExpiryReport
 
 __all__ = [
     "MAX_RETRY_BACKOFF_S",
+    "RETRY_BASE_S",
     "AckRow",
     "EndRow",
     "Ends",
@@ -30,11 +31,17 @@ __all__ = [
 ]
 
 MAX_RETRY_BACKOFF_S = 30.0
+RETRY_BASE_S = 0.5
 
 
-def retry_backoff(attempt: int) -> float:
-    """Seconds a retryable failure waits before its job is claimable again."""
-    return float(min(MAX_RETRY_BACKOFF_S, 0.5 * 2 ** max(0, attempt - 1)))
+def retry_backoff(attempt: int, base_s: float | None = None, max_s: float | None = None) -> float:
+    """Seconds a retryable failure of ``attempt`` waits before its job is claimable again:
+    ``min(max_s, base_s * 2 ** (attempt - 1))``, the job's own ``retry_base_s`` and
+    ``retry_max_s`` or, where it has none, the server's 0.5 s and 30 s."""
+    base = RETRY_BASE_S if base_s is None else base_s
+    most = MAX_RETRY_BACKOFF_S if max_s is None else max_s
+    # Capped before the power: attempts are at most 100, but 2^99 s is still no backoff.
+    return float(min(most, base * 2 ** min(max(0, attempt - 1), 64)))
 
 
 def failure_json(info: FailureInfo) -> str:
@@ -54,6 +61,8 @@ class AckRow:
     attempts: int
     max_attempts: int
     error: str | None
+    retry_base_s: float | None = None
+    retry_max_s: float | None = None
 
 
 @attrs.frozen
@@ -149,7 +158,9 @@ def _decide_ack(ack: Ack, row: AckRow | None) -> tuple[AckResult, JobChange | No
     if not info.retryable or attempts >= row.max_attempts:
         return recorded, change("failed", error=failure)
     return recorded, change(
-        "queued", error=failure, retry_in_s=0.0 if late else retry_backoff(attempts)
+        "queued",
+        error=failure,
+        retry_in_s=0.0 if late else retry_backoff(attempts, row.retry_base_s, row.retry_max_s),
     )
 
 

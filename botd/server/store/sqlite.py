@@ -5,7 +5,9 @@
   ``autojump_clock`` stay exact); a file database runs in WAL mode through
   ``trio.to_thread.run_sync`` with a ``CapacityLimiter(1)`` around its one connection;
 - all lease and retry deadlines are on the injectable ``now`` clock (Trio's clock by
-  default); the wall clock ``wall`` is read only for RFC 3339 display timestamps.
+  default); the wall clock ``wall`` is read for RFC 3339 display timestamps, and to keep
+  each due time also as a wall-clock time, so that a delayed job (or a retry backing off)
+  stays not due across a restart of the server.
 
 The SQL itself lives in :class:`~.sqlite_backend.SqliteBackend`, a synchronous object whose
 methods take the moment (``Moment``) as an argument; the Hypothesis state machine drives it
@@ -44,6 +46,9 @@ class SqliteStore:
     running transaction, so a request never leaves half a transaction behind.
     Error handling: see :class:`Store`.
     """
+
+    #: Only this process writes to the database: nothing changes behind its back.
+    shared = False
 
     def __init__(
         self,
@@ -133,9 +138,23 @@ class SqliteStore:
         """See :meth:`Store.get_job`."""
         return await self._run(lambda: self.backend.get_job(job_id))
 
-    async def list_jobs(self, *, status: str | None, limit: int) -> list[models.JobView]:
+    async def list_jobs(
+        self, *, status: str | None, limit: int, kind: str | None = None
+    ) -> list[models.JobView]:
         """See :meth:`Store.list_jobs`."""
-        return await self._run(lambda: self.backend.list_jobs(status, limit))
+        return await self._run(lambda: self.backend.list_jobs(status, limit, kind))
+
+    async def final_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """See :meth:`Store.final_jobs`."""
+        return await self._run(lambda: self.backend.final_jobs(job_ids))
+
+    async def retry_job(self, job_id: str) -> models.JobView:
+        """See :meth:`Store.retry_job`."""
+        return await self._run(lambda: self.backend.retry_job(job_id))
+
+    async def retry_jobs(self, *, status: str, kind: str | None, limit: int) -> list[str]:
+        """See :meth:`Store.retry_jobs`."""
+        return await self._run(lambda: self.backend.retry_jobs(status, kind, limit))
 
     async def cancel_job(self, job_id: str) -> models.JobView:
         """See :meth:`Store.cancel_job`."""
@@ -144,7 +163,8 @@ class SqliteStore:
 
     async def stats(self) -> models.Stats:
         """See :meth:`Store.stats`."""
-        return await self._run(self.backend.stats)
+        at = self._moment()
+        return await self._run(lambda: self.backend.stats(at))
 
     async def claim(self, req: models.ClaimRequest, *, lease_ttl_s: float) -> models.ClaimResponse:
         """See :meth:`Store.claim`."""
@@ -175,6 +195,11 @@ class SqliteStore:
         """See :meth:`Store.oldest_queued`."""
         at = self._moment()
         return await self._run(lambda: self.backend.oldest_queued(at))
+
+    async def queue_depth(self) -> dict[str, int]:
+        """See :meth:`Store.queue_depth`."""
+        at = self._moment()
+        return await self._run(lambda: self.backend.queue_depth(at))
 
     async def prune(self, *, older_than_s: float) -> int:
         """See :meth:`Store.prune`."""

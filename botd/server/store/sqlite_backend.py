@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 import attrs
 
 from ... import models
-from ...timestamps import rfc3339
+from ...timestamps import parse_rfc3339, rfc3339
 from . import records
 from .errors import (
     StoreUnavailable,
     job_finished,
+    job_not_retryable,
     session_problem,
     unknown_bot,
     unknown_job,
@@ -49,6 +50,24 @@ class Moment:
     def display(self, deadline: float) -> str:
         """The RFC 3339 wall-clock time of a deadline on the ``mono`` clock."""
         return rfc3339(self.wall + (deadline - self.mono))
+
+    def due(self, in_s: float) -> tuple[float, float]:
+        """A job due ``in_s`` from now as (``not_before``, ``due_at``): on the ``mono`` and
+        the ``wall`` clock; (0, 0) for a job due now."""
+        if in_s <= 0:
+            return 0.0, 0.0
+        return self.mono + in_s, self.wall + in_s
+
+
+def _scheduled(job: models.JobSubmit, at: Moment) -> tuple[float | None, float, float]:
+    """A submit's (``run_at``, ``not_before``, ``due_at``): run_at is the wall-clock time
+    asked for (None: due at the submit), the other two as :meth:`Moment.due` gives them."""
+    if job.delay_s is not None and job.delay_s > 0:
+        return (at.wall + job.delay_s, *at.due(job.delay_s))
+    if job.run_at is not None:
+        wall = parse_rfc3339(job.run_at)
+        return (wall, *at.due(wall - at.wall))
+    return None, 0.0, 0.0
 
 
 def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
@@ -152,7 +171,13 @@ class SqliteBackend:
             conn.execute(
                 "UPDATE leases SET expires = ? WHERE state = 'active'", (at.mono + lease_ttl_s,)
             )
-            conn.execute("UPDATE jobs SET not_before = 0 WHERE status = 'queued'")
+            # Due times are on this run's clock again: what was due is due now, the rest
+            # (delayed jobs, retries still backing off) when their wall-clock time comes.
+            conn.execute(
+                "UPDATE jobs SET not_before = CASE WHEN due_at > ? THEN ? + (due_at - ?)"
+                " ELSE 0 END WHERE status = 'queued'",
+                (at.wall, at.mono, at.wall),
+            )
             conn.execute("UPDATE bots SET seen_at = ?", (at.mono,))
 
         self._tx(run)
@@ -230,7 +255,8 @@ class SqliteBackend:
             "UPDATE leases SET state = 'expired' WHERE lease_id = ?", [(x,) for x in ends.leases]
         )
         conn.executemany(
-            "UPDATE jobs SET status = 'queued', attempts = ?, not_before = 0 WHERE job_id = ?",
+            "UPDATE jobs SET status = 'queued', attempts = ?, not_before = 0, due_at = 0"
+            " WHERE job_id = ?",
             [(attempts, job_id) for job_id, attempts in ends.requeue],
         )
         conn.executemany(
@@ -382,10 +408,12 @@ class SqliteBackend:
             if row is not None:
                 return self._job(conn, row[0]), False
         job_id = records.new_id()
+        run_at, not_before, due_at = _scheduled(job, at)
         conn.execute(
             "INSERT INTO jobs (job_id, kind, payload, status, priority, max_attempts,"
-            " attempts, timeout_s, idempotency_key, created_at)"
-            " VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?)",
+            " attempts, timeout_s, idempotency_key, created_at, run_at, not_before, due_at,"
+            " retry_base_s, retry_max_s)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 job.kind,
@@ -395,6 +423,11 @@ class SqliteBackend:
                 job.timeout_s,
                 job.idempotency_key,
                 at.wall,
+                run_at,
+                not_before,
+                due_at,
+                job.retry_base_s,
+                job.retry_max_s,
             ),
         )
         return self._job(conn, job_id), True
@@ -403,23 +436,77 @@ class SqliteBackend:
         """The job, or 404 unknown_job."""
         return self._tx(lambda conn: self._job(conn, job_id))
 
-    def list_jobs(self, status: str | None, limit: int) -> list[models.JobView]:
-        """The newest ``limit`` jobs, optionally of one status."""
+    def list_jobs(
+        self, status: str | None, limit: int, kind: str | None = None
+    ) -> list[models.JobView]:
+        """The newest ``limit`` jobs, optionally of one status and of one kind."""
 
         def run(conn: sqlite3.Connection) -> list[models.JobView]:
-            if status is None:
-                cur = conn.execute(
-                    f"SELECT {records.JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
-                )
-            else:
-                cur = conn.execute(
-                    f"SELECT {records.JOB_COLUMNS} FROM jobs WHERE status = ?"
-                    " ORDER BY seq DESC LIMIT ?",
-                    (status, limit),
-                )
+            where, args = records.job_filter(status=status, kind=kind, mark="?")
+            cur = conn.execute(
+                f"SELECT {records.JOB_COLUMNS} FROM jobs{where} ORDER BY seq DESC LIMIT ?",
+                (*args, limit),
+            )
             return [records.job_view(row, rfc3339) for row in cur.fetchall()]
 
         return self._tx(run)
+
+    def final_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` that ended, or that no longer exist."""
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            going: set[str] = set()
+            for part in _chunks(list(job_ids)):
+                going.update(
+                    job_id
+                    for job_id, status in conn.execute(
+                        f"SELECT job_id, status FROM jobs WHERE job_id IN ({_marks(len(part))})",
+                        tuple(part),
+                    )
+                    if status not in models.FINAL_JOB_STATUSES
+                )
+            return set(job_ids) - going
+
+        return self._tx(run)
+
+    def retry_job(self, job_id: str) -> models.JobView:
+        """Put a dead or failed job back in the queue, due now, with its attempts unspent;
+        409 job_not_retryable for a job in another status."""
+
+        def run(conn: sqlite3.Connection) -> models.JobView:
+            job = self._job(conn, job_id)
+            if job.status not in records.RETRYABLE_STATUSES:
+                raise job_not_retryable(job_id, job.status)
+            self._requeue_fresh(conn, [job_id])
+            return self._job(conn, job_id)
+
+        return self._tx(run)
+
+    def retry_jobs(self, status: str, kind: str | None, limit: int) -> list[str]:
+        """Retry (as :meth:`retry_job`) up to ``limit`` jobs of ``status`` (dead or failed)
+        and ``kind``, oldest first; their ids."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            where, args = records.job_filter(status=status, kind=kind, mark="?")
+            ids = [
+                job_id
+                for (job_id,) in conn.execute(
+                    f"SELECT job_id FROM jobs{where} ORDER BY seq LIMIT ?", (*args, limit)
+                )
+            ]
+            self._requeue_fresh(conn, ids)
+            return ids
+
+        return self._tx(run)
+
+    @staticmethod
+    def _requeue_fresh(conn: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+        """Queue ended jobs again, due now, as if never leased (their error stays)."""
+        conn.executemany(
+            "UPDATE jobs SET status = 'queued', attempts = 0, result = NULL, finished_at = NULL,"
+            " not_before = 0, due_at = 0, lease_id = NULL, bot_id = NULL WHERE job_id = ?",
+            [(job_id,) for job_id in job_ids],
+        )
 
     def cancel_job(self, job_id: str, at: Moment) -> models.JobView:
         """Cancel a queued or leased job; a leased one is cancelled on its bot by heartbeat."""
@@ -438,12 +525,17 @@ class SqliteBackend:
 
         return self._tx(run)
 
-    def stats(self) -> models.Stats:
-        """Counts per job status and per bot status, every status present."""
+    def stats(self, at: Moment) -> models.Stats:
+        """Counts per job status and per bot status, every status present, and the queued
+        jobs not yet due."""
 
         def run(conn: sqlite3.Connection) -> models.Stats:
             jobs_sql, bots_sql = records.STATS_SQL
-            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql))
+            (scheduled,) = conn.execute(
+                "SELECT count(*) FROM jobs WHERE status = 'queued' AND not_before > ?",
+                (at.mono,),
+            ).fetchone()
+            return records.stats_of(conn.execute(jobs_sql), conn.execute(bots_sql), scheduled)
 
         return self._tx(run)
 
@@ -457,7 +549,8 @@ class SqliteBackend:
         for part in _chunks(ids):
             for r in conn.execute(
                 "SELECT l.lease_id, l.job_id, l.state, l.outcome, j.status, j.lease_id,"
-                " j.attempts, j.max_attempts, j.error FROM leases l"
+                " j.attempts, j.max_attempts, j.error, j.retry_base_s, j.retry_max_s"
+                " FROM leases l"
                 " JOIN jobs j ON j.job_id = l.job_id"
                 f" WHERE l.lease_id IN ({_marks(len(part))})",
                 tuple(part),
@@ -470,14 +563,14 @@ class SqliteBackend:
         )
         conn.executemany(
             "UPDATE jobs SET status = ?, attempts = ?, result = ?, error = ?, not_before = ?,"
-            " finished_at = ? WHERE job_id = ?",
+            " due_at = ?, finished_at = ? WHERE job_id = ?",
             [
                 (
                     c.status,
                     c.attempts,
                     c.result,
                     c.error,
-                    at.mono + c.retry_in_s if c.retry_in_s else 0.0,
+                    *at.due(c.retry_in_s),
                     at.wall if c.final else None,
                     c.job_id,
                 )
@@ -594,6 +687,19 @@ class SqliteBackend:
                 (at.wall, at.mono, at.mono),
             ).fetchall()
             return {kind: max(0.0, at.wall - since) for kind, since in rows}
+
+        return self._tx(run)
+
+    def queue_depth(self, at: Moment) -> dict[str, int]:
+        """How many queued jobs of each kind are due (kinds with none are absent)."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT kind, count(*) FROM jobs WHERE status = 'queued' AND not_before <= ?"
+                " GROUP BY kind",
+                (at.mono,),
+            )
+            return dict(rows.fetchall())
 
         return self._tx(run)
 

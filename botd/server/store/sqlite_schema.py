@@ -1,6 +1,11 @@
 """The SQLite store's schema: its tables, and the migration of a database written by an
 earlier botd (columns added since). A database written by a newer botd is refused
 (:class:`~.errors.StoreIncompatible`, exit 78).
+
+A job's ``not_before`` (when it is due) is on the server's monotonic clock, which means
+nothing to the next process; ``due_at`` is the same moment on the wall clock (0: due at
+once), from which :meth:`~.sqlite_backend.SqliteBackend.open` sets ``not_before`` again.
+``run_at`` is the wall-clock time a delayed job was due (NULL: due at its submit).
 """
 
 from __future__ import annotations
@@ -45,7 +50,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_id TEXT,
     not_before REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    run_at REAL,
+    due_at REAL NOT NULL DEFAULT 0,
+    retry_base_s REAL,
+    retry_max_s REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, not_before);
@@ -65,6 +74,15 @@ CREATE INDEX IF NOT EXISTS leases_bot ON leases (bot_id, state);
 """
 
 
+#: The job columns added in schema version 2 (delayed jobs, per-job retry backoff).
+_JOB_COLUMNS_SINCE_V1 = (
+    ("run_at", "REAL"),
+    ("due_at", "REAL NOT NULL DEFAULT 0"),
+    ("retry_base_s", "REAL"),
+    ("retry_max_s", "REAL"),
+)
+
+
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring a database written by an earlier botd up to the schema (columns added since);
     refuse one written by a newer botd."""
@@ -75,6 +93,10 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     have = {row[1] for row in conn.execute("PRAGMA table_info(bots)")}
     if "registered_at" not in have:
         conn.execute("ALTER TABLE bots ADD COLUMN registered_at REAL NOT NULL DEFAULT 0")
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for column, decl in _JOB_COLUMNS_SINCE_V1:
+        if column not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
     if version < SCHEMA_VERSION:
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
