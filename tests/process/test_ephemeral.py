@@ -12,26 +12,14 @@ Real time with short intervals and generous deadlines.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.process.test_durability import job, submit
 from tests.support.procs import Procs, bot_env, free_ports, server_up, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def submit(url: str, kind: str) -> str:
-    resp = httpx.post(f"{url}/v1/jobs", json={"kind": kind, "payload": {"n": 1}}, timeout=5)
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["job_id"])
-
-
-def get(url: str, path: str) -> dict[str, Any]:
-    resp = httpx.get(f"{url}{path}", timeout=5)
-    assert resp.status_code == 200, resp.text
-    return dict(resp.json())
 
 
 def test_once_runs_one_simulate_job_leaves_render_queued_and_exits_0(
@@ -41,18 +29,18 @@ def test_once_runs_one_simulate_job_leaves_render_queued_and_exits_0(
     url = f"http://127.0.0.1:{port}"
     server = procs.server("server", port, tmp_path / "server.db", lease_ttl=10.0)
     wait_for("the server to answer", lambda: server_up(url), (server,))
-    render = submit(url, "render")
-    simulate = submit(url, "simulate")
+    render = submit(url, {"n": 1}, kind="render")
+    simulate = submit(url, {"n": 1}, kind="simulate")
 
     env = bot_env("once", url, tmp_path / "state", None, BOT_CONCURENCY="2")
     bot = procs.spawn("bot", ["run", "--once"], env)
     assert bot.wait(timeout=30) == 0, bot.tail()
 
-    job = get(url, f"/v1/jobs/{simulate}")
-    assert (job["status"], job["attempts"]) == ("succeeded", 1), job
-    job = get(url, f"/v1/jobs/{render}")
-    assert (job["status"], job["attempts"]) == ("queued", 0), job  # never claimed
-    assert get(url, "/v1/bots/once")["status"] == "deregistered"
+    view = job(url, simulate)
+    assert (view["status"], view["attempts"]) == ("succeeded", 1), view
+    view = job(url, render)
+    assert (view["status"], view["attempts"]) == ("queued", 0), view  # never claimed
+    assert httpx.get(f"{url}/v1/bots/once", timeout=5).json()["status"] == "deregistered"
     assert bot.events("once_done") and bot.events("deregistered"), bot.tail()
     [done] = bot.events("shutdown_complete")
     assert (done["exit_code"], done["outbox_pending"]) == (0, 0)
