@@ -245,7 +245,7 @@ async def submit_many(
     url: str,
     count: int,
     *,
-    kind: str = "bench",
+    kind: str = "simulate",
     payload: Callable[[int], Any] = lambda _i: None,
     batch: int = 1000,
 ) -> None:

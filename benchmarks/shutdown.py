@@ -17,7 +17,7 @@ async def _one(fleet: Fleet, *, busy: bool) -> tuple[float, float, int | None, s
     left = 0.0
     job_id = ""
     if busy:
-        body = {"kind": "sleep", "payload": {"duration_ms": 1000}}
+        body = {"kind": "simulate", "payload": {"duration_ms": 1000}}
         job_id = (await fleet.client.post(f"{server.url}/v1/jobs", json=body)).json()["job_id"]
         leased_at = trio.current_time()
 

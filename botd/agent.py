@@ -9,6 +9,7 @@
     ├── jobs nursery       JobRunner: one cancel scope per job; survives a lost session
     ├── result reporter    sends acks that no claim carried
     ├── in-flight watcher  READY <-> PROCESSING follows the running jobs (botd.driver)
+    ├── stop watcher       BOT_ONCE / BOT_DISCONNECT_AFTER_IDLE: drain when done or idle
     └── lifecycle driver   REGISTERING -> HEALTH_CHECK -> READY, ERROR -> REGISTERING ...
         └── session nursery   heartbeat, claimer, health monitor (botd.driver; ends with
                               the session)
@@ -16,7 +17,9 @@
 An :class:`Agent` is built in one step by :func:`botd.wiring.open_agent`, which makes and
 opens every collaborator and passes it to the constructor here. The agent starts the tasks,
 guards them (a 401/403 is exit 78, a bug exit 70), and owns the shutdown: the drain, the
-release of what still runs, the last acks, the deregistration. Several agents can run in one
+release of what still runs, the last acks, the deregistration. An ephemeral bot starts that
+same shutdown itself: after its one job (``BOT_ONCE``), or after ``BOT_DISCONNECT_AFTER_IDLE``
+seconds without a job. Several agents can run in one
 Trio run (the demo does): nothing here is global, and each agent's secrets and log context
 are its own (:func:`botd.logs.bind_agent`). Others read a bot through :class:`AgentView`,
 which has no way to change it.
@@ -108,7 +111,7 @@ class Agent:
     :func:`botd.wiring.open_agent`, which makes and opens every collaborator passed in here.
 
     :meth:`run` returns the process exit code. Call :meth:`request_shutdown` to drain
-    (what a signal does).
+    (what a signal does, and what BOT_ONCE and BOT_DISCONNECT_AFTER_IDLE do).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class Agent:
         self._install_signals = install_signals
         self._notifier = notifier
         self._shutdown = trio.Event()
+        self._stop_reason = "signal"
         self._skip_drain = trio.Event()
         self._root: trio.Nursery | None = None
         self._canary = Canary()
@@ -166,8 +170,15 @@ class Agent:
         """The session the bot holds now (the last one, once it lost it), or None."""
         return self.driver.session
 
-    def request_shutdown(self, *, skip_drain: bool = False) -> None:
-        """Begin the drain (idempotent); ``skip_drain`` cancels running jobs at once."""
+    def request_shutdown(self, *, skip_drain: bool = False, reason: str | None = None) -> None:
+        """Begin the drain (idempotent); ``skip_drain`` cancels running jobs at once.
+
+        ``reason`` (the first one given counts; default ``signal``) is what the
+        ``shutting_down`` transition and ``shutdown_started`` say, unless the exit code is
+        not 0: then they name the exit code.
+        """
+        if reason is not None and not self._shutdown.is_set():
+            self._stop_reason = reason
         self._shutdown.set()
         if skip_drain:
             self._skip_drain.set()
@@ -245,6 +256,11 @@ class Agent:
         await root.start(self.runner.run)
         root.start_soon(self._guarded, "results", self.reporter.run)
         root.start_soon(self.driver.watch_in_flight)
+        if self.config.once:
+            root.start_soon(self._guarded, "once", self._stop_after_one_job)
+        idle_s = self.config.disconnect_after_idle
+        if idle_s is not None:
+            root.start_soon(self._guarded, "idle", lambda: self._stop_when_idle(idle_s))
 
     async def _guarded(self, name: str, fn: Callable[[], Any]) -> None:
         """Run an infrastructure task. A 401/403 from the server in it stops the bot with
@@ -299,13 +315,44 @@ class Agent:
             self.exit_code = ExitCode.UNAVAILABLE
             self.request_shutdown()
 
+    # --- ephemeral bots: they stop by themselves ------------------------------------------
+
+    async def _stop_after_one_job(self) -> None:
+        """BOT_ONCE: the runner starts one job (the driver claims no more); once it ended and
+        its outcome is in the outbox, drain as a signal would: report it, deregister, exit 0."""
+        await self.runner.wait_spent()
+        logs.emit(Event.ONCE_DONE, "the one job (BOT_ONCE) ended: stopping")
+        self.request_shutdown(reason="its one job is done (BOT_ONCE)")
+
+    async def _stop_when_idle(self, idle_s: float) -> None:
+        """BOT_DISCONNECT_AFTER_IDLE: drain once no job ran for ``idle_s`` seconds, counted
+        from the first READY and from the end of each job (a job starting stops the clock)."""
+        await self.lifecycle.wait_for(State.READY, State.PROCESSING)
+        in_flight = self.runner.in_flight
+        while True:
+            await in_flight.wait_value(0)
+            with trio.move_on_after(idle_s) as idle:
+                await in_flight.wait_value(lambda n: n > 0)
+            if idle.cancelled_caught:
+                break
+        logs.emit(
+            Event.IDLE_DISCONNECT,
+            f"no job for {idle_s:g}s (BOT_DISCONNECT_AFTER_IDLE): stopping",
+            idle_s=idle_s,
+        )
+        self.request_shutdown(reason=f"idle for {idle_s:g}s (BOT_DISCONNECT_AFTER_IDLE)")
+
     # --- shutdown -----------------------------------------------------------------------
 
     async def _shut_down(self) -> None:
         """Drain, then clean up; bounded by BOT_SHUTDOWN_TIMEOUT + 5 s in all."""
         cfg = self.config
         deadline = trio.current_time() + cfg.shutdown_timeout + cfg.cleanup_timeout
-        reason = "signal" if self.exit_code == ExitCode.OK else f"exit code {int(self.exit_code)}"
+        reason = (
+            self._stop_reason
+            if self.exit_code == ExitCode.OK
+            else f"exit code {int(self.exit_code)}"
+        )
         self.lifecycle.transition(State.SHUTTING_DOWN, reason)
         logs.emit(
             Event.SHUTDOWN_STARTED,

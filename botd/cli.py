@@ -37,7 +37,8 @@ quick start:
 
 EXIT_CODES = """\
 exit codes:
-  0   stopped cleanly (a signal, after the drain)
+  0   stopped cleanly, after the drain: a signal, BOT_ONCE's one job done, or
+      BOT_DISCONNECT_AFTER_IDLE seconds without a job
   69  the main server stayed unavailable for MAX_STARTUP_ATTEMPTS registrations
   70  internal error (a bug): the bot released what it could; restart it
   78  bad configuration, unusable state dir, or a token the server rejects: fix it first
@@ -45,7 +46,7 @@ exit codes:
 
 
 def _run_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    from .config import ENV_VARS, flag_name
+    from .config import ENV_VARS, flag_arguments, flag_name
 
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
@@ -56,16 +57,15 @@ def _run_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of settings")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file of settings, keys are the field names; default none",
+    )
     group = parser.add_argument_group("settings (flag / environment variable)")
-    for field, (env, text) in ENV_VARS.items():
-        group.add_argument(
-            flag_name(field),
-            dest=f"set_{field}",
-            metavar="VALUE",
-            default=None,
-            help=f"{text} [env {env}]",
-        )
+    for field in ENV_VARS:
+        group.add_argument(flag_name(field), dest=f"set_{field}", **flag_arguments(field))
     return parser
 
 
@@ -117,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     secrets = [config.token.reveal()] if config.token is not None else []
     logs.setup_logging(level=config.log_level, fmt=config.log_format, secrets=secrets)
+    for name, near, line in _unknown_variables():
+        logs.emit(Event.UNKNOWN_SETTING, line, "WARNING", variable=name, suggestion=near)
     if config.log_level not in ("TRACE", "DEBUG"):
         # httpx logs every request at INFO: one line per heartbeat and claim is noise.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -144,8 +146,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from .config import redacted
 
     config = _load(args)
+    for _, _, line in _unknown_variables():
+        print(f"botd: warning: {line}", file=sys.stderr)
     print(json.dumps(redacted(config), indent=2, sort_keys=True, default=str))
     return int(ExitCode.OK)
+
+
+def _unknown_variables() -> list[tuple[str, str | None, str]]:
+    """(variable, closest setting, warning) for each ``BOT_*`` variable of the environment
+    that is no setting: it is ignored, so a typo would otherwise go unnoticed."""
+    from .config import unknown_variables
+
+    found = []
+    for name, near in unknown_variables(os.environ):
+        hint = f"did you mean {near}?" if near else "see `botd run --help` for the settings"
+        found.append((name, near, f"{name} is not a setting and is ignored; {hint}"))
+    return found
 
 
 #: The subcommands whose arguments live in other modules: (module, add_arguments, run).

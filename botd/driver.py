@@ -26,6 +26,7 @@ from .claiming import Claimer
 from .client import ServerClient
 from .config import BotConfig
 from .events import Event
+from .handlers import kinds_of
 from .health import HealthMonitor
 from .heartbeat import Heartbeat
 from .lifecycle import Lifecycle, State
@@ -170,10 +171,10 @@ class Driver:
             outbox_full=self._outbox_full,
             outbox_not_full=self._outbox_not_full,
             wait_s=self.config.claim_wait,
-            kinds=self.config.kinds or None,
+            kinds=self.claim_kinds(),
             on_orphans=self._release_orphans,
             draining=lambda: self._draining,
-            check_health=self.health.ensure_fresh,
+            check_health=self._before_claim,
         )
         self._claim_scope = trio.CancelScope()
 
@@ -193,6 +194,19 @@ class Driver:
         if self._draining:
             await trio.sleep_forever()  # the shutdown cancels the driver when it is done
         return lost, heartbeat.beats
+
+    def claim_kinds(self) -> tuple[str, ...] | None:
+        """The job kinds this bot claims: BOT_KINDS, else the kinds its handler takes
+        (:func:`~botd.handlers.kinds_of`; None: every kind)."""
+        return self.config.kinds or kinds_of(self.runner.handler)
+
+    async def _before_claim(self) -> bool:
+        """Before each claim: once the runner is spent (BOT_ONCE) no claim goes out any more
+        (this waits until the session or the bot ends); else the health check, refreshed if
+        it is stale (False: unhealthy)."""
+        if self.runner.spent:
+            await trio.sleep_forever()
+        return await self.health.ensure_fresh()
 
     def _is_conflict(self, holder: SessionHolder | None) -> bool:
         """True when another process holds our bot id; reported once per process."""

@@ -136,6 +136,7 @@ async def open_agent(
                 concurrency=config.concurrency,
                 job_timeout=config.job_timeout,
                 on_finished=telemetry.on_job_finished,
+                limit=1 if config.once else None,
             )
             reporter = ResultReporter(
                 client=client,

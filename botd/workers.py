@@ -55,7 +55,9 @@ class JobRunner:
     """Starts jobs in the jobs nursery and tracks them by lease id.
 
     ``in_flight`` (an AsyncValue of the number of running jobs) is what the claimer waits on
-    for free slots and what moves the lifecycle between READY and PROCESSING.
+    for free slots and what moves the lifecycle between READY and PROCESSING. ``limit`` (None:
+    no limit) is the most jobs it starts in all: 1 for ``BOT_ONCE``; once it started that
+    many it is :attr:`spent`, has no free slot and starts nothing more.
     """
 
     handler: Handler
@@ -63,14 +65,30 @@ class JobRunner:
     concurrency: int
     job_timeout: float
     on_finished: Callable[[str, float], None] = lambda outcome, seconds: None
+    limit: int | None = None
     running: dict[str, RunningJob] = attrs.field(factory=dict)
     in_flight: AsyncValue[int] = attrs.field(factory=lambda: AsyncValue(0))
     total_processed: int = 0
+    started: int = 0
     _nursery: trio.Nursery | None = None
 
     @property
     def free_slots(self) -> int:
-        return max(0, self.concurrency - len(self.running))
+        """How many more jobs may start now: within ``concurrency`` and what ``limit`` left."""
+        free = self.concurrency - len(self.running)
+        if self.limit is not None:
+            free = min(free, self.limit - self.started)
+        return max(0, free)
+
+    @property
+    def spent(self) -> bool:
+        """True once the runner started its ``limit`` of jobs: it starts no more."""
+        return self.limit is not None and self.started >= self.limit
+
+    async def wait_spent(self) -> None:
+        """Wait until the runner is :attr:`spent` and none of its jobs runs any more (every
+        outcome is in the outbox). Without a ``limit`` this never returns."""
+        await self.in_flight.wait_value(lambda n: n == 0 and self.spent)
 
     def leases(self) -> list[str]:
         return list(self.running)
@@ -83,10 +101,12 @@ class JobRunner:
             await trio.sleep_forever()
 
     def start(self, job: ClaimedJob) -> bool:
-        """Start ``job`` now (synchronously registered). False if it is already running."""
+        """Start ``job`` now (synchronously registered). False if it is already running or
+        the runner is :attr:`spent`."""
         assert self._nursery is not None, "JobRunner.run() must be started first"
-        if job.lease_id in self.running:
+        if job.lease_id in self.running or self.spent:
             return False
+        self.started += 1
         running = RunningJob(job=job, scope=trio.CancelScope(), started_at=trio.current_time())
         self.running[job.lease_id] = running
         self.in_flight.value = len(self.running)

@@ -8,14 +8,16 @@ is False and ``"5"`` is 5 whichever source it came from.
 
 One source of truth: each field of :class:`BotConfig` carries its name, type, default and,
 in its metadata, its Setting (variable, help, accepted values, how it is shown). The
-``botd run`` flags, ``check-config`` (:func:`redacted`), :func:`to_env` and the README's
-table (:func:`settings_table`) are generated from the fields.
+``botd run`` flags (:func:`flag_arguments`), ``check-config`` (:func:`redacted`),
+:func:`to_env` and the README's table (:func:`settings_table`) are generated from the fields.
 
 Error handling: :func:`load_config` collects every problem, one line each naming the variable
 as the user wrote it (``FAILURE_RATE``, ``failure_rate (in bot.toml)``, ``--failure-rate``)
 and the accepted values, then raises one :class:`~botd.errors.ConfigError`. It never raises
 KeyError or a cattrs error, and never shows a secret. An empty environment variable counts
-as unset. The only I/O is reading the TOML file and the token file.
+as unset; a ``BOT_*`` variable that names no setting is ignored, and
+:func:`unknown_variables` lists it, with the closest name, for a warning. The only I/O is
+reading the TOML file and the token file.
 
 Modules: :mod:`.settings` (the fields, and every ``DEFAULT_*`` and ``MAX_*`` constant),
 :mod:`.setting` (a field's Setting), :mod:`.accepted` (accepted values, checks and text
@@ -25,8 +27,8 @@ parsers), :mod:`.secret`, :mod:`.converter`, :mod:`.load` and :mod:`.export`.
 from __future__ import annotations
 
 from .converter import config_converter
-from .export import as_data, redacted, settings_table, to_env
-from .load import load_config
+from .export import as_data, default_text, flag_arguments, redacted, settings_table, to_env
+from .load import load_config, unknown_variables
 from .secret import Secret
 from .setting import flag_name
 from .settings import (
@@ -54,9 +56,12 @@ __all__ = [
     "as_data",
     "config_converter",
     "default_bot_id",
+    "default_text",
+    "flag_arguments",
     "flag_name",
     "load_config",
     "redacted",
     "settings_table",
     "to_env",
+    "unknown_variables",
 ]

@@ -1,21 +1,24 @@
 """The config written out: :func:`redacted` (JSON-able, secrets hidden: ``check-config`` and
-``/status``), :func:`to_env` (the environment that loads it back), and
-:func:`settings_table` (the README's table of every setting), all from the fields' Settings.
+``/status``), :func:`to_env` (the environment that loads it back), :func:`settings_table`
+(the README's table of every setting) and :func:`flag_arguments` (each setting's flag in
+``botd run --help``), all from the fields' Settings.
 """
 
 from __future__ import annotations
 
+import argparse
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from .secret import REDACTED, Secret
 from .setting import Setting, setting_of
-from .settings import BotConfig
+from .settings import FIELD_TYPES, BotConfig
 
-__all__ = ["as_data", "redacted", "settings_table", "to_env"]
+__all__ = ["as_data", "default_text", "flag_arguments", "redacted", "settings_table", "to_env"]
 
 
 def _plain(value: Any) -> Any:
@@ -82,7 +85,9 @@ def to_env(config: BotConfig, *, secrets: bool = False) -> dict[str, str]:
     return out
 
 
-def _default_text(field: attrs.Attribute[Any]) -> str:
+def default_text(name: str) -> str:
+    """A field's default as the README and ``--help`` show it (``(unset)`` for none)."""
+    field = attrs.fields_dict(BotConfig)[name]
     spec = setting_of(field)
     if spec.default_text is not None:
         return spec.default_text
@@ -97,5 +102,34 @@ def settings_table() -> str:
     for f in attrs.fields(BotConfig):
         spec = setting_of(f)
         meaning = spec.help.replace("|", "\\|")
-        rows.append(f"| `{spec.env}` | `{_default_text(f)}` | {meaning} |")
+        rows.append(f"| `{spec.env}` | `{default_text(f.name)}` | {meaning} |")
     return "\n".join(rows) + "\n"
+
+
+def flag_arguments(name: str) -> dict[str, Any]:
+    """The keyword arguments of ``add_argument`` for a field's flag (``dest`` aside).
+
+    The help says what the setting is, what it accepts, its default and its variable. A
+    bool setting is a plain switch (``--exec-shell``, ``--no-exec-shell``) that takes no
+    value; a choice shows its choices as the metavar. Every flag defaults to None: not given.
+    """
+    spec = setting_of(attrs.fields_dict(BotConfig)[name])
+    tp = FIELD_TYPES[name]
+    default = default_text(name)
+    if tp is bool:
+        text = f"{spec.help}; default {default} [env {spec.env}: {spec.accepts.text}]"
+        return {
+            "action": argparse.BooleanOptionalAction,
+            "default": None,
+            "help": _escaped(text),
+        }
+    text = f"{spec.help}; accepts {spec.accepts.text}; default {default} [env {spec.env}]"
+    metavar = "VALUE"
+    if typing.get_origin(tp) is Literal:
+        metavar = "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    return {"metavar": metavar, "default": None, "help": _escaped(text)}
+
+
+def _escaped(text: str) -> str:
+    """``text`` for argparse, which formats help with ``%``."""
+    return text.replace("%", "%%")

@@ -1,5 +1,6 @@
 """Loading: :func:`load_config` builds the effective :class:`BotConfig` from defaults < TOML
-file < environment < overrides (CLI flags), collecting every problem before it raises.
+file < environment < overrides (CLI flags), collecting every problem before it raises;
+:func:`unknown_variables` finds the ``BOT_*`` variables that are no setting (typos).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .secret import Secret
 from .setting import flag_name, problem, show
 from .settings import FIELD_TYPES, SETTINGS, BotConfig, cross_problems
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "unknown_variables"]
 
 _CONVERTER = config_converter()
 
@@ -41,6 +42,22 @@ def _read_toml(file: Path, problems: list[str]) -> dict[str, tuple[Any, str]]:
             problems.append(f"{where}: unknown setting{hint}")
             continue
         found[key] = (value, where)
+    return found
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The ``BOT_*`` variables of ``env`` that name no setting, sorted, each with the closest
+    variable that does (or None). Candidates are every setting's variable, the seed's
+    unprefixed ones too (``BOT_HEARTBEAT_INTERVAL_MS`` -> ``HEARTBEAT_INTERVAL_MS``).
+
+    :func:`load_config` ignores such a variable; ``botd run`` and ``check-config`` warn.
+    """
+    known = [spec.env for spec in SETTINGS.values()]
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(env):
+        if name.startswith("BOT_") and name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            found.append((name, near[0] if near else None))
     return found
 
 

@@ -163,7 +163,7 @@ class BotConfig:
     bot_id: str = setting(
         attrs.Factory(default_bot_id),
         env="BOT_ID",
-        help="this bot's id (default <hostname>-<pid>)",
+        help="this bot's id",
         accepts=Accepted(
             f"a non-empty id of at most {MAX_BOT_ID_LEN} characters without spaces or '/'",
             bot_id_ok,
@@ -286,6 +286,19 @@ class BotConfig:
         help="seconds for releasing and deregistering after the drain",
         accepts=SECONDS,
     )
+    once: bool = setting(
+        False,
+        env="BOT_ONCE",
+        help="run one job, report its result, then drain, deregister and exit 0",
+        accepts=_BOOL,
+    )
+    disconnect_after_idle: float | None = setting(
+        None,
+        env="BOT_DISCONNECT_AFTER_IDLE",
+        help="drain, deregister and exit 0 after this many seconds without a job running"
+        " (counted from the first READY and again from each job's end; unset: never)",
+        accepts=SECONDS,
+    )
     state_dir: Path | None = setting(  # noqa: RUF009
         None,
         env="BOT_STATE_DIR",
@@ -350,7 +363,8 @@ class BotConfig:
     kinds: tuple[str, ...] = setting(
         (),
         env="BOT_KINDS",
-        help="job kinds to claim, comma separated (empty: all)",
+        help="job kinds to claim, comma separated (empty: all kinds the handler takes;"
+        " simulate takes only `simulate`)",
         accepts=Accepted("comma-separated kind names", kinds_ok, split_commas),
     )
     labels: Mapping[str, str] = setting(

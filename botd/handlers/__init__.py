@@ -13,7 +13,9 @@ The package, one module a concern:
   :class:`~botd.models.FailureInfo`, and the failures of a cancelled or timed-out job;
 - :mod:`.running`: :func:`run_job` runs a handler under the job's timeout (a cancel scope)
   and returns a :class:`JobOutcome`; it never swallows an outer cancellation (shutdown or a
-  server cancel), so the caller decides how such a job is acked;
+  server cancel), so the caller decides how such a job is acked. :func:`kinds_of` is the job
+  kinds a handler takes (what a bot claims when BOT_KINDS is empty: ``simulate`` for the
+  simulate handler, every kind for the others);
 - :mod:`.simulate`, :mod:`.exec`, :mod:`.python`: the three handlers;
 - :mod:`.process_groups`: the exec command's process group (spawned into a session of its
   own, stopped as a whole) and the records that let a restarted bot reap what a SIGKILLed
@@ -30,7 +32,7 @@ from .factory import HANDLER_NAMES, build_handler
 from .failures import cancelled_failure, classify_failure
 from .process_groups import GROUPS_DIR, reap_leftover_groups
 from .python import PythonHandler
-from .running import Handler, JobOutcome, effective_timeout, run_job
+from .running import Handler, JobOutcome, effective_timeout, kinds_of, run_job
 from .simulate import SimulatedFailure, SimulateHandler, simulated_value
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "cancelled_failure",
     "classify_failure",
     "effective_timeout",
+    "kinds_of",
     "reap_leftover_groups",
     "run_job",
     "simulated_value",

@@ -1,4 +1,5 @@
-"""Running one job: :func:`run_job` calls a handler under the job's timeout.
+"""Running one job: :func:`run_job` calls a handler under the job's timeout; :func:`kinds_of`
+tells which job kinds a handler takes.
 
 It returns a :class:`JobOutcome` (``succeeded`` with a JSON result, or ``failed`` with the
 FailureInfo of :func:`~botd.handlers.failures.classify_failure`); it never swallows an outer
@@ -18,13 +19,26 @@ from ..models import Ack, ClaimedJob, FailureInfo
 from ..outcomes import FAILED, SUCCEEDED
 from .failures import classify_failure, timeout_failure
 
-__all__ = ["Handler", "JobOutcome", "effective_timeout", "ensure_json", "run_job"]
+__all__ = ["Handler", "JobOutcome", "effective_timeout", "ensure_json", "kinds_of", "run_job"]
 
 
 class Handler(Protocol):
-    """A job handler: ``await handler(job)`` returns a JSON-able result or raises."""
+    """A job handler: ``await handler(job)`` returns a JSON-able result or raises.
+
+    A handler may have a ``kinds`` attribute, the job kinds it takes (see :func:`kinds_of`).
+    """
 
     async def __call__(self, job: ClaimedJob) -> Any: ...
+
+
+def kinds_of(handler: Handler) -> tuple[str, ...] | None:
+    """The job kinds ``handler`` takes: its ``kinds`` attribute, or None (every kind).
+
+    A bot whose BOT_KINDS is empty claims these: the simulate handler takes only
+    ``simulate``, so a default bot never runs (and "succeeds") a real job of another kind.
+    """
+    kinds = getattr(handler, "kinds", None)
+    return None if kinds is None else tuple(kinds)
 
 
 def ensure_json(result: Any) -> Any:

@@ -46,7 +46,13 @@ class SimulateHandler:
     ``{"duration_ms": N}`` overrides the sleep, ``{"permanent": true}`` raises PermanentError,
     ``{"fail": true}`` always fails, ``{"fail_times": K}`` fails while ``job.attempt <= K``.
     Ends when the sleep ends; a cancel ends it early (Cancelled propagates).
+
+    It takes only jobs of kind ``simulate`` (:attr:`kinds`): a bot that runs it without
+    BOT_KINDS leaves every other kind in the queue for a bot that really does the work.
     """
+
+    #: The job kinds this handler takes (:func:`~botd.handlers.running.kinds_of`).
+    kinds: tuple[str, ...] = ("simulate",)
 
     def __init__(
         self, duration_ms: float, failure_rate: float, *, rng: random.Random | None = None

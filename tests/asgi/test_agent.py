@@ -28,6 +28,7 @@ from botd.server.app import core_of, create_app
 from botd.server.store import SqliteStore
 from botd.wiring import open_agent
 from tests.support.faults import FaultyTransport
+from tests.support.logcapture import captured_logs, events_of
 
 
 @attrs.define
@@ -87,8 +88,11 @@ async def bot(
     lease_ttl: float = 30.0,
     handler: Any = None,
     start: bool = True,
+    configured_handler: bool = False,
     **settings: Any,
 ) -> AsyncIterator[Env]:
+    """A bot on the real server app; its handler is a :class:`Recorder` unless given, or
+    (``configured_handler``) the one its config names, as ``botd run`` builds it."""
     base: dict[str, Any] = {
         "bot_id": "bot-1",
         "ops_addr": "off",
@@ -109,7 +113,10 @@ async def bot(
     exit_code: list[int] = []
     async with (
         open_agent(
-            config, transport=transport, handler=handler or Recorder(), rng=random.Random(7)
+            config,
+            transport=transport,
+            handler=None if configured_handler else handler or Recorder(),
+            rng=random.Random(7),
         ) as agent,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://server") as http,
         trio.open_nursery() as nursery,
@@ -432,3 +439,130 @@ async def test_401_from_any_loop_stops_the_bot_with_78(autojump_clock: Any, path
                 await trio.sleep(0.1)
         assert code == [ExitCode.CONFIG] == [78]
         assert env.states()[-2:] == ["shutting_down", "stopped"]
+
+
+# --- ephemeral bots: BOT_ONCE and BOT_DISCONNECT_AFTER_IDLE ---------------------------------
+
+
+async def wait_exit(env: Env, timeout: float = 600) -> None:
+    with trio.fail_after(timeout):
+        while not env.exit_code:
+            await trio.sleep(0.1)
+
+
+def shutdown_reason(env: Env) -> str:
+    [t] = [t for t in env.agent.lifecycle.history if t.to_state is State.SHUTTING_DOWN]
+    return t.reason
+
+
+async def test_once_runs_one_job_reports_it_deregisters_and_exits_0(autojump_clock: Any) -> None:
+    recorder = Recorder()
+    with captured_logs() as records:
+        async with bot(handler=recorder, once=True, concurrency=4) as env:
+            await env.wait_state(State.READY)
+            ids = await env.submit(3, payload={"sleep": 5})
+            await wait_exit(env)
+            jobs = [await env.job(i) for i in ids]
+            bot_info = (await env.http.get("/v1/bots/bot-1")).json()
+    assert env.exit_code == [0]
+    # One job ran, to its end (not cut short by the drain), and its result reached the server.
+    assert len(recorder.runs) == 1
+    assert sorted((j["status"], j["attempts"]) for j in jobs) == [
+        ("queued", 0),  # never leased: the claim asked for one job, not for 4 slots
+        ("queued", 0),
+        ("succeeded", 1),
+    ]
+    assert bot_info["status"] == "deregistered"
+    assert env.states()[-2:] == ["shutting_down", "stopped"]
+    assert "BOT_ONCE" in shutdown_reason(env)
+    assert len(events_of(records, "once_done")) == 1
+    assert events_of(records, "deregistered")
+
+
+async def test_once_waits_for_its_job_however_long_it_runs(autojump_clock: Any) -> None:
+    # Longer than BOT_SHUTDOWN_TIMEOUT (10 s here): the job is not drained, it just runs.
+    async with bot(once=True, job_timeout=600.0) as env:
+        [job_id] = await env.submit(1, payload={"sleep": 120})
+        await env.wait_state(State.PROCESSING)
+        await trio.sleep(100)
+        assert not env.exit_code and env.agent.state is State.PROCESSING
+        await wait_exit(env)
+        assert ((await env.job(job_id))["status"], env.exit_code) == ("succeeded", [0])
+
+
+class Timed(Recorder):
+    """A Recorder that notes when each job ended (Trio time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[float] = []
+
+    async def __call__(self, job: ClaimedJob) -> Any:
+        result = await super().__call__(job)
+        self.ends.append(trio.current_time())
+        return result
+
+
+async def test_disconnect_after_idle_counts_from_the_end_of_each_job(autojump_clock: Any) -> None:
+    handler = Timed()
+    with captured_logs() as records:
+        async with bot(handler=handler, disconnect_after_idle=30.0) as env:
+            await env.wait_state(State.READY)
+            for _ in range(2):  # each job comes 20 s after the last end: the clock restarts
+                await trio.sleep(20)
+                [job_id] = await env.submit(1, payload={"sleep": 15})
+                assert (await env.wait_final([job_id]))[0]["status"] == "succeeded"
+            await env.wait_state(State.SHUTTING_DOWN)
+            stopping = trio.current_time()
+            await wait_exit(env)
+            bot_info = (await env.http.get("/v1/bots/bot-1")).json()
+    assert len(handler.ends) == 2
+    assert 30.0 <= stopping - handler.ends[-1] <= 30.5
+    assert env.exit_code == [0]
+    assert bot_info["status"] == "deregistered"
+    assert "BOT_DISCONNECT_AFTER_IDLE" in shutdown_reason(env)
+    [line] = events_of(records, "idle_disconnect")
+    assert line["idle_s"] == 30.0
+
+
+async def test_disconnect_after_idle_counts_from_the_first_ready(autojump_clock: Any) -> None:
+    async with bot(start=False, disconnect_after_idle=12.0) as env:
+        env.transport.default = "down"  # 40 s of registrations that fail: not idle time
+        env.nursery.start_soon(lambda: env.agent.run())
+        await trio.sleep(40)
+        assert env.agent.state is State.REGISTERING
+        env.transport.default = "ok"
+        await env.wait_state(State.READY)
+        ready = trio.current_time()
+        await env.wait_state(State.SHUTTING_DOWN)
+        assert 12.0 <= trio.current_time() - ready <= 12.5
+        await env.wait_state(State.STOPPED)
+
+
+# --- what a bot claims: BOT_KINDS, else the kinds its handler takes -------------------------
+
+
+async def test_a_default_bot_leaves_other_kinds_queued(autojump_clock: Any) -> None:
+    async with bot(configured_handler=True, processing_duration_ms=10) as env:
+        assert env.agent.driver.claim_kinds() == ("simulate",)
+        [render] = await env.submit(1, kind="render")
+        [simulate] = await env.submit(1, kind="simulate")
+        [done] = await env.wait_final([simulate])
+        assert done["status"] == "succeeded"  # the bot did claim ...
+        await trio.sleep(60)  # ... and went on claiming: long polls, every one without render
+        job = await env.job(render)
+        assert (job["status"], job["attempts"]) == ("queued", 0)
+
+
+async def test_bot_kinds_widens_what_the_simulate_handler_takes(autojump_clock: Any) -> None:
+    async with bot(configured_handler=True, processing_duration_ms=10, kinds="render") as env:
+        assert env.agent.driver.claim_kinds() == ("render",)
+        [render] = await env.submit(1, kind="render")
+        assert (await env.wait_final([render]))[0]["status"] == "succeeded"
+
+
+async def test_a_handler_without_kinds_takes_every_kind(autojump_clock: Any) -> None:
+    async with bot() as env:  # the Recorder has no ``kinds``
+        assert env.agent.driver.claim_kinds() is None
+        ids = [*(await env.submit(1, kind="render")), *(await env.submit(1, kind="x"))]
+        assert {j["status"] for j in await env.wait_final(ids)} == {"succeeded"}

@@ -329,7 +329,7 @@ def test_bot_recovers_by_itself_after_server_restart(tmp_path: Path, procs: Proc
                                    PROCESSING_DURATION_MS="20", BOT_CONCURRENCY="4"))  # fmt: skip
     wait_ready(bot, ops)
     for _ in range(20):
-        submit(url, None)
+        submit(url, None, kind="simulate")
     wait_for("20 jobs succeeded", lambda: count_succeeded(url) == 20 or None, (bot,))
 
     server.stop()
@@ -340,7 +340,7 @@ def test_bot_recovers_by_itself_after_server_restart(tmp_path: Path, procs: Proc
     start_server(procs, port, db)
     wait_ready(bot, ops, timeout=20)
     for _ in range(10):
-        submit(url, None)
+        submit(url, None, kind="simulate")
     wait_for("10 more succeeded", lambda: count_succeeded(url) == 30 or None, (bot,))
     states = [r["to_state"] for r in bot.events("state_transition")]
     assert "error" in states, states

@@ -242,7 +242,7 @@ def test_bots_work_through_haproxy_and_survive_postgres_down_for_10_s(
     n = 300
     resp = httpx.post(
         f"{haproxy.url}/v1/jobs/batch",
-        json={"jobs": [{"kind": "k", "idempotency_key": f"j{i}"} for i in range(n)]},
+        json={"jobs": [{"kind": "simulate", "idempotency_key": f"j{i}"} for i in range(n)]},
         timeout=10,
     )
     assert resp.json()["created"] == n

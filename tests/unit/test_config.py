@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import string
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from botd import codec
 from botd import config as cfg
-from botd.cli import build_parser
+from botd.cli import build_parser, main
 from botd.config import (
     ENV_VARS,
     BotConfig,
@@ -77,17 +78,101 @@ def test_settings_table_has_a_row_per_field() -> None:
     assert "| `BOT_EXEC_SHELL` | `false` |" in settings_table()
 
 
-@pytest.mark.parametrize("command", ["run", "check-config"])
-def test_every_field_is_a_flag_naming_its_variable(command: str) -> None:
+def options_of(command: str) -> dict[str, Any]:
     parser = build_parser(command)
     [sub] = [a for a in parser._actions if a.dest == "command"]
-    options = {a.option_strings[0]: a for a in sub.choices[command]._actions if a.option_strings}
+    return {a.option_strings[0]: a for a in sub.choices[command]._actions if a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_every_field_is_a_flag_naming_its_variable_default_and_accepted_values(
+    command: str,
+) -> None:
+    options = options_of(command)
+    fields = attrs.fields_dict(BotConfig)
     for field, (env, help_text) in ENV_VARS.items():
         action = options[flag_name(field)]
+        spec = cfg.setting.setting_of(fields[field])
         assert action.dest == f"set_{field}"
-        assert action.help == f"{help_text} [env {env}]"
-    args = parser.parse_args([command, "--concurrency", "4", "--exec-shell", "no"])
-    assert (args.set_concurrency, args.set_exec_shell, args.set_failure_rate) == ("4", "no", None)
+        assert action.default is None  # not given: the env, the file or the default decide
+        assert action.help.startswith(help_text)
+        assert f"default {cfg.default_text(field)}" in action.help
+        assert spec.accepts.text in action.help
+        assert f"[env {env}" in action.help
+    assert options["--handler"].metavar == "{simulate,exec,python}"
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_every_option_shows_its_default(command: str) -> None:
+    for option, action in options_of(command).items():
+        if option != "-h":
+            assert "default" in action.help, option
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_bool_settings_are_plain_switches(command: str) -> None:
+    parser = build_parser(command)
+    args = parser.parse_args([command, "--concurrency", "4", "--exec-shell"])
+    assert (args.set_concurrency, args.set_exec_shell, args.set_failure_rate) == ("4", True, None)
+    args = parser.parse_args([command, "--no-exec-shell", "--once"])
+    assert (args.set_exec_shell, args.set_once) == (False, True)
+    assert parser.parse_args([command]).set_once is None
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--exec-shell", "no"])  # a switch takes no value
+    bools = [f.name for f in attrs.fields(BotConfig) if f.type is bool]
+    assert sorted(bools) == ["exec_shell", "once"]
+    for field in bools:
+        assert options_of(command)[flag_name(field)].nargs == 0
+
+
+def test_switches_and_seconds_reach_the_config() -> None:
+    c = load_config(env={}, overrides={"once": True, "disconnect_after_idle": "90"})
+    assert (c.once, c.disconnect_after_idle) == (True, 90.0)
+    c = load_config(env={"BOT_ONCE": "yes", "BOT_DISCONNECT_AFTER_IDLE": "2.5"})
+    assert (c.once, c.disconnect_after_idle) == (True, 2.5)
+    assert load_config(env={"BOT_ONCE": "1"}, overrides={"once": False}).once is False
+    assert (BotConfig().once, BotConfig().disconnect_after_idle) == (False, None)
+    [line] = problems_of(env={"BOT_DISCONNECT_AFTER_IDLE": "0"})
+    assert line == "BOT_DISCONNECT_AFTER_IDLE: must be a number of seconds > 0, got 0.0"
+
+
+# --- unknown variables ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "near"),
+    [
+        ("BOT_CONCURENCY", "BOT_CONCURRENCY"),
+        ("BOT_HEARTBEAT_INTERVAL_MS", "HEARTBEAT_INTERVAL_MS"),  # the seed's names count too
+        ("BOT_MAIN_SERVER_URL", "MAIN_SERVER_URL"),
+        ("BOT_DISCONECT_AFTER_IDLE", "BOT_DISCONNECT_AFTER_IDLE"),
+        ("BOT_ZZZZZZZZZZZZZZZ", None),
+    ],
+)
+def test_unknown_bot_variables_name_the_closest_setting(name: str, near: str | None) -> None:
+    env = {name: "4", "BOT_CONCURRENCY": "2", "PATH": "/bin", "BOTD_SERVER_TOKEN": "t"}
+    assert cfg.unknown_variables(env) == [(name, near)]
+    assert load_config(env=env).concurrency == 2  # ignored, not an error
+
+
+def test_check_config_warns_of_an_unknown_variable_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.startswith("BOT_") or n in ALL_ENV]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("BOT_CONCURENCY", "4")
+    assert main(["check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["concurrency"] == 1  # the typo changed nothing ...
+    assert err == (  # ... and says so
+        "botd: warning: BOT_CONCURENCY is not a setting and is ignored;"
+        " did you mean BOT_CONCURRENCY?\n"
+    )
+
+
+def test_known_and_foreign_variables_are_not_unknown() -> None:
+    env = {spec: "x" for spec in ALL_ENV} | {"MAIN_SERVER": "x", "BOTD_X": "y", "bot_id": "z"}
+    assert cfg.unknown_variables(env) == []
 
 
 def test_defaults_from_the_issue() -> None:
@@ -413,6 +498,8 @@ def configs(draw: st.DrawFn) -> BotConfig:
         job_timeout=draw(pos),
         shutdown_timeout=draw(st.floats(0.0, 1e4)),
         cleanup_timeout=draw(pos),
+        once=draw(st.booleans()),
+        disconnect_after_idle=draw(st.none() | pos),
         state_dir=draw(st.none() | ident.map(lambda s: Path("/tmp") / s)),
         token=draw(st.none() | st.text(string.printable.strip(), min_size=1).map(Secret)),
         ops_addr=draw(st.sampled_from(["off", "0.0.0.0:0", "[::1]:65535", "localhost:9317"])),

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from botd import codec
 from botd.errors import ConfigError, JobError, JobTimeout, PermanentError
 from botd.handlers import (
     DEFAULT_OUTPUT_CAP,
@@ -23,12 +25,15 @@ from botd.handlers import (
     PythonHandler,
     SimulatedFailure,
     SimulateHandler,
+    SpawnError,
     build_handler,
     cancelled_failure,
     classify_failure,
+    kinds_of,
     run_job,
     simulated_value,
 )
+from botd.handlers.exec import STDERR_TAIL
 from botd.models import Ack, ClaimedJob, FailureInfo
 from tests.support import jobs
 from tests.support.paths import REPO
@@ -252,6 +257,15 @@ def test_python_handler_bad_spec(importable_tests: None, spec: str, problem: str
     assert "set it to" in message
 
 
+def test_the_simulate_handler_takes_only_simulate_jobs_the_others_every_kind(
+    importable_tests: None,
+) -> None:
+    assert kinds_of(SimulateHandler(0, 0.0)) == ("simulate",)
+    assert kinds_of(build_handler("simulate")) == ("simulate",)
+    assert kinds_of(build_handler("exec", exec_command=[sys.executable, "-V"])) is None
+    assert kinds_of(PythonHandler("tests.support.jobs:echo")) is None
+
+
 def test_build_handler() -> None:
     assert isinstance(build_handler("simulate"), SimulateHandler)
     assert isinstance(build_handler("exec", exec_command=[sys.executable, "-V"]), ExecHandler)
@@ -420,3 +434,55 @@ def test_reap_leftover_groups_kills_only_the_recorded_jobs(tmp_path: Path) -> No
         for proc in (mine, reused):
             proc.kill()
             proc.wait()
+
+
+# --- the exec contract, as docs/operations.md writes it --------------------------------------
+
+DUMP = r"""
+import json, os, sys
+line = sys.stdin.readline()
+rest = sys.stdin.read()
+env = {k: v for k, v in os.environ.items() if k.startswith("BOTD_")}
+print(json.dumps({"stdin": json.loads(line), "rest": rest, "env": env}))
+"""
+
+
+def contract_table(header: str) -> str:
+    doc = (REPO / "docs" / "operations.md").read_text()
+    section = doc.split("## The exec handler's contract", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"| {header} |", 1)[1].split("\n\n", 1)[0]
+
+
+def documented_names(header: str) -> list[str]:
+    return re.findall(r"^\| `(\w+)` \|", contract_table(header), re.MULTILINE)
+
+
+async def test_exec_gets_the_documented_stdin_fields_and_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("BOTD_")]:
+        monkeypatch.delenv(name)  # only what the handler adds
+    dump = tmp_path / "dump.py"
+    dump.write_text(DUMP)
+    job = make_job({"n": [1, 2]}, attempt=3, timeout_s=12.5)
+    got = await ExecHandler([sys.executable, "-I", str(dump)])(job)
+    assert sorted(got["stdin"]) == sorted(documented_names("stdin field"))
+    assert got["stdin"] == json.loads(codec.dumps(job))  # the job itself, field for field
+    assert got["rest"] == ""  # one line, then end of file
+    assert sorted(got["env"]) == sorted(documented_names("variable"))
+    assert got["env"] == {
+        "BOTD_JOB_ID": job.job_id,
+        "BOTD_LEASE_ID": job.lease_id,
+        "BOTD_ATTEMPT": "3",
+    }
+
+
+def test_exec_documented_outcomes_and_caps_are_the_handlers() -> None:
+    outcomes = contract_table("the command ...")
+    types = set(re.findall(r"\(`(\w+)`, (?:not )?retried\)", outcomes))
+    assert types == {ExitStatusError.type, SpawnError.type, "timeout", "cancelled"}
+    for exc_type, retried in [(ExitStatusError(1, ""), True), (SpawnError("x"), True)]:
+        assert classify_failure(exc_type).retryable is retried
+    assert cancelled_failure().retryable is False
+    doc = (REPO / "docs" / "operations.md").read_text()
+    assert f"{DEFAULT_OUTPUT_CAP // 1024} KiB" in doc and f"{STDERR_TAIL // 1024} KiB" in doc
