@@ -59,7 +59,6 @@ async def submit(b: Bench) -> None:
 async def submit_bounds(b: Bench) -> None:
     cases: list[tuple[str, dict[str, Any]]] = [
         ("kind", {"kind": None}),
-        ("kind", {"kind": ""}),
         ("kind", {"kind": 7}),
         ("max_attempts", {"max_attempts": 0}),
         ("max_attempts", {"max_attempts": 101}),

@@ -18,7 +18,7 @@ __all__: list[str] = []
 #: notification to wait for a re-check every 2 s, with several replicas.
 WAKE_BOUND_S = 3.0
 #: The long poll of the wake-up checks: long enough that a claim that never wakes is seen.
-LONG_WAIT_S = 10.0
+LONG_WAIT_S = 6.0
 #: The long poll that must come back empty.
 EMPTY_WAIT_S = 1.0
 #: How long a waiting claim is given to start waiting before the event that should wake it.

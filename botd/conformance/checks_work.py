@@ -235,7 +235,7 @@ async def ack_retryable(b: Bench) -> None:
         )
     if not early:
         waited = trio.current_time()
-        retried = await b.claim_one(session, wait_s=10)
+        retried = await b.claim_one(session, wait_s=6)
         if trio.current_time() - waited > 5:
             raise b.probe.last().fail(
                 "the waiting claim to wake when the retry came due",
