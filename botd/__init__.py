@@ -19,6 +19,7 @@ from .errors import (
     WaitTimeout,
 )
 from .jobs_client import AsyncJobsClient, JobsClient
+from .models import JobSubmit, JobView
 
 __all__ = [
     "AsyncJobsClient",
@@ -29,7 +30,9 @@ __all__ = [
     "JobFinished",
     "JobNotFound",
     "JobNotRetryable",
+    "JobSubmit",
     "JobTimeout",
+    "JobView",
     "JobsClient",
     "PermanentError",
     "ProtocolError",
