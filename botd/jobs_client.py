@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import attrs
@@ -60,6 +60,7 @@ __all__ = [
     "RetryAllRequest",
     "RetryAllResult",
     "ScheduledSubmit",
+    "SubmitOptions",
     "rfc3339_run_at",
 ]
 
@@ -70,6 +71,8 @@ RETRY_PAGE = 1000
 #: not hold ``GET /v1/jobs/{id}?wait_s``): then the client polls, at this pace.
 POLL_S = 1.0
 DEFAULT_TIMEOUT_S = 10.0
+#: The finest ``wait_s`` a request carries (milliseconds): a wait with less left is over.
+RESOLUTION_S = 0.001
 RetryStatus = Literal["dead", "failed"]
 JobViews = list[JobView]
 JobIds = list[str]
@@ -96,6 +99,21 @@ class ScheduledSubmit(JobSubmit):
     def __attrs_post_init__(self) -> None:
         if self.run_at is not None and self.delay_s is not None:
             raise ValueError("give run_at or delay_s, not both")
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The keyword arguments of ``submit``, each optional (None: the server's default):
+    ``run_at`` (a datetime with a zone, or RFC 3339 text) or ``delay_s`` hold the job until
+    then; ``retry_base_s`` and ``retry_max_s`` shape its retry backoff."""
+
+    max_attempts: int | None
+    timeout_s: float | None
+    priority: int | None
+    idempotency_key: str | None
+    run_at: datetime | str | None
+    delay_s: float | None
+    retry_base_s: float | None
+    retry_max_s: float | None
 
 
 @attrs.frozen
@@ -153,7 +171,7 @@ def _batch(jobs: Sequence[JobSubmit]) -> _Call[JobBatchResult]:
 
 
 def _get(job_id: str, wait_s: float = 0.0) -> _Call[JobView]:
-    params = {"wait_s": f"{wait_s:.3f}"} if wait_s > 0 else None
+    params = {"wait_s": f"{wait_s:.3f}"} if wait_s >= RESOLUTION_S else None
     return _Call("GET", _job_path(job_id), JobView, params=params, wait_s=wait_s)
 
 
@@ -178,11 +196,12 @@ def _list(status: JobStatus | None, kind: str | None, limit: int) -> _Call[JobLi
     return _Call("GET", "/v1/jobs", JobList, params=params)
 
 
-def _job(kind: str, payload: Any, run_at: datetime | str | None, **fields: Any) -> ScheduledSubmit:
+def _job(kind: str, payload: Any, **options: Unpack[SubmitOptions]) -> ScheduledSubmit:
     """A submission of the given fields; those left None take the protocol's defaults."""
-    given = {name: value for name, value in fields.items() if value is not None}
-    text = None if run_at is None else rfc3339_run_at(run_at)
-    return ScheduledSubmit(kind=kind, payload=payload, run_at=text, **given)
+    given: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
+    if "run_at" in given:
+        given["run_at"] = rfc3339_run_at(given["run_at"])
+    return ScheduledSubmit(kind=kind, payload=payload, **given)
 
 
 def _chunks(jobs: Sequence[JobSubmit]) -> list[Sequence[JobSubmit]]:
@@ -226,7 +245,7 @@ class _Wait:
         if view.status in FINAL_JOB_STATUSES:
             return None
         now = self.clock()
-        if now >= self.deadline:
+        if self.deadline - now < RESOLUTION_S:  # not a float's crumb of time left to ask for
             raise WaitTimeout(view, self.timeout)
         if now - self.asked_at < self.asked_s / 2:  # the server did not hold the answer
             return min(POLL_S, self.deadline - now)
@@ -281,27 +300,10 @@ class JobsClient:
             return _read(self._admin.get(call.path, call.params, wait_s=call.wait_s), call)
         return _read(self._admin.post(call.path, call.body), call)
 
-    def submit(
-        self,
-        kind: str,
-        payload: Any = None,
-        *,
-        max_attempts: int | None = None,
-        timeout_s: float | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-        run_at: datetime | str | None = None,
-        delay_s: float | None = None,
-        retry_base_s: float | None = None,
-        retry_max_s: float | None = None,
-    ) -> JobView:
+    def submit(self, kind: str, payload: Any = None, **options: Unpack[SubmitOptions]) -> JobView:
         """Queue one job (``POST /v1/jobs``) and return it; with an ``idempotency_key`` seen
-        before, the job already queued under it. ``run_at`` (a datetime with a zone, or RFC
-        3339 text) or ``delay_s``: not before then. Arguments left None: the server's defaults."""
-        job = _job(kind, payload, run_at, max_attempts=max_attempts, timeout_s=timeout_s,
-                   priority=priority, idempotency_key=idempotency_key, delay_s=delay_s,
-                   retry_base_s=retry_base_s, retry_max_s=retry_max_s)  # fmt: skip
-        return self._do(_submit(job))
+        before, the job already queued under it. ``options``: :class:`SubmitOptions`."""
+        return self._do(_submit(_job(kind, payload, **options)))
 
     def submit_many(self, jobs: Sequence[JobSubmit]) -> JobViews:
         """Queue ``jobs`` (``POST /v1/jobs/batch``, 1000 a request, each one transaction) and
@@ -384,24 +386,10 @@ class AsyncJobsClient:
         return _read(await self._admin.post(call.path, call.body), call)
 
     async def submit(
-        self,
-        kind: str,
-        payload: Any = None,
-        *,
-        max_attempts: int | None = None,
-        timeout_s: float | None = None,
-        priority: int | None = None,
-        idempotency_key: str | None = None,
-        run_at: datetime | str | None = None,
-        delay_s: float | None = None,
-        retry_base_s: float | None = None,
-        retry_max_s: float | None = None,
+        self, kind: str, payload: Any = None, **options: Unpack[SubmitOptions]
     ) -> JobView:
         """See :meth:`JobsClient.submit`."""
-        job = _job(kind, payload, run_at, max_attempts=max_attempts, timeout_s=timeout_s,
-                   priority=priority, idempotency_key=idempotency_key, delay_s=delay_s,
-                   retry_base_s=retry_base_s, retry_max_s=retry_max_s)  # fmt: skip
-        return await self._do(_submit(job))
+        return await self._do(_submit(_job(kind, payload, **options)))
 
     async def submit_many(self, jobs: Sequence[JobSubmit]) -> JobViews:
         """See :meth:`JobsClient.submit_many`."""

@@ -22,10 +22,10 @@ from .producer_cli import (
     add_connection_arguments,
     exit_of,
     job_line,
-    open_client,
+    prepare_parser,
     print_json,
-    run_guarded,
     say,
+    with_client,
 )
 
 __all__ = ["add_jobs_arguments", "run_jobs_from_args"]
@@ -36,8 +36,7 @@ MAX_LIST = 1000
 
 def add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``botd jobs``' actions, each with its flags and the connection flags."""
-    parser.formatter_class = HelpFormatter
-    parser.epilog = EXIT_CODES
+    prepare_parser(parser)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the JobView(s) as JSON")
     add_connection_arguments(common)
@@ -80,12 +79,7 @@ def run_jobs_from_args(args: argparse.Namespace) -> int:
     if problem:
         say(PROG, problem)
         return EXIT_USAGE
-
-    def work() -> int:
-        with open_client(args) as client:
-            return _ACTIONS[args.action](client, args)
-
-    return run_guarded(PROG, args.server, work)
+    return with_client(PROG, args, lambda client: _ACTIONS[args.action](client, args))
 
 
 def _bad_arguments(args: argparse.Namespace) -> str | None:

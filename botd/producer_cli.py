@@ -50,10 +50,10 @@ __all__ = [
     "add_connection_arguments",
     "exit_of",
     "job_line",
-    "open_client",
+    "prepare_parser",
     "print_json",
-    "run_guarded",
     "say",
+    "with_client",
 ]
 
 EXIT_OK = 0
@@ -83,6 +83,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` the help layout (:class:`HelpFormatter`) and the exit-code epilog."""
+    parser.formatter_class = HelpFormatter
+    parser.epilog = EXIT_CODES
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--server``, ``--token`` and ``--token-file`` to ``parser``."""
     group = parser.add_argument_group("server")
@@ -107,18 +113,14 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_client(args: argparse.Namespace) -> JobsClient:
-    """A :class:`JobsClient` on the server and token of the connection flags; raises
-    :class:`ConfigError` when the token file cannot be read."""
-    token = resolve_token(args.token, args.token_file)
-    return JobsClient(server_url(args.server), token=token, timeout=30.0)
-
-
-def run_guarded(prog: str, server: str | None, work: Callable[[], int]) -> int:
-    """``work()``, its exit code; a botd error becomes its message on stderr and its code."""
-    where = server_url(server)
+def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient], int]) -> int:
+    """``work(client)`` on a :class:`JobsClient` of the connection flags, and its exit code;
+    a botd error becomes its message on stderr and its exit code."""
+    where = server_url(args.server)
     try:
-        return work()
+        token = resolve_token(args.token, args.token_file)
+        with JobsClient(where, token=token, timeout=30.0) as client:
+            return work(client)
     except WaitTimeout as exc:
         job = exc.job.job_id
         say(prog, f"{exc}; `botd jobs wait {job}` waits again, `botd jobs cancel {job}` stops it")

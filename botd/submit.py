@@ -14,15 +14,13 @@ import json
 from .jobs_client import JobsClient, ScheduledSubmit, rfc3339_run_at
 from .models import MAX_BATCH
 from .producer_cli import (
-    EXIT_CODES,
     EXIT_OK,
     EXIT_USAGE,
-    HelpFormatter,
     add_connection_arguments,
     exit_of,
-    open_client,
-    run_guarded,
+    prepare_parser,
     say,
+    with_client,
 )
 
 __all__ = ["add_submit_arguments", "run_submit_from_args"]
@@ -34,8 +32,7 @@ _JOB_FLAGS = ("kind", "max_attempts", "priority", "idempotency_key")
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``botd submit``'s flags to ``parser``."""
-    parser.formatter_class = HelpFormatter
-    parser.epilog = EXIT_CODES
+    prepare_parser(parser)
     parser.add_argument("--kind", required=True, help="job kind, e.g. simulate (required)")
     parser.add_argument("--payload", default="null", help="job payload as JSON")
     parser.add_argument("--count", type=int, default=1, help="how many jobs to submit")
@@ -99,13 +96,12 @@ def run_submit_from_args(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     job = job_or_problem
 
-    def work() -> int:
-        with open_client(args) as client:
-            if args.wait:
-                return _wait_for(client, job, args.wait_timeout)
-            return _queue(client, job, args.count)
+    def work(client: JobsClient) -> int:
+        if args.wait:
+            return _wait_for(client, job, args.wait_timeout)
+        return _queue(client, job, args.count)
 
-    return run_guarded(PROG, args.server, work)
+    return with_client(PROG, args, work)
 
 
 def _queue(client: JobsClient, job: ScheduledSubmit, count: int) -> int:
