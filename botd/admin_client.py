@@ -12,28 +12,53 @@ as an :class:`Answer`, whatever its status. Every failure leaves as a
 - a body that is not JSON, or JSON of the wrong shape (:meth:`Answer.json`,
   :meth:`Answer.decode`) -> :class:`ProtocolError`;
 - a status other than 200/201 where one was required (:meth:`Answer.expect`) ->
-  :class:`ServerUnavailable` (5xx, 408, 425, 429), :class:`Unrecoverable` (401/403),
-  :class:`RequestRejected` (any other 4xx) or :class:`ProtocolError` (any other status),
-  each with the server's error code and message.
+  :class:`ServerUnavailable` (5xx, 408, 425, 429), :class:`Unrecoverable` (401/403, saying
+  where the token comes from), :class:`RequestRejected` (any other 4xx; for a job's error
+  codes its subclass: :class:`JobNotFound`, :class:`JobFinished`, :class:`JobNotRetryable`) or
+  :class:`ProtocolError` (any other status), each with the server's error code and message.
 
 httpx's exceptions are translated in :func:`_translated` and the server's error body is
-decoded in :meth:`Answer.detail`, nowhere else.
+decoded in :meth:`Answer.detail`, nowhere else. Where a producer's server and token come
+from when not given (``MAIN_SERVER_URL``; ``BOTD_TOKEN``, ``BOTD_TOKEN_FILE``) is decided in
+:func:`server_url` and :func:`resolve_token`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 import httpx
 
 from . import codec
-from .errors import ProtocolError, RequestRejected, ServerUnavailable, Unrecoverable
+from .errors import (
+    ConfigError,
+    JobFinished,
+    JobNotFound,
+    JobNotRetryable,
+    ProtocolError,
+    RequestRejected,
+    ServerUnavailable,
+    Unrecoverable,
+)
 
-__all__ = ["OK_STATUSES", "AdminClient", "Answer", "AsyncAdminClient"]
+__all__ = [
+    "DEFAULT_SERVER",
+    "OK_STATUSES",
+    "SERVER_ENV",
+    "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
+    "AdminClient",
+    "Answer",
+    "AsyncAdminClient",
+    "resolve_token",
+    "server_url",
+]
 
 T = TypeVar("T")
 
@@ -42,6 +67,23 @@ OK_STATUSES = (200, 201)
 #: Statuses that say "not now" rather than "no": :meth:`Answer.expect` raises ServerUnavailable.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 _JSON = {"Content-Type": "application/json"}
+#: The error codes that have an error class of their own (any other 4xx: RequestRejected).
+_REJECTIONS: dict[str, type[RequestRejected]] = {
+    "unknown_job": JobNotFound,
+    "job_finished": JobFinished,
+    "job_not_retryable": JobNotRetryable,
+}
+
+#: Where a producer's server URL and token come from when they are not given.
+SERVER_ENV = "MAIN_SERVER_URL"
+DEFAULT_SERVER = "http://127.0.0.1:3001"
+TOKEN_ENV = "BOTD_TOKEN"
+TOKEN_FILE_ENV = "BOTD_TOKEN_FILE"
+#: What a 401/403 answer adds: where the token comes from.
+TOKEN_HINT = (
+    f"botd's commands take the token from --token, --token-file, env {TOKEN_ENV} or "
+    f"{TOKEN_FILE_ENV} (Python: JobsClient(token=...))"
+)
 
 Params = Mapping[str, str | int]
 
@@ -100,11 +142,49 @@ class Answer:
         if self.status >= 500 or self.status in RETRYABLE_STATUS:
             raise ServerUnavailable(self.reason())
         if self.status in (401, 403):
-            raise Unrecoverable(self.reason())
+            raise Unrecoverable(f"{self.reason()}; {TOKEN_HINT}")
         if not 400 <= self.status < 500:
             raise ProtocolError(self.reason())  # a redirect, or a 2xx of another kind
         code, message = self.detail() or (f"http_{self.status}", "")
-        raise RequestRejected(self.status, code, message)
+        raise _REJECTIONS.get(code, RequestRejected)(self.status, code, message)
+
+
+def server_url(server: str | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """``server``, else env ``MAIN_SERVER_URL``, else ``http://127.0.0.1:3001``; no final ``/``."""
+    return (server or env.get(SERVER_ENV) or DEFAULT_SERVER).rstrip("/")
+
+
+def resolve_token(
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> str | None:
+    """The bearer token: ``token``, else the file ``token_file``, else env ``BOTD_TOKEN``,
+    else the file named by env ``BOTD_TOKEN_FILE``, else None (no token).
+
+    A file's content is stripped of surrounding whitespace. Raises :class:`ConfigError` when
+    the file cannot be read or is empty.
+    """
+    if token:
+        return token
+    if token_file:
+        return _read_token_file(Path(token_file), "--token-file")
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    if env.get(TOKEN_FILE_ENV):
+        return _read_token_file(Path(env[TOKEN_FILE_ENV]), TOKEN_FILE_ENV)
+    return None
+
+
+def _read_token_file(path: Path, where: str) -> str:
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{where}: cannot read the token file {path} ({exc}); fix the path"
+        raise ConfigError(msg) from None
+    if not token:
+        raise ConfigError(f"{where}: the token file {path} is empty; write the token into it")
+    return token
 
 
 def _answer(response: httpx.Response) -> Answer:
@@ -121,12 +201,16 @@ class _Settings:
     connect_timeout: float | None = attrs.field(default=None, kw_only=True)
 
     def _options(self) -> dict[str, Any]:
-        connect = self.timeout if self.connect_timeout is None else self.connect_timeout
         return {
             "base_url": self.base_url,
             "headers": {"Authorization": f"Bearer {self.token}"} if self.token else {},
-            "timeout": httpx.Timeout(self.timeout, connect=connect),
+            "timeout": self._timeout(),
         }
+
+    def _timeout(self, longer_by: float = 0.0) -> httpx.Timeout:
+        """The request timeout, ``longer_by`` seconds longer for a long poll."""
+        connect = self.timeout if self.connect_timeout is None else self.connect_timeout
+        return httpx.Timeout(self.timeout + longer_by, connect=connect)
 
 
 @attrs.define
@@ -158,10 +242,11 @@ class AdminClient(_Settings):
     def close(self) -> None:
         self._http.close()
 
-    def get(self, path: str, params: Params | None = None) -> Answer:
-        """``GET path``; raises :class:`ServerUnavailable` when no answer came."""
+    def get(self, path: str, params: Params | None = None, *, wait_s: float = 0.0) -> Answer:
+        """``GET path``; raises :class:`ServerUnavailable` when no answer came. ``wait_s``: the
+        server may hold the answer that long (a long poll), so the timeout is that much longer."""
         with _translated():
-            return _answer(self._http.get(path, params=params))
+            return _answer(self._http.get(path, params=params, timeout=self._timeout(wait_s)))
 
     def post(self, path: str, body: object) -> Answer:
         """``POST path`` with ``body`` as JSON (:func:`botd.codec.dumps`); see :meth:`get`."""
@@ -192,10 +277,11 @@ class AsyncAdminClient(_Settings):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def get(self, path: str, params: Params | None = None) -> Answer:
-        """``GET path``; raises :class:`ServerUnavailable` when no answer came."""
+    async def get(self, path: str, params: Params | None = None, *, wait_s: float = 0.0) -> Answer:
+        """``GET path``; see :meth:`AdminClient.get`."""
         with _translated():
-            return _answer(await self._http.get(path, params=params))
+            answer = await self._http.get(path, params=params, timeout=self._timeout(wait_s))
+            return _answer(answer)
 
     async def post(self, path: str, body: object) -> Answer:
         """``POST path`` with ``body`` as JSON (:func:`botd.codec.dumps`); see :meth:`get`."""

@@ -31,6 +31,8 @@ quick start:
   botd server --db jobs.db      the reference main server on :3001
   botd run                      one bot against MAIN_SERVER_URL (default http://localhost:3001)
   botd submit --kind k --payload '{"n": 1}' --count 10
+  botd submit --kind k --wait   submit one job, wait, print its result
+  botd jobs list --status dead  the jobs of a server (also: get, wait, cancel, retry)
   botd status                   the state of a running bot (its ops endpoint)
   botd conformance URL          check that a main server (yours too) keeps protocol v1
 """
@@ -170,6 +172,7 @@ def _unknown_variables() -> list[tuple[str, str | None, str]]:
 _LAZY_COMMANDS = {
     "server": (".server.run", "add_server_arguments", "run_server_from_args"),
     "submit": (".submit", "add_submit_arguments", "run_submit_from_args"),
+    "jobs": (".jobs_command", "add_jobs_arguments", "run_jobs_from_args"),
     "status": (".status", "add_status_arguments", "run_status_from_args"),
     "demo": (".demo", "add_demo_arguments", "run_demo_from_args"),
     "conformance": (
@@ -229,7 +232,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="run the reference main server",
         description="The reference main server: protocol v1 over HTTP, SQLite store.",
     )
-    _lazy(sub, "submit", command, help="submit jobs to a server", description="Submit jobs.")
+    _lazy(
+        sub,
+        "submit",
+        command,
+        help="submit jobs to a server (--wait: and wait for the result)",
+        description="Submit jobs to a main server. The token comes from --token, "
+        "--token-file, env BOTD_TOKEN or env BOTD_TOKEN_FILE.",
+    )
+    _lazy(
+        sub,
+        "jobs",
+        command,
+        help="get, wait for, list, cancel and retry a server's jobs",
+        description="The jobs of a main server: get, wait, list, cancel, retry. The token "
+        "comes from --token, --token-file, env BOTD_TOKEN or env BOTD_TOKEN_FILE.",
+    )
     _lazy(
         sub,
         "status",

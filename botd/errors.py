@@ -30,7 +30,11 @@ the others live with the one module that raises them, named on the right::
     │   ├── Unrecoverable        401/403: retrying will not help
     │   └── RequestRejected      any other 4xx, carrying the server's error code
     │       ├── UnknownBot           404 unknown_bot: register again
-    │       └── SessionSuperseded    409 session_superseded: register again
+    │       ├── SessionSuperseded    409 session_superseded: register again
+    │       ├── JobNotFound          404 unknown_job: check the id (a producer's error)
+    │       ├── JobFinished          409 job_finished: a finished job cannot be cancelled
+    │       └── JobNotRetryable      409 job_not_retryable: only dead or failed jobs retry
+    ├── WaitTimeout              a producer's wait ended before its job did (carries the job)
     └── StoreError               the reference server's job store (botd.server.store.errors)
         ├── StoreUnavailable     the database failed: 503 store_unavailable
         ├── StoreIncompatible    the database's schema is newer: the server exits 78
@@ -39,7 +43,8 @@ the others live with the one module that raises them, named on the right::
 :class:`HttpError` is the one ``(status, code, message)`` error: the server's routes raise
 it, and its store's :class:`~botd.server.store.errors.StoreRejected`, to answer
 ``{"error": {"code", "message"}}``; the bot's client raises :class:`RequestRejected` when
-it reads such an answer. Private exceptions that never leave their module (``_Unreachable``
+it reads such an answer, and the admin client (``botd.admin_client``) one of the three
+job errors for their codes. Private exceptions that never leave their module (``_Unreachable``
 in botd.status) are not part of the tree.
 
 Third-party exceptions are translated at one boundary each: httpx's in
@@ -52,7 +57,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .models import SessionHolder
+    from .models import JobView, SessionHolder
 
 __all__ = [
     "BotdError",
@@ -61,6 +66,9 @@ __all__ = [
     "HttpError",
     "InvalidTransition",
     "JobError",
+    "JobFinished",
+    "JobNotFound",
+    "JobNotRetryable",
     "JobTimeout",
     "PermanentError",
     "ProtocolError",
@@ -71,6 +79,7 @@ __all__ = [
     "StateDirError",
     "UnknownBot",
     "Unrecoverable",
+    "WaitTimeout",
     "leaf_exceptions",
 ]
 
@@ -179,6 +188,37 @@ class SessionSuperseded(RequestRejected):
 
     ``holder`` says who holds the bot id now, when the server tells (an extension).
     """
+
+
+class JobNotFound(RequestRejected):
+    """Raised when the server does not know the job (404 unknown_job): check the id; a
+    finished job is deleted after the server's retention."""
+
+    template = "no such job ({status} {code}): {message}"
+
+
+class JobFinished(RequestRejected):
+    """Raised when a job to cancel has already finished (409 job_finished)."""
+
+    template = "the job has already finished ({status} {code}): {message}"
+
+
+class JobNotRetryable(RequestRejected):
+    """Raised when a job to retry is neither dead nor failed (409 job_not_retryable)."""
+
+    template = "the job cannot be retried ({status} {code}): {message}"
+
+
+class WaitTimeout(BotdError, TimeoutError):
+    """Raised when a wait for a job ends before the job does; ``job`` is its last view and
+    ``timeout`` the seconds waited. The job goes on: wait again, or cancel it."""
+
+    def __init__(self, job: JobView, timeout: float) -> None:
+        self.job = job
+        self.timeout = timeout
+        super().__init__(
+            f"job {job.job_id} is still {job.status} after {timeout:g}s: wait again, or cancel it"
+        )
 
 
 def leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
