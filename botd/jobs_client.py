@@ -36,20 +36,22 @@ from urllib.parse import quote
 import attrs
 import httpx
 import trio
-from attrs import validators as v
 
-from . import codec
 from .admin_client import AdminClient, Answer, AsyncAdminClient, Params, resolve_token, server_url
 from .errors import WaitTimeout
 from .models import (
     FINAL_JOB_STATUSES,
     MAX_BATCH,
     MAX_WAIT_S,
+    JobBatch,
     JobBatchResult,
     JobList,
     JobStatus,
     JobSubmit,
     JobView,
+    RetryableStatus,
+    RetryRequest,
+    RetryResult,
 )
 from .timestamps import rfc3339_of
 
@@ -57,9 +59,6 @@ __all__ = [
     "RETRY_PAGE",
     "AsyncJobsClient",
     "JobsClient",
-    "RetryAllRequest",
-    "RetryAllResult",
-    "ScheduledSubmit",
     "SubmitOptions",
     "rfc3339_run_at",
 ]
@@ -73,32 +72,9 @@ POLL_S = 1.0
 DEFAULT_TIMEOUT_S = 10.0
 #: The finest ``wait_s`` a request carries (milliseconds): a wait with less left is over.
 RESOLUTION_S = 0.001
-RetryStatus = Literal["dead", "failed"]
+RetryStatus = RetryableStatus
 JobViews = list[JobView]
 JobIds = list[str]
-
-
-def _seconds(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"'{attribute.name}' must be a finite number >= 0, got {value!r}")
-
-
-@attrs.frozen
-class ScheduledSubmit(JobSubmit):
-    """A :class:`~botd.models.JobSubmit` with the fields of delayed jobs and per-job retry
-    backoff: ``run_at`` (RFC 3339) or ``delay_s``, not both; ``retry_base_s``, ``retry_max_s``.
-
-    (They belong in ``JobSubmit`` itself once the server's side of them is in models.)
-    """
-
-    run_at: str | None = None
-    delay_s: float | None = attrs.field(default=None, validator=_seconds)
-    retry_base_s: float | None = attrs.field(default=None, validator=_seconds)
-    retry_max_s: float | None = attrs.field(default=None, validator=_seconds)
-
-    def __attrs_post_init__(self) -> None:
-        if self.run_at is not None and self.delay_s is not None:
-            raise ValueError("give run_at or delay_s, not both")
 
 
 class SubmitOptions(TypedDict, total=False):
@@ -114,23 +90,6 @@ class SubmitOptions(TypedDict, total=False):
     delay_s: float | None
     retry_base_s: float | None
     retry_max_s: float | None
-
-
-@attrs.frozen
-class RetryAllRequest:
-    """``POST /v1/jobs/retry``: put back up to ``limit`` jobs of ``status`` (and ``kind``)."""
-
-    status: RetryStatus
-    kind: str | None = None
-    limit: int = attrs.field(default=RETRY_PAGE, validator=[v.ge(1), v.le(RETRY_PAGE)])
-
-
-@attrs.frozen
-class RetryAllResult:
-    """The answer to ``POST /v1/jobs/retry``: how many jobs went back, and their ids."""
-
-    retried: int
-    job_ids: list[str]
 
 
 def rfc3339_run_at(run_at: datetime | str) -> str:
@@ -165,9 +124,7 @@ def _submit(job: JobSubmit) -> _Call[JobView]:
 
 
 def _batch(jobs: Sequence[JobSubmit]) -> _Call[JobBatchResult]:
-    # Each job as its own class (a ScheduledSubmit keeps its fields), not as JobBatch's.
-    body = {"jobs": [codec.unstructure(job) for job in jobs]}
-    return _Call("POST", "/v1/jobs/batch", JobBatchResult, body=body)
+    return _Call("POST", "/v1/jobs/batch", JobBatchResult, body=JobBatch(jobs=list(jobs)))
 
 
 def _get(job_id: str, wait_s: float = 0.0) -> _Call[JobView]:
@@ -183,8 +140,13 @@ def _retry(job_id: str) -> _Call[JobView]:
     return _Call("POST", _job_path(job_id, "/retry"), JobView, body={})
 
 
-def _retry_all(status: RetryStatus, kind: str | None) -> _Call[RetryAllResult]:
-    return _Call("POST", "/v1/jobs/retry", RetryAllResult, body=RetryAllRequest(status, kind))
+def _retry_all(status: RetryStatus, kind: str | None) -> _Call[RetryResult]:
+    return _Call(
+        "POST",
+        "/v1/jobs/retry",
+        RetryResult,
+        body=RetryRequest(status=status, kind=kind, limit=RETRY_PAGE),
+    )
 
 
 def _list(status: JobStatus | None, kind: str | None, limit: int) -> _Call[JobList]:
@@ -196,19 +158,19 @@ def _list(status: JobStatus | None, kind: str | None, limit: int) -> _Call[JobLi
     return _Call("GET", "/v1/jobs", JobList, params=params)
 
 
-def _job(kind: str, payload: Any, **options: Unpack[SubmitOptions]) -> ScheduledSubmit:
+def _job(kind: str, payload: Any, **options: Unpack[SubmitOptions]) -> JobSubmit:
     """A submission of the given fields; those left None take the protocol's defaults."""
     given: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
     if "run_at" in given:
         given["run_at"] = rfc3339_run_at(given["run_at"])
-    return ScheduledSubmit(kind=kind, payload=payload, **given)
+    return JobSubmit(kind=kind, payload=payload, **given)
 
 
 def _chunks(jobs: Sequence[JobSubmit]) -> list[Sequence[JobSubmit]]:
     return [jobs[i : i + MAX_BATCH] for i in range(0, len(jobs), MAX_BATCH)]
 
 
-def _again(result: RetryAllResult, ids: dict[str, None]) -> bool:
+def _again(result: RetryResult, ids: dict[str, None]) -> bool:
     """Add the result's ids to ``ids``; whether retry_all should ask again: a full page, none
     of it seen before (jobs that died again while it ran would otherwise keep it going)."""
     fresh = ids.keys().isdisjoint(result.job_ids)

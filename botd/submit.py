@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .jobs_client import JobsClient, ScheduledSubmit, rfc3339_run_at
-from .models import MAX_BATCH
+from .jobs_client import JobsClient, rfc3339_run_at
+from .models import MAX_BATCH, JobSubmit
 from .producer_cli import (
     EXIT_OK,
     EXIT_USAGE,
@@ -65,7 +65,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
 
 
-def _job_of(args: argparse.Namespace) -> ScheduledSubmit | str:
+def _job_of(args: argparse.Namespace) -> JobSubmit | str:
     """The job the flags describe, or what is wrong with them."""
     try:
         payload = json.loads(args.payload)
@@ -78,7 +78,7 @@ def _job_of(args: argparse.Namespace) -> ScheduledSubmit | str:
     try:
         run_at = None if args.run_at is None else rfc3339_run_at(args.run_at)
         fields = {name: getattr(args, name) for name in _JOB_FLAGS}
-        return ScheduledSubmit(
+        return JobSubmit(
             payload=payload, timeout_s=args.timeout, run_at=run_at, delay_s=args.delay, **fields
         )
     except (TypeError, ValueError) as exc:
@@ -104,7 +104,7 @@ def run_submit_from_args(args: argparse.Namespace) -> int:
     return with_client(PROG, args, work)
 
 
-def _queue(client: JobsClient, job: ScheduledSubmit, count: int) -> int:
+def _queue(client: JobsClient, job: JobSubmit, count: int) -> int:
     """Queue ``count`` copies of ``job``, a batch of up to 1000 a request, one transaction
     each; print each batch's ids as soon as it is in."""
     for start in range(0, count, MAX_BATCH):
@@ -113,7 +113,7 @@ def _queue(client: JobsClient, job: ScheduledSubmit, count: int) -> int:
     return EXIT_OK
 
 
-def _wait_for(client: JobsClient, job: ScheduledSubmit, timeout: float | None) -> int:
+def _wait_for(client: JobsClient, job: JobSubmit, timeout: float | None) -> int:
     """Queue ``job``, wait for it, print its result JSON; say why when it ended otherwise."""
     (view,) = client.submit_many([job])
     say(PROG, f"job {view.job_id} queued; waiting for it")

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import trio
 
+from ..admin_client import TOKEN_ENV, TOKEN_FILE_ENV, resolve_token
+from ..errors import ConfigError
 from .bench import KIND_PREFIX, QUICK_TTL_S
 from .report import Verdict
 from .runner import SUITE, Unreachable, run_suite, select
 
 __all__ = ["add_conformance_arguments", "run_conformance_from_args"]
 
-TOKEN_ENV = "BOTD_TOKEN"
-TOKEN_FILE_ENV = "BOTD_TOKEN_FILE"
 
 DESCRIPTION = f"""\
 Run every check of protocol v1 (docs/protocol.md) against the main server at URL, and print
@@ -76,29 +75,6 @@ def add_conformance_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read the token file {str(path)!r}: {exc.strerror}") from None
-    if not token:
-        raise ValueError(f"the token file {str(path)!r} is empty")
-    return token
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    """--token, else --token-file, else env BOTD_TOKEN, else the file at env BOTD_TOKEN_FILE."""
-    if args.token:
-        return str(args.token)
-    if args.token_file is not None:
-        return _read_token(args.token_file)
-    if os.environ.get(TOKEN_ENV, "").strip():
-        return os.environ[TOKEN_ENV].strip()
-    if os.environ.get(TOKEN_FILE_ENV):
-        return _read_token(Path(os.environ[TOKEN_FILE_ENV]))
-    return None
-
-
 def _print_verdict(verdict: Verdict) -> None:
     print("\n".join(verdict.lines()), flush=True)
 
@@ -112,8 +88,8 @@ def run_conformance_from_args(args: argparse.Namespace) -> int:
         return 0
     try:
         checks = select([n.strip() for n in args.only.split(",") if n.strip()])
-        token = _token(args)
-    except ValueError as exc:
+        token = resolve_token(args.token, args.token_file)
+    except (ValueError, ConfigError) as exc:
         print(f"botd conformance: {exc}", file=sys.stderr)
         return 2
     if not args.url:

@@ -22,7 +22,7 @@ from trio.testing import MockClock
 import botd
 from botd.admin_client import resolve_token
 from botd.errors import ConfigError
-from botd.jobs_client import POLL_S, ScheduledSubmit
+from botd.jobs_client import POLL_S
 from botd.models import MAX_WAIT_S, JobSubmit
 
 URL = "http://botd.test"
@@ -138,7 +138,7 @@ def test_submit_many_sends_batches_of_at_most_1000_in_order() -> None:
         return httpx.Response(201, json={"jobs": views, "created": len(views)})
 
     jobs_in = [JobSubmit(kind="k", payload={"i": str(i)}) for i in range(2500)]
-    jobs_in[7] = ScheduledSubmit(kind="k", payload={"i": "7"}, delay_s=3.0)
+    jobs_in[7] = JobSubmit(kind="k", payload={"i": "7"}, delay_s=3.0)
     with client_on(handler) as jobs:
         views = jobs.submit_many(jobs_in)
     assert sizes == [1000, 1000, 500]
