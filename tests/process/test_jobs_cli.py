@@ -179,3 +179,14 @@ def test_jobs_retry_status_dead_puts_dead_jobs_back(fleet: Fleet) -> None:
     again = fleet.cli("jobs", "retry", ids[0])
     assert again.returncode == 1
     assert "cannot be retried" in again.stderr
+    # The cause is gone (this bot acks): each job succeeds, on the fresh attempt budget.
+    claimed = claim_by_hand(fleet, "doomed")
+    assert sorted(job["job_id"] for job in claimed) == sorted(ids)
+    assert all(job["attempt"] == 1 for job in claimed)
+    with fleet.http() as http:
+        for job in claimed:
+            ack = {"lease_id": job["lease_id"], "outcome": "succeeded", "result": "ok"}
+            http.post(f"/v1/leases/{job['lease_id']}/ack", json=ack).raise_for_status()
+    for job_id in ids:
+        got = fleet.cli("jobs", "get", job_id, "--json")
+        assert json.loads(got.stdout)["status"] == "succeeded"
