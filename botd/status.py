@@ -43,8 +43,18 @@ class _Unreachable(Exception):
     """Raised inside this module when the ops endpoint cannot give a usable answer."""
 
 
+STATUS_EXIT_CODES = """\
+exit codes:
+  0  the bot is ready (its /readyz answers 200)
+  1  the bot answers but is not ready (/readyz 503: starting, in error, or shutting down)
+  2  no usable answer from the ops endpoint (not running, wrong --ops-url, BOT_OPS_ADDR off)
+"""
+
+
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--ops-url URL`` and ``--json`` to the ``botd status`` parser."""
+    """Add ``--ops-url URL``, ``--json`` and the exit codes to the ``botd status`` parser."""
+    parser.epilog = STATUS_EXIT_CODES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--ops-url",
         default=DEFAULT_OPS_URL,

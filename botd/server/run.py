@@ -212,8 +212,19 @@ async def serve(
     logger.bind(event=Event.SERVER_STOPPED).info("server stopped")
 
 
+SERVER_EXIT_CODES = """\
+exit codes:
+  0   stopped by SIGTERM or SIGINT (long polls answered, in-flight requests finished)
+  1   cannot serve on --host:--port (the port is taken, or the address is not ours)
+  2   bad flags
+  78  the database cannot be used (written by a newer botd, or not a botd database)
+"""
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``botd server``'s flags to ``parser``."""
+    """Add ``botd server``'s flags and its exit codes to ``parser``."""
+    parser.epilog = SERVER_EXIT_CODES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=3001, help="port to bind, 0 for any (3001)")
     parser.add_argument(
@@ -265,7 +276,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-format",
         choices=["auto", "json", "text"],
         default=os.environ.get("BOT_LOG_FORMAT", "auto"),
-        help="json lines, text, or auto: text on a TTY, else json (default: env BOT_LOG_FORMAT)",
+        help="json lines, text, or auto: text on a TTY, else json"
+        " (default: env BOT_LOG_FORMAT, else auto)",
     )
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -88,8 +89,30 @@ async def running_server(**kw: Any) -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Ports a test may pick for a listener: below the kernel's ephemeral range, which every
+#: outgoing connection (and every bind to port 0) draws from. A port picked from that range
+#: can be taken by a client's source port before the process that should listen on it
+#: starts (or restarts, as a SIGKILLed bot does): "Address already in use".
+_PICK_FROM = range(10000, max(10001, _ephemeral_low()))
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
+    """A TCP port that was free a moment ago on 127.0.0.1, outside the ephemeral range."""
+    for _ in range(500):
+        port = random.choice(_PICK_FROM)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
