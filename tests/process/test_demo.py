@@ -255,7 +255,9 @@ def test_ctrl_c_drains_the_bots_and_exits_1_with_the_summary(tmp_path: Path) -> 
 async def test_the_timeout_ends_the_run_drains_the_bots_and_reports_what_did_not_end(
     tmp_path: Path,
 ) -> None:
-    options = DemoOptions(bots=2, jobs=40, duration_ms=600, failure_rate=0.0, timeout=1.0)
+    # 40 jobs of 1.5 s on 8 slots need 7.5 s: a 3 s timeout ends the run with jobs running,
+    # however long the bots take to start on a busy machine (1.2 s was seen).
+    options = DemoOptions(bots=2, jobs=40, duration_ms=1500, failure_rate=0.0, timeout=3.0)
     with trio.fail_after(30):
         report = await run_demo(options, PlainView(io.StringIO()), tmp_path)
     assert report.ended_by == "timeout"
