@@ -55,7 +55,9 @@ class Claimer:
         self.reporter.session = session
         while True:
             await self.healthy.wait_value(True)
-            await self.runner.in_flight.wait_value(lambda n: n < self.runner.concurrency)
+            # A free slot: within the concurrency and, with BOT_ONCE, within the runner's
+            # limit (a spent runner never has one again, so no claim goes out any more).
+            await self.runner.in_flight.wait_value(lambda _: self.runner.free_slots > 0)
             if self.runner.in_flight.value > 0:
                 # Busy: give a few more slots the chance to free up, so that one round trip
                 # carries a batch instead of one job at a time. An idle bot claims at once.

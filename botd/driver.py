@@ -174,7 +174,7 @@ class Driver:
             kinds=self.claim_kinds(),
             on_orphans=self._release_orphans,
             draining=lambda: self._draining,
-            check_health=self._before_claim,
+            check_health=self.health.ensure_fresh,
         )
         self._claim_scope = trio.CancelScope()
 
@@ -199,14 +199,6 @@ class Driver:
         """The job kinds this bot claims: BOT_KINDS, else the kinds its handler takes
         (:func:`~botd.handlers.kinds_of`; None: every kind)."""
         return self.config.kinds or kinds_of(self.runner.handler)
-
-    async def _before_claim(self) -> bool:
-        """Before each claim: once the runner is spent (BOT_ONCE) no claim goes out any more
-        (this waits until the session or the bot ends); else the health check, refreshed if
-        it is stale (False: unhealthy)."""
-        if self.runner.spent:
-            await trio.sleep_forever()
-        return await self.health.ensure_fresh()
 
     def _is_conflict(self, holder: SessionHolder | None) -> bool:
         """True when another process holds our bot id; reported once per process."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
@@ -24,6 +23,7 @@ import trio
 
 from .. import codec
 from ..errors import BotdError
+from ..timestamps import parse_rfc3339
 
 __all__ = [
     "Answer",
@@ -171,17 +171,13 @@ class Answer:
             raise self.fail(expected)
         return message
 
-    def timestamp(self, name: str, value: Any) -> datetime:
-        """``value`` as a moment, if it is an RFC 3339 timestamp with a zone (``...Z``)."""
-        moment = None
-        if isinstance(value, str) and "T" in value:
-            try:
-                moment = datetime.fromisoformat(value)
-            except ValueError:
-                moment = None
-        if moment is None or moment.tzinfo is None:
-            raise self.fail(f"{name} as an RFC 3339 timestamp", f"{name} = {value!r}")
-        return moment
+    def timestamp(self, name: str, value: Any) -> float:
+        """``value`` as seconds since the epoch, if it is an RFC 3339 timestamp with a zone
+        (:func:`botd.timestamps.parse_rfc3339`)."""
+        try:
+            return parse_rfc3339(value)
+        except (ValueError, AttributeError):
+            raise self.fail(f"{name} as an RFC 3339 timestamp", f"{name} = {value!r}") from None
 
     def field(self, body: Any, *path: str | int) -> Any:
         """``body[path[0]][path[1]]...``; a missing step is a failure naming the path."""

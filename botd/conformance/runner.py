@@ -23,7 +23,7 @@ from . import checks_basics, checks_bots, checks_final, checks_jobs, checks_time
 from .bench import FINAL, QUICK_TTL_S, Bench, Run
 from .probe import CheckFailed, CheckSkipped, NoAnswer, Probe
 from .registry import CHECKS, Check
-from .report import Report, Verdict
+from .report import Report, Verdict, VerdictStatus
 
 __all__ = ["CLEANUP_S", "SUITE", "Unreachable", "run_suite", "select"]
 
@@ -100,9 +100,9 @@ async def _run_one(check: Check, bench: Bench) -> Verdict:
     run = bench.run
     started = trio.current_time()
 
-    def verdict(status: str, **kw: str) -> Verdict:
+    def verdict(status: VerdictStatus, **kw: str) -> Verdict:
         seconds = trio.current_time() - started
-        return Verdict(check.name, check.title, status, seconds, check.extension, **kw)  # type: ignore[arg-type]
+        return Verdict(check.name, check.title, status, seconds, check.extension, **kw)
 
     if reason := _skip_reason(check, run):
         return verdict("skip", reason=reason)
@@ -156,7 +156,7 @@ async def _cleanup(run: Run, report: Report) -> None:
             if session.deregistered:
                 continue
             try:
-                answer = await bench.deregister(session)
+                await bench.deregister(session)
             except CheckFailed as exc:
                 if "409" not in exc.got:  # superseded: a later session of it is deregistered
                     report.leftovers.append(f"bot {session.bot_id}: {exc}")
