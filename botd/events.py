@@ -22,6 +22,7 @@ class Event(StrEnum):
     STARTUP_FAILED = "startup_failed"
     UNRECOVERABLE = "unrecoverable"
     BOT_ID_CONFLICT = "bot_id_conflict"
+    SESSION_FILE_FAILED = "session_file_failed"
     INTERNAL_ERROR = "internal_error"
     CONFIG_ERROR = "config_error"
     UNKNOWN_SETTING = "unknown_setting"
