@@ -77,6 +77,8 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 #: server and of every proxy in between (``botd server``: 75 s), so that the client, not
 #: the server, closes an idle connection. docs/deployment.md has the rule for a load balancer.
 KEEPALIVE_EXPIRY_S = 15.0
+#: How many sessions' tokens the client remembers (see ``ServerClient.use_session``).
+_KEPT_SESSION_TOKENS = 4
 #: The errors of a request on a pooled connection that the server may have closed meanwhile.
 _STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -183,6 +185,10 @@ class ServerClient:
     observe: RequestObserver | None = None
     #: The current session's token, the bearer of the session's calls (None: ``token``).
     session_token: str | None = attrs.field(default=None, repr=False, init=False)
+    #: The last sessions' tokens by session id: a call that names a session (a heartbeat,
+    #: a claim, a deregister) goes with that session's own token, even while a newer
+    #: session is being set up (a results reporter still on the old one).
+    _session_tokens: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
     _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
     _fresh: httpx.AsyncClient | None = attrs.field(init=False, default=None, repr=False)
     _options: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
@@ -207,6 +213,14 @@ class ServerClient:
             **self._options,
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=KEEPALIVE_EXPIRY_S),
         )
+
+    def use_session(self, session_id: str, token: str | None) -> None:
+        """From now on, the session's calls go with ``token`` (None: the bot's token)."""
+        self.session_token = token
+        if token:
+            self._session_tokens[session_id] = token
+            while len(self._session_tokens) > _KEPT_SESSION_TOKENS:
+                del self._session_tokens[next(iter(self._session_tokens))]
 
     async def __aenter__(self) -> ServerClient:
         return self
@@ -238,7 +252,7 @@ class ServerClient:
     async def heartbeat(self, bot_id: str, request: HeartbeatRequest) -> HeartbeatResponse:
         path = f"/v1/bots/{_seg(bot_id)}/heartbeat"
         return await self._call(
-            "heartbeat", HeartbeatResponse, "POST", path, body=request, session=True
+            "heartbeat", HeartbeatResponse, "POST", path, body=request, session=request.session_id
         )
 
     async def deregister(self, bot_id: str, session_id: str) -> None:
@@ -249,7 +263,7 @@ class ServerClient:
                 f"/v1/bots/{_seg(bot_id)}",
                 params={"session_id": session_id},
                 ok=(204, 200, 404),
-                session=True,
+                session=session_id,
             )
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
@@ -265,7 +279,7 @@ class ServerClient:
             "/v1/jobs/claim",
             body=request,
             http_timeout=timeout,
-            session=True,
+            session=request.session_id,
         )
 
     async def ack(self, ack: Ack) -> SingleAckResponse:
@@ -307,12 +321,15 @@ class ServerClient:
         params: dict[str, str] | None = None,
         http_timeout: httpx.Timeout | None = None,
         ok: tuple[int, ...] = (200, 201),
-        session: bool = False,
+        session: bool | str = False,
     ) -> httpx.Response:
-        """One request; ``session``: a call of the session, sent with its token if any."""
+        """One request; ``session``: a call of the current session (True) or of the one
+        with that id, sent with its token if any."""
         content = codec.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else {}
         session_token = self.session_token if session else None
+        if isinstance(session, str):
+            session_token = self._session_tokens.get(session, session_token)
         if session_token:
             headers["Authorization"] = f"Bearer {session_token}"
         with map_transport_errors(endpoint):

@@ -96,6 +96,7 @@ class Registrar:
                     f" attempts (MAX_STARTUP_ATTEMPTS={self.max_startup_attempts}); last error:"
                     f" {call.error}"
                 )
+        await self._keep_token()  # outside the attempt's deadline: a write is not cut short
         logger.bind(
             event=Event.REGISTERED,
             attempt=self.attempts,
@@ -116,10 +117,8 @@ class Registrar:
         )
         answer = await self.client.register(request)
         # The new session's token: the bearer of its calls (the verification's too).
-        self.client.session_token = answer.session_token
-        if answer.session_token != self._token:
-            self._token = answer.session_token
-            await self._keep_token()
+        self.client.use_session(answer.session_id, answer.session_token)
+        self._token = answer.session_token
         info = await self.client.get_bot(self.bot_id)
         if info.session_id != answer.session_id:
             raise ProtocolError(

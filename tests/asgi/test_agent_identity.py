@@ -1,7 +1,8 @@
-"""The bot's side of identity, against the real server app with a tokens file, on
-``autojump_clock``: its session calls go with the session token, a live bot id is not
-taken (bot_id_in_use: one ERROR, then registrations with backoff, never an exit), and a
-restarted bot with its state dir proves continuity at once.
+"""The bot's side of identity, against the real server app with a tokens file (on
+``autojump_clock``, or real time where a state dir's files are read in threads): its session
+calls go with the session token, a live bot id is not taken (bot_id_in_use: one ERROR, then
+registrations with backoff, never an exit), and a restarted bot with its state dir proves
+continuity at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from starlette.applications import Starlette
 
@@ -39,10 +41,12 @@ async def handler(job: ClaimedJob) -> Any:
 
 
 @asynccontextmanager
-async def server() -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+async def server(
+    lease_ttl_s: float = 10.0,
+) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     store = SqliteStore(":memory:")
-    app = create_app(store, tokens=TOKENS, lease_ttl_s=10.0, heartbeat_interval_s=1.0)
-    await store.open(lease_ttl_s=10.0)
+    app = create_app(store, tokens=TOKENS, lease_ttl_s=lease_ttl_s, heartbeat_interval_s=1.0)
+    await store.open(lease_ttl_s=lease_ttl_s)
     headers = {"Authorization": f"Bearer {PRODUCER}"}
     async with (
         httpx.AsyncClient(
@@ -140,16 +144,16 @@ async def test_a_second_bot_with_a_live_bot_id_waits_and_takes_nothing(
     assert failures and all(f["level"] == "WARNING" for f in failures)
 
 
-async def test_a_restarted_bot_with_its_state_dir_registers_at_once(
-    autojump_clock: Any, tmp_path: Path
-) -> None:
+async def test_a_restarted_bot_with_its_state_dir_registers_at_once(tmp_path: Path) -> None:
+    # Real time: the state dir's files are read and written in worker threads, during
+    # which autojump_clock would jump over the bots' deadlines.
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    async with server() as (app, producer):
+    async with server(lease_ttl_s=60.0) as (app, producer):
         async with agent(app, pid=101, state_dir=state) as (first, _):
             await wait_ready(first)
             token = first.client.session_token
-        # Killed: no deregistration; its session is alive for gone_after (10 s).
+        # Killed: no deregistration; its session is alive for gone_after (60 s).
         kept = state / SESSION_FILE
         assert os.stat(kept).st_mode & 0o777 == 0o600
         assert token is not None and token in kept.read_text()
@@ -158,8 +162,8 @@ async def test_a_restarted_bot_with_its_state_dir_registers_at_once(
                 agent(app, pid=102, state_dir=state) as (again, _),
                 agent(app, pid=103, state_dir=tmp_path / "elsewhere") as (stranger, _),
             ):
-                with trio.fail_after(2):  # at once: well inside the old session's 10 s
-                    await wait_ready(again)
+                await wait_ready(again)
+                assert again.registrar.attempts == 1  # at once: its first register was taken
                 await run_a_job(producer)
                 assert stranger.lifecycle.state is State.REGISTERING
                 assert again.client.session_token != token
@@ -167,9 +171,7 @@ async def test_a_restarted_bot_with_its_state_dir_registers_at_once(
         assert again.client.session_token not in str(records)
 
 
-async def test_a_symlinked_session_file_is_not_followed(
-    autojump_clock: Any, tmp_path: Path
-) -> None:
+async def test_a_symlinked_session_file_is_not_followed(tmp_path: Path) -> None:  # real time
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     target = tmp_path / "target"
@@ -181,3 +183,29 @@ async def test_a_symlinked_session_file_is_not_followed(
     assert target.read_text() == "precious"
     assert not (state / SESSION_FILE).is_symlink()  # replaced by a file of its own
     assert events_of(records, "session_file_failed")
+
+
+async def test_a_call_of_an_older_session_goes_with_that_sessions_token(
+    autojump_clock: Any,
+) -> None:
+    # The results reporter may still claim (acks only) on the old session while the bot
+    # registers a new one: that claim must answer 409 session_superseded (register again),
+    # not 403 not_session_owner (exit 78), so it goes with the old session's token.
+    from botd.client import ServerClient
+    from botd.errors import SessionSuperseded
+    from botd.models import ClaimRequest, RegisterRequest
+
+    async with server() as (app, _):
+        transport = httpx.ASGITransport(app=app)
+        async with ServerClient("http://server", token=WORKER, transport=transport) as client:
+            first = await client.register(RegisterRequest(bot_id="bot-a"))
+            client.use_session(first.session_id, first.session_token)
+            second = await client.register(
+                RegisterRequest(bot_id="bot-a", previous_session_token=first.session_token)
+            )
+            client.use_session(second.session_id, second.session_token)
+            old = ClaimRequest(bot_id="bot-a", session_id=first.session_id, max_jobs=0)
+            with pytest.raises(SessionSuperseded):
+                await client.claim(old)
+            new = ClaimRequest(bot_id="bot-a", session_id=second.session_id, max_jobs=0)
+            assert (await client.claim(new)).jobs == []
