@@ -215,7 +215,6 @@ class Agent:
         )
         for name, breaker in self.breakers.items():
             doc["circuit_breakers"][name] = breaker.snapshot()
-        doc["session_id"] = self.session.session_id if self.session else None
         doc["server_healthy"] = self.health.healthy.value
         doc["server_error"] = self.health.last_error
         doc["time_in_state_s"] = round(self.lifecycle.time_in_state(), 3)

@@ -51,10 +51,12 @@ from loguru import logger
 from .backoff import Backoff
 from .breaker import CircuitBreaker
 from .errors import (
+    BotIdInUse,
     RequestRejected,
     ServerError,
     ServerUnavailable,
     SessionSuperseded,
+    SessionTokenRefused,
     UnknownBot,
     Unrecoverable,
 )
@@ -69,9 +71,9 @@ CALL_EVENTS = ("started", "ok", "failed", "session_lost", "unrecoverable", "canc
 #: ``observe(policy_name, event)`` with ``event`` from :data:`CALL_EVENTS`.
 CallObserver = Callable[[str, str], None]
 
-#: The server's answers that mean the bot's session is gone: 404 ``unknown_bot`` and
-#: 409 ``session_superseded``.
-SESSION_LOST_ERRORS = (UnknownBot, SessionSuperseded)
+#: The server's answers that mean the bot's session is gone: 404 ``unknown_bot``,
+#: 409 ``session_superseded``, and a 401 to the session's token.
+SESSION_LOST_ERRORS = (UnknownBot, SessionSuperseded, SessionTokenRefused)
 
 
 @attrs.define
@@ -202,8 +204,10 @@ class CallPolicy:
             }
             if self.breaker is not None:
                 fields.update(breaker=self.breaker.name, failure_count=self.breaker.failure_count)
-            # Another 4xx will not go away by itself: say so louder than an outage.
-            level = "ERROR" if isinstance(exc, RequestRejected) else "WARNING"
+            # Another 4xx will not go away by itself: say so louder than an outage. A bot id
+            # in use may (its holder may be a dead predecessor): the registrar names it once.
+            loud = isinstance(exc, RequestRejected) and not isinstance(exc, BotIdInUse)
+            level = "ERROR" if loud else "WARNING"
             logger.bind(**fields).log(
                 level, "{} failed ({} in a row), retrying in {:.2f}s: {}", self.name,
                 self.failures, call.retry_in_s, exc,

@@ -6,10 +6,18 @@ model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.Ser
 - network errors, timeouts, DNS failures, 408, 425, 429 and 5xx -> :class:`ServerUnavailable`
   (retryable);
 - a body that is not JSON, or JSON of the wrong shape -> :class:`ProtocolError` (retryable);
-- 401/403 -> :class:`Unrecoverable`;
+- 401/403 -> :class:`Unrecoverable`, but a 401 to a session token ->
+  :class:`SessionTokenRefused` (the server forgot the session: register again);
 - 404 ``unknown_bot`` -> :class:`UnknownBot`;
 - 409 ``session_superseded`` -> :class:`SessionSuperseded` (with ``holder``, if the server says);
+- 409 ``bot_id_in_use`` -> :class:`BotIdInUse` (with ``holder``);
 - any other 4xx -> :class:`RequestRejected` with the server's error code.
+
+Session tokens (an extension of protocol v1): when a register answer carries a
+``session_token``, the caller sets :attr:`ServerClient.session_token` and every call of the
+session (get_bot, heartbeat, claim, ack, deregister) sends it as the bearer instead of the
+bot's token; a register always sends the bot's token. With a server that issues none,
+``session_token`` stays None and every call sends the bot's token, as in v1.
 
 httpx exceptions are translated in :func:`map_transport_errors` and nowhere else. Each
 request is timed once (``observe``), with its final outcome; a request that met a pooled
@@ -31,10 +39,12 @@ import trio
 
 from . import codec
 from .errors import (
+    BotIdInUse,
     ProtocolError,
     RequestRejected,
     ServerUnavailable,
     SessionSuperseded,
+    SessionTokenRefused,
     UnknownBot,
     Unrecoverable,
 )
@@ -67,6 +77,8 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 #: server and of every proxy in between (``botd server``: 75 s), so that the client, not
 #: the server, closes an idle connection. docs/deployment.md has the rule for a load balancer.
 KEEPALIVE_EXPIRY_S = 15.0
+#: How many sessions' tokens the client remembers (see ``ServerClient.use_session``).
+_KEPT_SESSION_TOKENS = 4
 #: The errors of a request on a pooled connection that the server may have closed meanwhile.
 _STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -99,7 +111,7 @@ def map_transport_errors(endpoint: str) -> Iterator[None]:
         raise ServerUnavailable(f"{endpoint}: {type(exc).__name__}: {exc or 'no detail'}") from None
 
 
-def _error_of(response: httpx.Response, endpoint: str) -> Exception:
+def _error_of(response: httpx.Response, endpoint: str, *, session: bool = False) -> Exception:
     """Classify a non-2xx answer once, the way every caller sees it."""
     status = response.status_code
     code, message, holder = f"http_{status}", response.reason_phrase, None
@@ -111,12 +123,16 @@ def _error_of(response: httpx.Response, endpoint: str) -> Exception:
     where = f"{endpoint}: {status} {code}: {message}"
     if status >= 500 or status in RETRYABLE_STATUS:
         return ServerUnavailable(where)
+    if status == 401 and session:
+        return SessionTokenRefused(status, code, f"{message} (the session token was refused)")
     if status in (401, 403):
         return Unrecoverable(f"{where} (check BOT_TOKEN / BOT_TOKEN_FILE)")
     if status == 404 and code == "unknown_bot":
         return UnknownBot(status, code, message)
     if status == 409 and code == "session_superseded":
         return SessionSuperseded(status, code, message, holder)
+    if status == 409 and code == "bot_id_in_use":
+        return BotIdInUse(status, code, message, holder)
     return RequestRejected(status, code, message)
 
 
@@ -167,6 +183,12 @@ class ServerClient:
     claim_margin: float = 5.0
     transport: httpx.AsyncBaseTransport | None = None
     observe: RequestObserver | None = None
+    #: The current session's token, the bearer of the session's calls (None: ``token``).
+    session_token: str | None = attrs.field(default=None, repr=False, init=False)
+    #: The last sessions' tokens by session id: a call that names a session (a heartbeat,
+    #: a claim, a deregister) goes with that session's own token, even while a newer
+    #: session is being set up (a results reporter still on the old one).
+    _session_tokens: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
     _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
     _fresh: httpx.AsyncClient | None = attrs.field(init=False, default=None, repr=False)
     _options: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
@@ -192,6 +214,14 @@ class ServerClient:
             limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=KEEPALIVE_EXPIRY_S),
         )
 
+    def use_session(self, session_id: str, token: str | None) -> None:
+        """From now on, the session's calls go with ``token`` (None: the bot's token)."""
+        self.session_token = token
+        if token:
+            self._session_tokens[session_id] = token
+            while len(self._session_tokens) > _KEPT_SESSION_TOKENS:
+                del self._session_tokens[next(iter(self._session_tokens))]
+
     async def __aenter__(self) -> ServerClient:
         return self
 
@@ -216,11 +246,14 @@ class ServerClient:
         )
 
     async def get_bot(self, bot_id: str) -> BotInfo:
-        return await self._call("get_bot", BotInfo, "GET", f"/v1/bots/{_seg(bot_id)}")
+        path = f"/v1/bots/{_seg(bot_id)}"
+        return await self._call("get_bot", BotInfo, "GET", path, session=True)
 
     async def heartbeat(self, bot_id: str, request: HeartbeatRequest) -> HeartbeatResponse:
         path = f"/v1/bots/{_seg(bot_id)}/heartbeat"
-        return await self._call("heartbeat", HeartbeatResponse, "POST", path, body=request)
+        return await self._call(
+            "heartbeat", HeartbeatResponse, "POST", path, body=request, session=request.session_id
+        )
 
     async def deregister(self, bot_id: str, session_id: str) -> None:
         with self._observed("deregister"):
@@ -230,6 +263,7 @@ class ServerClient:
                 f"/v1/bots/{_seg(bot_id)}",
                 params={"session_id": session_id},
                 ok=(204, 200, 404),
+                session=session_id,
             )
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
@@ -239,12 +273,18 @@ class ServerClient:
             connect=self.connect_timeout,
         )
         return await self._call(
-            "claim", ClaimResponse, "POST", "/v1/jobs/claim", body=request, http_timeout=timeout
+            "claim",
+            ClaimResponse,
+            "POST",
+            "/v1/jobs/claim",
+            body=request,
+            http_timeout=timeout,
+            session=request.session_id,
         )
 
     async def ack(self, ack: Ack) -> SingleAckResponse:
         path = f"/v1/leases/{_seg(ack.lease_id)}/ack"
-        return await self._call("ack", SingleAckResponse, "POST", path, body=ack)
+        return await self._call("ack", SingleAckResponse, "POST", path, body=ack, session=True)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -281,19 +321,28 @@ class ServerClient:
         params: dict[str, str] | None = None,
         http_timeout: httpx.Timeout | None = None,
         ok: tuple[int, ...] = (200, 201),
+        session: bool | str = False,
     ) -> httpx.Response:
+        """One request; ``session``: a call of the current session (True) or of the one
+        with that id, sent with its token if any."""
         content = codec.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if content is not None else {}
+        session_token = self.session_token if session else None
+        if isinstance(session, str):
+            session_token = self._session_tokens.get(session, session_token)
+        if session_token:
+            headers["Authorization"] = f"Bearer {session_token}"
         with map_transport_errors(endpoint):
             response = await self._request(
                 method,
                 path,
                 content=content,
-                headers={"Content-Type": "application/json"} if content is not None else None,
+                headers=headers or None,
                 params=params,
                 timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         if response.status_code not in ok:
-            raise _error_of(response, endpoint)
+            raise _error_of(response, endpoint, session=bool(session_token))
         return response
 
     async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:

@@ -81,6 +81,7 @@ class Driver:
         self._claim_scope = trio.CancelScope()
         self._conflicts: set[tuple[str, int]] = set()  # other processes seen with our bot id
         self._root: trio.Nursery | None = None
+        registrar.on_conflict = self._is_conflict  # a register refused: 409 bot_id_in_use
 
     @property
     def state(self) -> State:
@@ -127,7 +128,7 @@ class Driver:
                 logs.emit(Event.STARTUP_EXHAUSTED, str(exc), "ERROR")
                 raise
             self.session = session
-            self._transition(State.HEALTH_CHECK, f"registered, session {session.session_id}")
+            self._transition(State.HEALTH_CHECK, "registered")
             with trio.move_on_after(cfg.health_check_timeout) as scope:
                 await self.health.wait_healthy()
             if self._draining:
@@ -212,8 +213,10 @@ class Driver:
             logs.emit(
                 Event.BOT_ID_CONFLICT,
                 f"another process uses BOT_ID {self.config.bot_id!r}: host {holder.hostname!r},"
-                f" pid {holder.pid}, registered at {holder.since or 'an unknown time'}; the two"
-                " keep replacing each other's session: give each bot a BOT_ID of its own",
+                f" pid {holder.pid}, registered at {holder.since or 'an unknown time'}; the"
+                " server gives the id to one live session at a time (or the two keep replacing"
+                " each other's session): give each bot a BOT_ID of its own; this bot keeps"
+                " trying to register, and gets the id once that session ends",
                 "ERROR",
                 holder_hostname=holder.hostname,
                 holder_pid=holder.pid,

@@ -31,6 +31,10 @@ the others live with the one module that raises them, named on the right::
     │   └── RequestRejected      any other 4xx, carrying the server's error code
     │       ├── UnknownBot           404 unknown_bot: register again
     │       ├── SessionSuperseded    409 session_superseded: register again
+    │       ├── SessionTokenRefused  401 to a session token: the server forgot the
+    │       │                        session; register again
+    │       ├── BotIdInUse           409 bot_id_in_use: a live session holds the bot id;
+    │       │                        register again later
     │       ├── JobNotFound          404 unknown_job: check the id (a producer's error)
     │       ├── JobFinished          409 job_finished: a finished job cannot be cancelled
     │       └── JobNotRetryable      409 job_not_retryable: only dead or failed jobs retry
@@ -60,6 +64,7 @@ if TYPE_CHECKING:
     from .models import JobView, SessionHolder
 
 __all__ = [
+    "BotIdInUse",
     "BotdError",
     "CircuitOpen",
     "ConfigError",
@@ -76,6 +81,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailable",
     "SessionSuperseded",
+    "SessionTokenRefused",
     "StateDirError",
     "UnknownBot",
     "Unrecoverable",
@@ -188,6 +194,17 @@ class SessionSuperseded(RequestRejected):
 
     ``holder`` says who holds the bot id now, when the server tells (an extension).
     """
+
+
+class SessionTokenRefused(RequestRejected):
+    """Raised when the server answers 401 to a request sent with a session token: it no
+    longer knows that session (superseded long ago, or a new database); register again."""
+
+
+class BotIdInUse(RequestRejected):
+    """Raised when a register is refused because a live session holds the bot id (409
+    ``bot_id_in_use``); ``holder`` names its host and pid. Register again later: the id is
+    free once that session deregisters or goes silent."""
 
 
 class JobNotFound(RequestRejected):

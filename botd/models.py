@@ -107,6 +107,11 @@ class RegisterRequest:
     capacity: int = attrs.field(default=1, validator=[v.ge(1), v.le(MAX_CLAIM_JOBS)])
     labels: dict[str, str] = attrs.field(factory=dict)
     active_leases: list[str] = attrs.field(factory=list)
+    #: The session token of this bot id's live session, which proves that this register
+    #: continues it (an extension: see "Auth" in docs/protocol.md). Kept out of ``repr``.
+    previous_session_token: str | None = attrs.field(
+        default=None, repr=False, validator=v.optional(v.max_len(200))
+    )
 
 
 @attrs.frozen
@@ -116,12 +121,19 @@ class RegisterResponse:
     heartbeat_interval_s: float = attrs.field(validator=v.gt(0))
     lease_ttl_s: float = attrs.field(validator=v.gt(0))
     server_version: str
+    #: The session's own bearer token (an extension): every later call of this session
+    #: authenticates with it. Null from a server that issues none. Kept out of ``repr``.
+    session_token: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
 class BotInfo:
+    """A bot as the server knows it. ``session_id`` and ``active_leases`` are shown only to
+    an admin caller or to the session itself (others get null and ``[]``), and never in
+    ``GET /v1/bots``; ``lease_count`` (an extension) is shown to everyone."""
+
     bot_id: str
-    session_id: str
+    session_id: str | None
     status: str
     last_seen: str
     capacity: int
@@ -130,6 +142,7 @@ class BotInfo:
     hostname: str = ""
     version: str = ""
     labels: dict[str, str] = attrs.field(factory=dict)
+    lease_count: int = 0
 
 
 @attrs.frozen
@@ -333,7 +346,8 @@ class Health:
 
 @attrs.frozen
 class SessionHolder:
-    """Who holds a bot id's live session: in a 409 ``session_superseded`` (an extension).
+    """Who holds a bot id's live session: in a 409 ``session_superseded`` or
+    ``bot_id_in_use`` (an extension).
 
     ``since`` is when that session registered (RFC 3339).
     """
@@ -347,7 +361,8 @@ class SessionHolder:
 class ErrorDetail:
     code: str
     message: str
-    #: Only in a 409 session_superseded: the registration that replaced the session.
+    #: Only in a 409 session_superseded or bot_id_in_use: the registration that holds the
+    #: bot id now.
     holder: SessionHolder | None = None
 
 

@@ -153,6 +153,7 @@ async def open_agent(
                 labels=dict(config.labels),
                 max_startup_attempts=config.max_startup_attempts,
                 attempt_timeout=config.register_timeout,
+                state_dir=config.state_dir,
             )
             driver = Driver(
                 config,

@@ -9,6 +9,9 @@ only with ``kinds`` set to it, so it never sees a real job or another check's.
 
 The helpers (:meth:`Bench.register`, :meth:`Bench.submit`, :meth:`Bench.claim`...) send one
 call each, require the answer the protocol gives on success, and record what was made.
+When a register answer carries a ``session_token`` (an extension), the helpers make that
+session's calls (heartbeat, claim, ack, deregister) with it, as a botd bot does; the
+checks' own requests (``b.send``) go with the run's token, the v1 way.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class Session:
     answer: RegisterResponse | None = None
     deregistered: bool = False
 
+    @property
+    def token(self) -> str | bool:
+        """The bearer of this session's calls: its session token, else the run's (True)."""
+        token = self.answer.session_token if self.answer is not None else None
+        return token or True
+
 
 @attrs.define
 class Run:
@@ -64,6 +73,8 @@ class Run:
     sessions: dict[str, Session] = attrs.field(factory=dict)
     #: lease_id -> job_id, for every job the run claimed.
     lease_jobs: dict[str, str] = attrs.field(factory=dict)
+    #: lease_id -> the session that claimed it (its token acks it).
+    lease_sessions: dict[str, Session] = attrs.field(factory=dict)
     #: job_id -> the first result a ``recorded`` succeeded ack sent for it.
     first_results: dict[str, Any] = attrs.field(factory=dict)
 
@@ -145,13 +156,17 @@ class Bench:
             "POST",
             f"/v1/bots/{session.bot_id}/heartbeat",
             {"session_id": session.session_id, "state": state, "active_leases": list(leases)},
+            token=session.token,
         )
         return answer.decode(HeartbeatResponse)
 
     async def deregister(self, session: Session) -> Answer:
         """Deregister; 204."""
         answer = await self.send(
-            "DELETE", f"/v1/bots/{session.bot_id}", params={"session_id": session.session_id}
+            "DELETE",
+            f"/v1/bots/{session.bot_id}",
+            params={"session_id": session.session_id},
+            token=session.token,
         )
         answer.expect(204)
         session.deregistered = True
@@ -232,7 +247,11 @@ class Bench:
         """One claim (only this check's kind unless ``kinds``); 200 with a ClaimResponse."""
         body = self.claim_body(session, **kw)
         answer = await self.send(
-            "POST", "/v1/jobs/claim", body, limit_s=float(body["wait_s"]) + 15.0
+            "POST",
+            "/v1/jobs/claim",
+            body,
+            limit_s=float(body["wait_s"]) + 15.0,
+            token=session.token,
         )
         reply = answer.decode(ClaimResponse)
         if len(reply.jobs) > body["max_jobs"]:
@@ -243,6 +262,7 @@ class Bench:
             if job.kind not in body["kinds"]:
                 raise answer.fail(f"only jobs of kinds {body['kinds']}", f"a job of {job.kind!r}")
             self.run.lease_jobs[job.lease_id] = job.job_id
+            self.run.lease_sessions[job.lease_id] = session
         self._note_results(body["acks"], reply.acks)
         return answer, reply
 
@@ -268,7 +288,9 @@ class Bench:
     async def ack(self, lease_id: str, outcome: str = "succeeded", **fields: Any) -> Answer:
         """``POST /v1/leases/{lease_id}/ack``; the answer, whatever its status."""
         body = {"lease_id": lease_id, "outcome": outcome, **fields}
-        answer = await self.send("POST", f"/v1/leases/{lease_id}/ack", body)
+        claimed_by = self.run.lease_sessions.get(lease_id)
+        token = claimed_by.token if claimed_by is not None else True
+        answer = await self.send("POST", f"/v1/leases/{lease_id}/ack", body, token=token)
         if answer.status == 200:
             status = answer.field(answer.json(), "status")
             self._note_results([body], [AckResult(lease_id=lease_id, status=status)])

@@ -9,7 +9,7 @@ import trio
 
 from ..models import BotInfo, BotList
 from .bench import Bench, Session
-from .probe import Answer, CheckFailed
+from .probe import Answer, CheckFailed, CheckSkipped
 from .registry import check
 
 __all__: list[str] = []
@@ -194,3 +194,34 @@ async def gone(b: Bench) -> None:
     answer, info = await _bot(b, session.bot_id)
     if info.status != "gone":
         raise answer.fail(f"status 'gone' after {silence + 1.0:g} s of silence")
+
+
+@check(
+    "auth.session_owner",
+    "a session token acts only for its session: another bot's heartbeat, claim or deregister"
+    " is 403 not_session_owner, an ack of another bot's lease 403 not_lease_owner, and"
+    " nothing changes",
+    extension=True,
+)
+async def session_owner(b: Bench) -> None:
+    owner, other = await b.register(), await b.register()
+    if not isinstance(other.token, str):
+        raise CheckSkipped("the register answer has no session_token (an extension)")
+    view, job = await b.submit_and_claim(owner)
+    hb = {"session_id": owner.session_id, "state": "idle", "active_leases": [job.lease_id]}
+    path = f"/v1/bots/{owner.bot_id}"
+    token = other.token
+    (await b.send("POST", f"{path}/heartbeat", hb, token=token)).error(403, "not_session_owner")
+    params = {"session_id": owner.session_id}
+    (await b.send("DELETE", path, params=params, token=token)).error(403, "not_session_owner")
+    claim = b.claim_body(owner, max_jobs=0)
+    (await b.send("POST", "/v1/jobs/claim", claim, token=token)).error(403, "not_session_owner")
+    ack = {"lease_id": job.lease_id, "outcome": "succeeded", "result": {"by": "another bot"}}
+    answer = await b.send("POST", f"/v1/leases/{job.lease_id}/ack", ack, token=token)
+    answer.error(403, "not_lease_owner")
+    release = {"lease_id": job.lease_id, "outcome": "released"}
+    released = b.claim_body(other, max_jobs=0, acks=[release])
+    (await b.send("POST", "/v1/jobs/claim", released, token=token)).error(403, "not_lease_owner")
+    await b.expect_job(view.job_id, "leased", result=None)
+    await b.ack_recorded(job.lease_id, result={"by": "its bot"})
+    await b.expect_job(view.job_id, "succeeded", result={"by": "its bot"})

@@ -11,13 +11,19 @@ missing or wrong token is 401 ``unauthorized``; an unknown route is 404 ``not_fo
 failing database is 503 ``store_unavailable`` (the server keeps running); anything
 unexpected is logged and answered 500 ``internal_error``. The token is never logged or
 returned.
+
+Who may call what (:mod:`.auth`): each route names the roles it admits and whether a
+session token may call it. A call outside the caller's role is 403 ``forbidden`` naming
+the role it needs; a session's call for another bot or session is 403
+``not_session_owner``; an ack of a lease another bot claimed is 403 ``not_lease_owner``.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import Awaitable, Callable, Collection
 
+import attrs
 import outcome
 import trio
 from loguru import logger
@@ -50,9 +56,11 @@ from ..models import (
     RetryRequest,
     RetryResult,
 )
+from .auth import ADMIN, ALL_ROLES, Caller, Gate, Tokens, own_session, shown_to
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S, ServerCore
 from .dashboard import dashboard
 from .store import Store, StoreIncompatible, StoreUnavailable
+from .store.records import token_hash
 from .wire import (
     decode,
     error_response,
@@ -62,7 +70,7 @@ from .wire import (
     watch_disconnect,
 )
 
-__all__ = ["core_of", "create_app"]
+__all__ = ["caller_of", "core_of", "create_app", "gate_of"]
 
 DEFAULT_LIST_LIMIT = 100
 
@@ -93,6 +101,21 @@ def core_of(app: Starlette) -> ServerCore:
     return core
 
 
+def gate_of(app: Starlette) -> Gate:
+    """The :class:`~.auth.Gate` of an app made by :func:`create_app`: set its ``tokens``
+    to admit others from the next request on (a reloaded tokens file)."""
+    gate = app.state.gate
+    assert isinstance(gate, Gate)
+    return gate
+
+
+def caller_of(request: Request) -> Caller:
+    """Who made ``request`` (set by the route's authentication)."""
+    caller = getattr(request.state, "caller", ADMIN)
+    assert isinstance(caller, Caller)
+    return caller
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -100,6 +123,7 @@ def create_app(
     store: Store,
     *,
     token: str | None = None,
+    tokens: Tokens | None = None,
     lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
     gone_after_s: float | None = None,
@@ -109,7 +133,9 @@ def create_app(
     Args:
         store: the job store (opened by the caller, or lazily on first use).
         token: when set, every ``/v1`` route except ``GET /v1/health`` needs
-            ``Authorization: Bearer <token>``.
+            ``Authorization: Bearer <token>``: an admin token.
+        tokens: the tokens and their roles (with ``token``, which is one more admin
+            token); replace them later with :func:`set_tokens`. Neither: dev mode.
         lease_ttl_s: how long a lease lives without a heartbeat.
         heartbeat_interval_s: told to bots at registration.
         gone_after_s: silence after which a bot shows as ``gone`` (default
@@ -124,27 +150,28 @@ def create_app(
         heartbeat_interval_s=heartbeat_interval_s,
         gone_after_s=gone_after_s,
     )
-    expected = token.encode() if token else None
+    initial = tokens if tokens is not None else Tokens()
+    if token:
+        initial = Tokens.of(token, initial.entries)
     unavailable_log = _RateLimitedLog(Event.STORE_UNAVAILABLE, every_s=1.0)
+    gate = Gate(initial, store.session_of)
 
-    def check_auth(request: Request) -> None:
-        if expected is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise HttpError(
-                401,
-                "unauthorized",
-                "missing or wrong token; send 'Authorization: Bearer <token>' with the"
-                " server's token",
-            )
+    def endpoint(
+        fn: Endpoint,
+        *,
+        auth: bool = True,
+        roles: Collection[str] = ("producer", "admin"),
+        session: bool = False,
+    ) -> Endpoint:
+        """``fn`` behind the authentication: ``roles`` admit a caller of the tokens table
+        (admin always), ``session`` a session token."""
 
-    def endpoint(fn: Endpoint, *, auth: bool = True) -> Endpoint:
         async def handle(request: Request) -> Response:
             try:
                 if auth:
-                    check_auth(request)
+                    caller = await gate.caller(request.headers.get("authorization", ""))
+                    gate.admit(caller, roles, session=session)
+                    request.state.caller = caller
                 return await fn(request)
             except HttpError as exc:  # the routes' own, and the store's StoreRejected
                 return error_response(exc.status, exc.code, exc.message, exc.holder)
@@ -184,13 +211,24 @@ def create_app(
 
     async def register(request: Request) -> Response:
         req = await decode(request, RegisterRequest)
-        session_id, requeued = await store.register(req, lease_ttl_s=core.lease_ttl_s)
+        caller = caller_of(request)
+        # A worker may not take a live session's bot id; an admin supersedes it (v1).
+        worker = caller.role == "worker"
+        previous = req.previous_session_token if worker else None
+        session_token = secrets.token_urlsafe(32)
+        session_id, requeued = await store.register(
+            req,
+            lease_ttl_s=core.lease_ttl_s,
+            token_hash=token_hash(session_token),
+            exclusive_s=core.gone_after_s if worker else None,
+            previous_hash=token_hash(previous) if previous else None,
+        )
         core.jobs_may_have_ended()  # leases it dropped on their last attempt are dead
         if requeued:
             core.jobs_may_be_available()
-        logger.bind(event=Event.BOT_REGISTERED, bot_id=req.bot_id, session_id=session_id).info(
-            "bot registered"
-        )
+        logger.bind(
+            event=Event.BOT_REGISTERED, bot_id=req.bot_id, role=caller.role, token=caller.name
+        ).info("bot registered")
         return json_response(
             RegisterResponse(
                 bot_id=req.bot_id,
@@ -198,18 +236,25 @@ def create_app(
                 heartbeat_interval_s=core.heartbeat_interval_s,
                 lease_ttl_s=core.lease_ttl_s,
                 server_version=__version__,
+                session_token=session_token,
             )
         )
 
     async def list_bots(request: Request) -> Response:
-        return json_response(BotList(bots=await store.list_bots()))
+        # The list never shows a session id or lease ids, whoever asks (lease_count does).
+        bots = [
+            attrs.evolve(bot, session_id=None, active_leases=[]) for bot in await store.list_bots()
+        ]
+        return json_response(BotList(bots=bots))
 
     async def get_bot(request: Request) -> Response:
-        return json_response(await store.get_bot(request.path_params["bot_id"]))
+        bot = await store.get_bot(request.path_params["bot_id"])
+        return json_response(shown_to(caller_of(request), bot))
 
     async def heartbeat(request: Request) -> Response:
         req = await decode(request, HeartbeatRequest)
         bot_id = request.path_params["bot_id"]
+        own_session(caller_of(request), bot_id, req.session_id)
         answer, requeued = await store.heartbeat(bot_id, req, lease_ttl_s=core.lease_ttl_s)
         if requeued:
             core.jobs_may_be_available()
@@ -225,6 +270,7 @@ def create_app(
             raise HttpError(
                 400, "invalid_request", "query parameter 'session_id' is required; send yours"
             )
+        own_session(caller_of(request), bot_id, session_id)
         requeued = await store.deregister(bot_id, session_id)
         if requeued:
             core.jobs_may_be_available()
@@ -311,12 +357,15 @@ def create_app(
 
     async def claim(request: Request) -> Response:
         req = await decode(request, ClaimRequest)
+        caller = caller_of(request)
+        own_session(caller, req.bot_id, req.session_id)
+        owner = caller.bot_id if caller.is_session else None
         gone = trio.Event()
         async with trio.open_nursery() as nursery:
             if req.wait_s > 0:
                 nursery.start_soon(watch_disconnect, request, gone)
             # Captured, so that a store error leaves this nursery as itself, not as a group.
-            claimed = await outcome.acapture(core.claim, req, gone=gone)
+            claimed = await outcome.acapture(core.claim, req, gone=gone, owner=owner)
             nursery.cancel_scope.cancel()
         answer = claimed.unwrap()
         if gone.is_set():
@@ -340,7 +389,8 @@ def create_app(
                 "invalid_request",
                 f"Ack: $.lease_id {body.lease_id!r} does not match the path's {lease_id!r}",
             )
-        result = await store.ack(body)
+        caller = caller_of(request)
+        result = await store.ack(body, owner=caller.bot_id if caller.is_session else None)
         core.metrics.acks.labels(status=result.status).inc()
         if result.status == "recorded":
             core.after_acks([body])
@@ -371,13 +421,21 @@ def create_app(
     routes = [
         Route("/", endpoint(dashboard, auth=False), methods=["GET"]),
         Route("/v1/health", endpoint(health, auth=False), methods=["GET"]),
-        Route("/v1/openapi.json", endpoint(openapi), methods=["GET"]),
-        Route("/v1/bots/register", endpoint(register), methods=["POST"]),
+        Route(
+            "/v1/openapi.json", endpoint(openapi, roles=ALL_ROLES, session=True), methods=["GET"]
+        ),
+        Route("/v1/bots/register", endpoint(register, roles=("worker",)), methods=["POST"]),
         Route("/v1/bots", endpoint(list_bots), methods=["GET"]),
-        Route("/v1/bots/{bot_id}", endpoint(get_bot), methods=["GET"]),
-        Route("/v1/bots/{bot_id}", endpoint(deregister), methods=["DELETE"]),
-        Route("/v1/bots/{bot_id}/heartbeat", endpoint(heartbeat), methods=["POST"]),
-        Route("/v1/jobs/claim", endpoint(claim), methods=["POST"]),
+        Route("/v1/bots/{bot_id}", endpoint(get_bot, session=True), methods=["GET"]),
+        Route(
+            "/v1/bots/{bot_id}", endpoint(deregister, roles=(), session=True), methods=["DELETE"]
+        ),
+        Route(
+            "/v1/bots/{bot_id}/heartbeat",
+            endpoint(heartbeat, roles=(), session=True),
+            methods=["POST"],
+        ),
+        Route("/v1/jobs/claim", endpoint(claim, roles=(), session=True), methods=["POST"]),
         Route("/v1/jobs", endpoint(submit), methods=["POST"]),
         Route("/v1/jobs/batch", endpoint(submit_batch), methods=["POST"]),
         # Before any /v1/jobs/{job_id} route: "retry" is no job_id.
@@ -387,9 +445,10 @@ def create_app(
         Route("/v1/jobs/{job_id}/cancel", endpoint(cancel_job), methods=["POST"]),
         Route("/v1/jobs/{job_id}/retry", endpoint(retry_job), methods=["POST"]),
         Route("/v1/stats", endpoint(stats), methods=["GET"]),
-        Route("/v1/leases/{lease_id}/ack", endpoint(ack), methods=["POST"]),
+        Route("/v1/leases/{lease_id}/ack", endpoint(ack, roles=(), session=True), methods=["POST"]),
         Route("/metrics", endpoint(metrics, auth=False), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.core = core
+    app.state.gate = gate
     return app

@@ -99,8 +99,12 @@ class ServerCore:
         """The job once it is final, or as it is after ``wait_s`` (see :meth:`JobWaits.wait`)."""
         return await self.waits.wait(job_id, wait_s, gone=gone)
 
-    async def claim(self, req: ClaimRequest, *, gone: trio.Event | None = None) -> ClaimResponse:
+    async def claim(
+        self, req: ClaimRequest, *, gone: trio.Event | None = None, owner: str | None = None
+    ) -> ClaimResponse:
         """Apply the acks and claim; if nothing is due, wait up to wait_s for a job.
+
+        ``owner``: acks of leases another bot id claimed reject the claim (Store.claim).
 
         Ends when: jobs were leased, ``wait_s`` passed, the server is closing, or ``gone``
         is set (the client went away: a claim that waits for nobody takes no job).
@@ -108,7 +112,7 @@ class ServerCore:
         """
         deadline = trio.current_time() + req.wait_s
         event = self._available
-        first = await self.store.claim(req, lease_ttl_s=self.lease_ttl_s)
+        first = await self.store.claim(req, lease_ttl_s=self.lease_ttl_s, owner=owner)
         self.after_acks(req.acks)
         jobs = first.jobs
         retry = attrs.evolve(req, acks=[])

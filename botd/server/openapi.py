@@ -99,7 +99,7 @@ ROUTES: tuple[RouteDoc, ...] = (
         "/v1/bots/register",
         "Register a bot (a new session)",
         models.RegisterRequest,
-        {200: models.RegisterResponse, 400: ErrorBody},
+        {200: models.RegisterResponse, 400: ErrorBody, 409: ErrorBody},
     ),
     RouteDoc("get", "/v1/bots", "List bots", None, {200: models.BotList}),
     RouteDoc("get", "/v1/bots/{bot_id}", "One bot", None, {200: models.BotInfo, 404: ErrorBody}),
@@ -196,8 +196,10 @@ _STATUS_TEXT = {
     204: "No Content",
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden (the call is outside the token's role), not_session_owner, not_lease_owner",
     404: "not found (unknown_bot, unknown_job, unknown_lease)",
-    409: "conflict (session_superseded, conflict, lease_lost, job_finished, job_not_retryable)",
+    409: "conflict (session_superseded, bot_id_in_use, conflict, lease_lost, job_finished,"
+    " job_not_retryable)",
     503: "degraded / store_unavailable",
 }
 
@@ -245,6 +247,10 @@ def _document(version: str) -> dict[str, Any]:
                 "description": _STATUS_TEXT[401],
                 "content": _json_content(error_ref),
             }
+            op["responses"]["403"] = {
+                "description": _STATUS_TEXT[403],
+                "content": _json_content(error_ref),
+            }
         else:
             op["security"] = []
         op["responses"].setdefault(
@@ -261,7 +267,15 @@ def _document(version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": defs,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token of the server (role worker, producer or admin),"
+                    " or a session token from a register answer (its session's calls);"
+                    " see docs/protocol.md, Auth",
+                }
+            },
         },
         "security": [{"bearer": []}],
     }

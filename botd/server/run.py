@@ -28,7 +28,8 @@ from .. import logs
 from ..errors import leaf_exceptions
 from ..events import Event
 from ..exit_codes import ExitCode
-from .app import core_of, create_app
+from .app import core_of, create_app, gate_of
+from .auth import Tokens, TokensFileError, load_tokens, loose_permissions
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S
 from .store import (
     Store,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 TOKEN_ENV = "BOTD_SERVER_TOKEN"
+TOKENS_FILE_ENV = "BOTD_SERVER_TOKENS_FILE"
 DB_ENV = "BOTD_SERVER_DB"
 DEFAULT_DB = "botd-server.db"
 DEFAULT_RETENTION_S = 7 * 86400.0
@@ -105,6 +107,8 @@ class ServerConfig:
     port: int = attrs.field(default=3001, validator=[attrs.validators.ge(0)])
     db: str = attrs.field(default=DEFAULT_DB, repr=False)
     token: str | None = attrs.field(default=None, repr=False)
+    #: A TOML file of tokens with roles (botd.server.auth), re-read on SIGHUP.
+    tokens_file: str | None = None
     lease_ttl: float = attrs.field(default=DEFAULT_LEASE_TTL_S, validator=_positive)
     heartbeat_interval: float = attrs.field(
         default=DEFAULT_HEARTBEAT_INTERVAL_S, validator=_positive
@@ -154,8 +158,11 @@ async def serve(
     in one nursery and calls ``task_status.started(url)`` with the bound URL.
     On ``shutdown``: long polls answer at once, hypercorn stops accepting and finishes
     in-flight requests (at most 5 s), the timer stops and the store is closed.
-    Errors: a port that cannot be bound raises OSError before ``started``.
+    With a tokens file, SIGHUP re-reads it (:func:`_reload_tokens_on_sighup`).
+    Errors: a port that cannot be bound raises OSError before ``started``; a tokens file
+    that cannot be used raises TokensFileError before anything starts.
     """
+    tokens = load_server_tokens(config)
     store = config.make_store()
     try:
         await store.open(lease_ttl_s=config.lease_ttl)
@@ -168,7 +175,7 @@ async def serve(
         raise
     app = create_app(
         store,
-        token=config.token,
+        tokens=tokens,
         lease_ttl_s=config.lease_ttl,
         heartbeat_interval_s=config.heartbeat_interval,
     )
@@ -191,6 +198,8 @@ async def serve(
             await nursery.start(core.run_timers)
             await nursery.start(store.watch, core.jobs_may_be_available)
             nursery.start_soon(core.run_pruning, config.retention)
+            if config.tokens_file is not None:
+                await nursery.start(_reload_tokens_on_sighup, config, app)
 
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 await hypercorn_serve(
@@ -212,12 +221,64 @@ async def serve(
     logger.bind(event=Event.SERVER_STOPPED).info("server stopped")
 
 
+def load_server_tokens(config: ServerConfig) -> Tokens:
+    """The tokens of ``--token`` and ``--tokens-file``; TokensFileError if the file is bad.
+
+    Logs a WARNING when the file is readable by its group or others, and registers every
+    token with the log's redactor.
+    """
+    entries = []
+    if config.tokens_file is not None:
+        entries = load_tokens(config.tokens_file)
+        loose = loose_permissions(config.tokens_file)
+        if loose is not None:
+            logger.bind(event=Event.TOKENS_FILE_READABLE, path=config.tokens_file).warning(
+                "the tokens file is readable by others: {}", loose
+            )
+    tokens = Tokens.of(config.token, entries)
+    setup = logs.LogSetup.installed()
+    if setup is not None:
+        for secret in tokens.secrets():
+            setup.add_secret(secret)
+    return tokens
+
+
+async def _reload_tokens_on_sighup(
+    config: ServerConfig,
+    app: object,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Re-read the tokens file at every SIGHUP; a bad file keeps the tokens in force and
+    logs an ERROR saying what is wrong (never a token)."""
+    from starlette.applications import Starlette
+
+    assert isinstance(app, Starlette)
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        task_status.started()
+        async for _ in hangups:
+            try:
+                tokens = load_server_tokens(config)
+            except TokensFileError as exc:
+                logger.bind(event=Event.TOKENS_RELOAD_FAILED, error=str(exc)).error(
+                    "the tokens file was not reloaded; the tokens in force stay: {}", exc
+                )
+                continue
+            gate = gate_of(app)
+            was = gate.tokens.summary()
+            gate.tokens = tokens
+            logger.bind(event=Event.TOKENS_RELOADED, roles=tokens.summary(), was=was).info(
+                "tokens reloaded"
+            )
+
+
 SERVER_EXIT_CODES = """\
 exit codes:
   0   stopped by SIGTERM or SIGINT (long polls answered, in-flight requests finished)
   1   cannot serve on --host:--port (the port is taken, or the address is not ours)
   2   bad flags
-  78  the database cannot be used (written by a newer botd, or not a botd database)
+  78  the database cannot be used (written by a newer botd, or not a botd database),
+      or the tokens file cannot be read or is not valid (the message names its entry)
 """
 
 
@@ -256,7 +317,16 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=None,
-        help=f"require 'Authorization: Bearer TOKEN' on /v1 (default: env {TOKEN_ENV})",
+        help="require 'Authorization: Bearer TOKEN' on /v1; an admin token (default: env"
+        f" {TOKEN_ENV}; a flag shows in ps: prefer the env or --tokens-file)",
+    )
+    parser.add_argument(
+        "--tokens-file",
+        default=os.environ.get(TOKENS_FILE_ENV) or None,
+        metavar="FILE",
+        help="a TOML file of [[tokens]] with role (worker, producer, admin), token and an"
+        " optional name; re-read on SIGHUP; keep it mode 600"
+        f" (default: env {TOKENS_FILE_ENV})",
     )
     parser.add_argument(
         "--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds (30)"
@@ -289,6 +359,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         db=args.db,
         token=token,
+        tokens_file=args.tokens_file,
         lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval,
         retention=args.retention,
@@ -339,12 +410,22 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     failures: list[str] = []
     refused: list[str] = []
+    bad_tokens: list[str] = []
     try:
         trio.run(serve_until_signalled, config)
+    except* TokensFileError as group:
+        bad_tokens = [str(exc) for exc in leaf_exceptions(group)]
     except* StoreError as group:
         refused = [str(exc) for exc in leaf_exceptions(group)]
     except* OSError as group:
         failures = [str(exc) for exc in leaf_exceptions(group)]
+    if bad_tokens:
+        for message in bad_tokens:
+            logger.bind(event=Event.TOKENS_FILE_INVALID, error=message).error(
+                "cannot use the tokens file"
+            )
+            print(f"botd server: {message}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
     if refused:
         for message in refused:
             logger.bind(event=Event.STORE_REFUSED, error=message).error("cannot use the database")

@@ -422,7 +422,10 @@ async def test_sessions_superseded_for_30s_register_fewer_than_10_times(
 )
 async def test_401_from_any_loop_stops_the_bot_with_78(autojump_clock: Any, path: str) -> None:
     # Concurrency 2: while the job runs, the next claim waits in its long poll, so the job's
-    # result is acked on its own (POST /v1/leases/{id}/ack).
+    # result is acked on its own (POST /v1/leases/{id}/ack). These calls go with the
+    # session's token: a 401 to it means the server forgot the session (an ack's 401 is
+    # retried: the heartbeat, refused too, finds out), so the bot registers again, with its
+    # own token, which the server refuses too: exit 78.
     async with bot(start=False, claim_wait=5.0, concurrency=2) as env:
         code: list[int] = []
 
@@ -431,7 +434,8 @@ async def test_401_from_any_loop_stops_the_bot_with_78(autojump_clock: Any, path
 
         env.nursery.start_soon(run)
         await env.wait_state(State.READY)
-        env.transport.faults = {path: "unauthorized"}
+        refused = (path, r"/heartbeat$", "/v1/bots/register")
+        env.transport.faults = dict.fromkeys(refused, "unauthorized")
         if path == r"/ack$":
             await env.submit(1)
         with trio.fail_after(120):
@@ -439,6 +443,21 @@ async def test_401_from_any_loop_stops_the_bot_with_78(autojump_clock: Any, path
                 await trio.sleep(0.1)
         assert code == [ExitCode.CONFIG] == [78]
         assert env.states()[-2:] == ["shutting_down", "stopped"]
+
+
+async def test_a_refused_session_token_means_register_again(autojump_clock: Any) -> None:
+    # A server that forgot the session (a new database, a session superseded long ago)
+    # answers 401 to its token: the bot registers again with its own token and goes on.
+    async with bot() as env:
+        await env.wait_state(State.READY)
+        before = env.transport.count("/v1/bots/register")
+        env.transport.faults = {r"/heartbeat$": "unauthorized"}
+        with trio.fail_after(60):
+            while env.transport.count("/v1/bots/register") == before:
+                await trio.sleep(0.1)
+        env.transport.faults = {}
+        await env.wait_state(State.READY, State.PROCESSING)
+        assert env.agent.exit_code == 0
 
 
 # --- ephemeral bots: BOT_ONCE and BOT_DISCONNECT_AFTER_IDLE ---------------------------------

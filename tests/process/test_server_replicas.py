@@ -91,6 +91,7 @@ def test_replicas_started_together_on_an_empty_database_both_come_up(
         assert conn.execute("SELECT version FROM botd_schema ORDER BY version").fetchall() == [
             (1,),
             (2,),
+            (3,),
         ]
     migrated = [p for p, _ in replicas if p.events("schema_migrated")]
     assert len(migrated) == 1, "one replica migrated, the other waited for the lock"
@@ -103,7 +104,7 @@ def test_a_newer_schema_exits_78_and_says_so(procs: Procs, pg_dsn: str) -> None:
     (port,) = free_ports(1)
     proc = procs.server("newer", port, pg_dsn)
     assert proc.wait(timeout=30) == 78
-    assert "schema version 999, newer than this botd's 2" in proc.err()
+    assert "schema version 999, newer than this botd's 3" in proc.err()
 
 
 async def test_a_long_poll_on_one_replica_wakes_on_a_submit_to_another(

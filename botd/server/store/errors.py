@@ -17,9 +17,11 @@ __all__ = [
     "StoreIncompatible",
     "StoreRejected",
     "StoreUnavailable",
+    "bot_id_in_use",
     "job_finished",
     "job_not_retryable",
     "newer_schema",
+    "not_lease_owner",
     "session_problem",
     "superseded",
     "unknown_bot",
@@ -84,6 +86,30 @@ def session_problem(
             holder,
         )
     return None
+
+
+def bot_id_in_use(bot_id: str, holder: SessionHolder) -> StoreRejected:
+    """A worker's register for a bot id whose session is alive, without its token."""
+    return StoreRejected(
+        409,
+        "bot_id_in_use",
+        f"bot id {bot_id!r} is in use by a live session, registered by host"
+        f" {holder.hostname!r} pid {holder.pid} at {holder.since}: give each bot a bot id of"
+        " its own, or send that session's token as 'previous_session_token' to continue it;"
+        " the id is free once that session deregisters or goes silent",
+        holder,
+    )
+
+
+def not_lease_owner(lease_ids: list[str], bot_id: str) -> StoreRejected:
+    """Acks (or releases) of leases that another bot's session holds."""
+    shown = ", ".join(repr(x) for x in lease_ids[:3]) + (" ..." if len(lease_ids) > 3 else "")
+    return StoreRejected(
+        403,
+        "not_lease_owner",
+        f"lease {shown} is not held by bot {bot_id!r}: only the bot that claimed a lease may"
+        " ack, renew or release it; nothing was changed",
+    )
 
 
 def unknown_job(job_id: str) -> StoreRejected:

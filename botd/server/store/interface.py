@@ -40,7 +40,7 @@ __all__ = ["BOT_STATUSES", "PRUNE_BATCH", "SCHEMA_VERSION", "ExpiryReport", "Sto
 BOT_STATUSES: tuple[str, ...] = ("active", "gone", "deregistered")
 #: The schema this botd writes. A database with a higher version was written by a newer
 #: botd: the server refuses it (exit 78) rather than corrupt it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: How many finished jobs one pruning statement deletes (a batch keeps each one short).
 PRUNE_BATCH = 1000
 
@@ -88,8 +88,26 @@ class Store(Protocol):
         Runs until cancelled. A store that only one process uses has nothing to watch.
         """
 
-    async def register(self, req: RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
-        """Start a new session for ``req.bot_id``; returns (session_id, jobs requeued)."""
+    async def register(
+        self,
+        req: RegisterRequest,
+        *,
+        lease_ttl_s: float,
+        token_hash: str | None = None,
+        exclusive_s: float | None = None,
+        previous_hash: str | None = None,
+    ) -> tuple[str, int]:
+        """Start a new session for ``req.bot_id``; returns (session_id, jobs requeued).
+
+        ``token_hash``: the SHA-256 of the session's token, kept for :meth:`session_of`.
+        ``exclusive_s``: when set (a worker's register), a bot id whose session was heard
+        from within that many seconds and did not deregister is refused with 409
+        ``bot_id_in_use`` naming its holder, unless ``previous_hash`` is the hash of that
+        live session's token. None (an admin's register) supersedes the session (v1).
+        """
+
+    async def session_of(self, token_hash: str) -> tuple[str, str] | None:
+        """The (bot_id, session_id) of the session whose token has ``token_hash``, or None."""
 
     async def get_bot(self, bot_id: str) -> BotInfo:
         """The bot, or 404 unknown_bot."""
@@ -152,15 +170,20 @@ class Store(Protocol):
     async def queue_depth(self) -> dict[str, int]:
         """How many queued jobs of each kind are due. Kinds with none are absent."""
 
-    async def claim(self, req: ClaimRequest, *, lease_ttl_s: float) -> ClaimResponse:
-        """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting)."""
+    async def claim(
+        self, req: ClaimRequest, *, lease_ttl_s: float, owner: str | None = None
+    ) -> ClaimResponse:
+        """Apply ``req.acks``, then lease up to ``req.max_jobs`` queued jobs (no waiting).
+
+        ``owner``: when set, an ack of a lease claimed by another bot id rejects the whole
+        request (403 ``not_lease_owner``) and nothing changes."""
 
     async def release(self, lease_ids: Sequence[str]) -> int:
         """Give back leases whose claim answer never reached the bot, without spending
         their attempts; returns how many jobs went back to the queue."""
 
-    async def ack(self, ack: Ack) -> AckResult:
-        """Apply one ack and say what happened to it."""
+    async def ack(self, ack: Ack, *, owner: str | None = None) -> AckResult:
+        """Apply one ack and say what happened to it (``owner``: as for :meth:`claim`)."""
 
     async def expire(self, *, gone_after_s: float) -> ExpiryReport:
         """Expire leases past their deadline and mark silent bots gone."""

@@ -31,8 +31,10 @@ from ... import models
 from ...timestamps import parse_rfc3339, rfc3339_of
 from . import records
 from .errors import (
+    bot_id_in_use,
     job_finished,
     job_not_retryable,
+    not_lease_owner,
     session_problem,
     superseded,
     unknown_bot,
@@ -260,10 +262,20 @@ class PostgresStore(PostgresDatabase):
             self._notify(conn)
         return ends
 
-    async def register(self, req: models.RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+    async def register(
+        self,
+        req: models.RegisterRequest,
+        *,
+        lease_ttl_s: float,
+        token_hash: str | None = None,
+        exclusive_s: float | None = None,
+        previous_hash: str | None = None,
+    ) -> tuple[str, int]:
         """See :meth:`Store.register`."""
 
         def run(conn: Conn) -> tuple[str, int]:
+            if exclusive_s is not None:
+                self._check_free(conn, req.bot_id, exclusive_s, previous_hash)
             session_id = records.new_id()
             conn.execute(
                 "INSERT INTO bots (bot_id, session_id, status, state, capacity, hostname,"
@@ -276,6 +288,16 @@ class PostgresStore(PostgresDatabase):
                 " registered_at = excluded.registered_at",
                 records.registration(req, session_id),
             )
+            if token_hash is not None:
+                conn.execute(
+                    "DELETE FROM sessions WHERE bot_id = %s"
+                    " AND created_at < now() - %s * interval '1 second'",
+                    (req.bot_id, records.SESSION_TOKEN_KEEP_S),
+                )
+                conn.execute(
+                    "INSERT INTO sessions (token_hash, bot_id, session_id) VALUES (%s, %s, %s)",
+                    (token_hash, req.bot_id, session_id),
+                )
             held = self._held(conn, req.bot_id)
             listed = set(req.active_leases)
             keep = [lease for lease in held if lease in listed]
@@ -292,6 +314,58 @@ class PostgresStore(PostgresDatabase):
             return session_id, len(ended.requeue)
 
         return await self._run(run)
+
+    @staticmethod
+    def _check_free(conn: Conn, bot_id: str, exclusive_s: float, previous_hash: str | None) -> None:
+        """Refuse (409 bot_id_in_use) a bot id whose session is alive and not proven ours
+        (the bot's row locked, so two registers of one id take turns)."""
+        row = conn.execute(
+            "SELECT session_id, hostname, pid, registered_at,"
+            " status <> 'deregistered' AND last_seen > now() - %s * interval '1 second'"
+            " FROM bots WHERE bot_id = %s FOR UPDATE",
+            (exclusive_s, bot_id),
+        ).fetchone()
+        if row is None or not row[4]:
+            return
+        if previous_hash is not None:
+            proof = conn.execute(
+                "SELECT 1 FROM sessions WHERE token_hash = %s AND bot_id = %s AND session_id = %s",
+                (previous_hash, bot_id, row[0]),
+            ).fetchone()
+            if proof is not None:
+                return
+        holder = models.SessionHolder(hostname=row[1], pid=row[2], since=rfc3339_of(row[3]))
+        raise bot_id_in_use(bot_id, holder)
+
+    async def session_of(self, token_hash: str) -> tuple[str, str] | None:
+        """See :meth:`Store.session_of`."""
+
+        def run(conn: Conn) -> tuple[str, str] | None:
+            row = conn.execute(
+                "SELECT bot_id, session_id FROM sessions WHERE token_hash = %s", (token_hash,)
+            ).fetchone()
+            return None if row is None else (str(row[0]), str(row[1]))
+
+        return await self._run(run)
+
+    @staticmethod
+    def _check_owner(conn: Conn, acks: Sequence[models.Ack], owner: str) -> None:
+        """403 not_lease_owner when an ack's lease was claimed by another bot id (the
+        latest lease on its job's row, or a retired one in ``leases``)."""
+        ids = list(dict.fromkeys(a.lease_id for a in acks))
+        jobs = _ids(sorted({_job_of(lease) for lease in ids}))
+        foreign = [
+            lease
+            for (lease,) in conn.execute(
+                f"SELECT lease_id FROM jobs WHERE job_id = ANY({_id_array('%s')})"
+                f" AND lease_id = ANY({_id_array('%s')}) AND bot_id IS DISTINCT FROM %s"
+                f" UNION SELECT lease_id FROM leases WHERE lease_id = ANY({_id_array('%s')})"
+                " AND bot_id <> %s",
+                (jobs, _ids(ids), owner, _ids(ids), owner),
+            )
+        ]
+        if foreign:
+            raise not_lease_owner(sorted(foreign), owner)
 
     def _bots(self, conn: Conn, bot_id: str | None) -> list[models.BotInfo]:
         leases = "SELECT bot_id, lease_id FROM jobs WHERE lease_state = 'active'{bot} ORDER BY seq"
@@ -679,11 +753,15 @@ class PostgresStore(PostgresDatabase):
             self._notify(conn)
         return results
 
-    async def claim(self, req: models.ClaimRequest, *, lease_ttl_s: float) -> models.ClaimResponse:
+    async def claim(
+        self, req: models.ClaimRequest, *, lease_ttl_s: float, owner: str | None = None
+    ) -> models.ClaimResponse:
         """See :meth:`Store.claim`: the acks in one statement, the claim in another."""
 
         def run(conn: Conn) -> models.ClaimResponse:
             self._touch(conn, req.bot_id, req.session_id, None)
+            if owner is not None and req.acks:
+                self._check_owner(conn, req.acks, owner)
             acks = self._apply_acks(conn, req.acks) if req.acks else []
             if req.max_jobs <= 0 or (req.kinds is not None and not req.kinds):
                 return models.ClaimResponse(jobs=[], acks=acks)
@@ -715,9 +793,15 @@ class PostgresStore(PostgresDatabase):
         ends = await self._run(lambda conn: self._end_leases(conn, lease_ids, spend=False))
         return len(ends.requeue)
 
-    async def ack(self, ack: models.Ack) -> models.AckResult:
+    async def ack(self, ack: models.Ack, *, owner: str | None = None) -> models.AckResult:
         """See :meth:`Store.ack`."""
-        return (await self._run(lambda conn: self._apply_acks(conn, [ack])))[0]
+
+        def run(conn: Conn) -> models.AckResult:
+            if owner is not None:
+                self._check_owner(conn, [ack], owner)
+            return self._apply_acks(conn, [ack])[0]
+
+        return await self._run(run)
 
     async def expire(self, *, gone_after_s: float) -> ExpiryReport:
         """See :meth:`Store.expire`. Every replica runs it; SKIP LOCKED shares the work, and

@@ -108,8 +108,20 @@ ALTER TABLE jobs ADD COLUMN run_at timestamptz,
     ADD COLUMN retry_max_s double precision;
 """
 
+#: Version 3: session tokens. A session's token is kept only as its SHA-256, so that a
+#: request bearing it is that session (superseded ones are deleted an hour later).
+_SCHEMA_V3 = """
+CREATE TABLE sessions (
+    token_hash text COLLATE "C" PRIMARY KEY,
+    bot_id text COLLATE "C" NOT NULL,
+    session_id text COLLATE "C" NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sessions_bot ON sessions (bot_id);
+"""
+
 #: Schema migrations: (version, SQL). Each one runs once, in order, under the lock.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_V1), (2, _SCHEMA_V2))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3))
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 

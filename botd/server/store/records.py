@@ -9,6 +9,7 @@ checks for tests and audits. The stores name it ``records`` (``records.job_view`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "FINAL_STATUSES_SQL",
     "JOB_COLUMNS",
     "RETRYABLE_STATUSES",
+    "SESSION_TOKEN_KEEP_S",
     "STATS_SQL",
     "Execute",
     "When",
@@ -46,6 +48,7 @@ __all__ = [
     "read_bots",
     "registration",
     "stats_of",
+    "token_hash",
 ]
 
 #: The final job statuses, as an SQL list (pruning deletes only these).
@@ -147,6 +150,7 @@ def bot_infos(
             labels=json.loads(r[-2]),
             last_seen=when(r[-1]),
             active_leases=held.get(r[0], []),
+            lease_count=len(held.get(r[0], [])),
         )
         for r in rows
     ]
@@ -174,6 +178,16 @@ def registration(req: RegisterRequest, session_id: str) -> tuple[Any, ...]:
     version, pid, labels (both stores' upserts of the bot start with these)."""
     labels = json.dumps(req.labels)
     return (req.bot_id, session_id, req.capacity, req.hostname, req.version, req.pid, labels)
+
+
+def token_hash(token: str) -> str:
+    """What a store keeps of a session token: its SHA-256, in hex (never the token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+#: Superseded sessions' tokens are kept this long (they answer 409 session_superseded),
+#: then forgotten at the bot's next registration (401 unauthorized, and the bot registers).
+SESSION_TOKEN_KEEP_S = 3600.0
 
 
 def claimed_job(

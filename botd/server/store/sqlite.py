@@ -97,10 +97,31 @@ class SqliteStore:
         task_status.started()
         await trio.sleep_forever()
 
-    async def register(self, req: models.RegisterRequest, *, lease_ttl_s: float) -> tuple[str, int]:
+    async def register(
+        self,
+        req: models.RegisterRequest,
+        *,
+        lease_ttl_s: float,
+        token_hash: str | None = None,
+        exclusive_s: float | None = None,
+        previous_hash: str | None = None,
+    ) -> tuple[str, int]:
         """See :meth:`Store.register`."""
         at = self._moment()
-        return await self._run(lambda: self.backend.register(req, at, lease_ttl_s))
+        return await self._run(
+            lambda: self.backend.register(
+                req,
+                at,
+                lease_ttl_s,
+                token_hash=token_hash,
+                exclusive_s=exclusive_s,
+                previous_hash=previous_hash,
+            )
+        )
+
+    async def session_of(self, token_hash: str) -> tuple[str, str] | None:
+        """See :meth:`Store.session_of`."""
+        return await self._run(lambda: self.backend.session_of(token_hash))
 
     async def get_bot(self, bot_id: str) -> models.BotInfo:
         """See :meth:`Store.get_bot`."""
@@ -166,15 +187,17 @@ class SqliteStore:
         at = self._moment()
         return await self._run(lambda: self.backend.stats(at))
 
-    async def claim(self, req: models.ClaimRequest, *, lease_ttl_s: float) -> models.ClaimResponse:
+    async def claim(
+        self, req: models.ClaimRequest, *, lease_ttl_s: float, owner: str | None = None
+    ) -> models.ClaimResponse:
         """See :meth:`Store.claim`."""
         at = self._moment()
-        return await self._run(lambda: self.backend.claim(req, at, lease_ttl_s))
+        return await self._run(lambda: self.backend.claim(req, at, lease_ttl_s, owner))
 
-    async def ack(self, ack: models.Ack) -> models.AckResult:
+    async def ack(self, ack: models.Ack, *, owner: str | None = None) -> models.AckResult:
         """See :meth:`Store.ack`."""
         at = self._moment()
-        return await self._run(lambda: self.backend.ack(ack, at))
+        return await self._run(lambda: self.backend.ack(ack, at, owner))
 
     async def expire(self, *, gone_after_s: float) -> ExpiryReport:
         """See :meth:`Store.expire`."""

@@ -22,8 +22,10 @@ from ...timestamps import parse_rfc3339, rfc3339
 from . import records
 from .errors import (
     StoreUnavailable,
+    bot_id_in_use,
     job_finished,
     job_not_retryable,
+    not_lease_owner,
     session_problem,
     unknown_bot,
     unknown_job,
@@ -266,14 +268,25 @@ class SqliteBackend:
         return ends.report()
 
     def register(
-        self, req: models.RegisterRequest, at: Moment, lease_ttl_s: float
+        self,
+        req: models.RegisterRequest,
+        at: Moment,
+        lease_ttl_s: float,
+        *,
+        token_hash: str | None = None,
+        exclusive_s: float | None = None,
+        previous_hash: str | None = None,
     ) -> tuple[str, int]:
         """New session; listed held leases move to it, the bot's other leases end (spent).
 
+        With ``exclusive_s``, a live session of the bot id that ``previous_hash`` does not
+        prove is ours refuses the registration (409 bot_id_in_use; see Store.register).
         Returns the new session_id and how many jobs went back to the queue.
         """
 
         def run(conn: sqlite3.Connection) -> tuple[str, int]:
+            if exclusive_s is not None:
+                self._check_free(conn, req.bot_id, at, exclusive_s, previous_hash)
             session_id = records.new_id()
             held = self._held(conn, req.bot_id)
             listed = set(req.active_leases)
@@ -295,9 +308,73 @@ class SqliteBackend:
                 " seen_at = excluded.seen_at, registered_at = excluded.registered_at",
                 (*records.registration(req, session_id), at.wall, at.mono, at.wall),
             )
+            if token_hash is not None:
+                conn.execute(
+                    "DELETE FROM sessions WHERE bot_id = ? AND created_at < ?",
+                    (req.bot_id, at.wall - records.SESSION_TOKEN_KEEP_S),
+                )
+                conn.execute(
+                    "INSERT INTO sessions (token_hash, bot_id, session_id, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (token_hash, req.bot_id, session_id, at.wall),
+                )
             return session_id, ended.requeued
 
         return self._tx(run)
+
+    @staticmethod
+    def _check_free(
+        conn: sqlite3.Connection,
+        bot_id: str,
+        at: Moment,
+        exclusive_s: float,
+        previous_hash: str | None,
+    ) -> None:
+        """Refuse (409 bot_id_in_use) a bot id whose session is alive and not proven ours."""
+        row = conn.execute(
+            "SELECT session_id, hostname, pid, registered_at FROM bots WHERE bot_id = ?"
+            " AND status <> 'deregistered' AND seen_at > ?",
+            (bot_id, at.mono - exclusive_s),
+        ).fetchone()
+        if row is None:
+            return
+        if previous_hash is not None:
+            proof = conn.execute(
+                "SELECT 1 FROM sessions WHERE token_hash = ? AND bot_id = ? AND session_id = ?",
+                (previous_hash, bot_id, row[0]),
+            ).fetchone()
+            if proof is not None:
+                return
+        holder = models.SessionHolder(hostname=row[1], pid=row[2], since=rfc3339(row[3]))
+        raise bot_id_in_use(bot_id, holder)
+
+    def session_of(self, token_hash: str) -> tuple[str, str] | None:
+        """The (bot_id, session_id) whose session token has ``token_hash``, or None."""
+
+        def run(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            row = conn.execute(
+                "SELECT bot_id, session_id FROM sessions WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return self._tx(run)
+
+    @staticmethod
+    def _check_owner(conn: sqlite3.Connection, acks: Sequence[models.Ack], owner: str) -> None:
+        """403 not_lease_owner when an ack's lease was claimed by another bot id."""
+        ids = list(dict.fromkeys(a.lease_id for a in acks))
+        foreign: list[str] = []
+        for part in _chunks(ids):
+            foreign += [
+                lease
+                for (lease,) in conn.execute(
+                    f"SELECT lease_id FROM leases WHERE lease_id IN ({_marks(len(part))})"
+                    " AND bot_id <> ?",
+                    (*part, owner),
+                )
+            ]
+        if foreign:
+            raise not_lease_owner(foreign, owner)
 
     def _bots(self, conn: sqlite3.Connection, bot_id: str | None) -> list[models.BotInfo]:
         leases = "SELECT bot_id, lease_id FROM leases WHERE state = 'active'{bot} ORDER BY rowid"
@@ -580,12 +657,20 @@ class SqliteBackend:
         return results
 
     def claim(
-        self, req: models.ClaimRequest, at: Moment, lease_ttl_s: float
+        self,
+        req: models.ClaimRequest,
+        at: Moment,
+        lease_ttl_s: float,
+        owner: str | None = None,
     ) -> models.ClaimResponse:
-        """Apply the acks, then lease up to max_jobs due queued jobs: priority, then age."""
+        """Apply the acks, then lease up to max_jobs due queued jobs: priority, then age.
+
+        ``owner``: acks of leases another bot id claimed reject the claim (403)."""
 
         def run(conn: sqlite3.Connection) -> models.ClaimResponse:
             self._session(conn, req.bot_id, req.session_id)
+            if owner is not None and req.acks:
+                self._check_owner(conn, req.acks, owner)
             self._seen(conn, req.bot_id, at, None)
             acks = self._apply_acks(conn, req.acks, at) if req.acks else []
             if req.max_jobs <= 0:
@@ -635,9 +720,15 @@ class SqliteBackend:
         """Give back active leases without spending their attempts; jobs requeued."""
         return self._tx(lambda conn: self._end_leases(conn, lease_ids, spend=False, at=at).requeued)
 
-    def ack(self, ack: models.Ack, at: Moment) -> models.AckResult:
-        """Apply one ack (see the protocol's ack semantics)."""
-        return self._tx(lambda conn: self._apply_acks(conn, [ack], at)[0])
+    def ack(self, ack: models.Ack, at: Moment, owner: str | None = None) -> models.AckResult:
+        """Apply one ack (see the protocol's ack semantics); ``owner`` as for :meth:`claim`."""
+
+        def run(conn: sqlite3.Connection) -> models.AckResult:
+            if owner is not None:
+                self._check_owner(conn, [ack], owner)
+            return self._apply_acks(conn, [ack], at)[0]
+
+        return self._tx(run)
 
     def expire(self, at: Moment, gone_after_s: float) -> ExpiryReport:
         """Expire active leases whose deadline passed; mark bots silent for gone_after_s gone."""

@@ -1,5 +1,6 @@
 """The SQLite store's schema: its tables, and the migration of a database written by an
-earlier botd (columns added since). A database written by a newer botd is refused
+earlier botd (columns and tables added since: the ``sessions`` table of version 3 is made
+by the schema's ``CREATE TABLE IF NOT EXISTS``). A database written by a newer botd is refused
 (:class:`~.errors.StoreIncompatible`, exit 78).
 
 A job's ``not_before`` (when it is due) is on the server's monotonic clock, which means
@@ -71,6 +72,15 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_active ON leases (state, expires);
 CREATE INDEX IF NOT EXISTS leases_bot ON leases (bot_id, state);
+-- Since version 3: the SHA-256 of each session's token (never the token), so that a
+-- request bearing it is that session.
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    bot_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_bot ON sessions (bot_id);
 """
 
 

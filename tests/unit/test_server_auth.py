@@ -1,0 +1,103 @@
+"""The server's tokens file and token table (botd.server.auth): parsing, errors that name
+the entry and never a token, permissions, and matching."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from botd.server.auth import (
+    Tokens,
+    TokensFileError,
+    load_tokens,
+    loose_permissions,
+    parse_tokens,
+)
+
+GOOD = """
+# the fleet's tokens
+[[tokens]]
+role = "worker"
+name = "fleet"
+token = "worker-token-0123456789"
+
+[[tokens]]
+role = "producer"
+token = "producer-token-0123456789"
+"""
+
+
+def test_a_toml_file_gives_roles_and_names() -> None:
+    entries = parse_tokens(GOOD, "tokens.toml")
+    assert [(e.role, e.name) for e in entries] == [("worker", "fleet"), ("producer", "")]
+    assert "worker-token" not in repr(entries)
+
+
+SECRET = "the-secret-token-value-1234"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (f'[[tokens]]\nrole = "worker"\ntoken = "{SECRET}"\n\n[[tokens]]\nrole = "boss"\n'
+         f'token = "{SECRET}x"\n', "entry 2, line 5: 'role' must be one of worker, producer"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET}"\ncolour = "red"\n', "unknown key"),
+        ('[[tokens]]\nrole = "admin"\ntoken = "short"\n', "16 to 512 characters"),
+        ('[[tokens]]\nrole = "admin"\n', "'token' is missing"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET}"\n[[tokens]]\nrole = "worker"\n'
+         f'token = "{SECRET}"\n', "repeats an earlier token"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET} x"\n', "whitespace"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = {SECRET}\n', "not valid TOML"),
+        (f'token = "{SECRET}"\n', "unknown key 'token'"),
+    ],
+)  # fmt: skip
+def test_a_bad_file_names_the_entry_and_never_the_token(text: str, says: str) -> None:
+    with pytest.raises(TokensFileError) as caught:
+        parse_tokens(text, "/etc/botd/tokens.toml")
+    message = str(caught.value)
+    assert message.startswith("/etc/botd/tokens.toml: ")
+    assert says in message
+    assert SECRET not in message and "short" not in message
+
+
+def test_a_missing_or_unreadable_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(TokensFileError, match="no such file"):
+        load_tokens(tmp_path / "nope.toml")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe" + SECRET.encode())
+    with pytest.raises(TokensFileError, match="cannot read it") as caught:
+        load_tokens(binary)
+    assert SECRET not in str(caught.value)
+
+
+def test_loose_permissions_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(GOOD)
+    os.chmod(path, 0o600)
+    assert loose_permissions(path) is None
+    os.chmod(path, 0o644)
+    why = loose_permissions(path)
+    assert why is not None and "chmod 600" in why and "-rw-r--r--" in why
+
+
+def test_the_single_token_is_admin_and_no_token_is_dev_mode() -> None:
+    assert Tokens().open and Tokens.of(None).open
+    tokens = Tokens.of("single-admin-token", parse_tokens(GOOD, "t"))
+    assert not tokens.open
+    entry = tokens.match("single-admin-token")
+    assert entry is not None and entry.role == "admin"
+    assert tokens.summary() == {"worker": 1, "producer": 1, "admin": 1}
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_only_a_known_token_matches(given_token: str) -> None:
+    tokens = Tokens.of("single-admin-token", parse_tokens(GOOD, "t"))
+    known = {"single-admin-token", "worker-token-0123456789", "producer-token-0123456789"}
+    entry = tokens.match(given_token)
+    assert (entry is not None) == (given_token in known)
+    if entry is not None:
+        assert entry.token == given_token
