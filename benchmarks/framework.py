@@ -10,8 +10,9 @@ own work (decoding, the store, encoding, metrics).
 ``python -m benchmarks.framework drive URL --mode echo|claim --requests N`` is the client of
 both: httpx, one ``AsyncClient``, one connection, one request at a time, as the minimal loop
 (benchmarks/minimal_bot.py, figure 8). ``claim`` registers and then claims one job per
-request with the previous job's ack piggybacked (figure 8 at batch 1); ``echo`` posts a body
-of the same shape. It times its own requests (``time.perf_counter``) and prints one JSON
+request (with the minimal loop's long poll, ``wait_s`` 20, never waited out: jobs are due)
+with the previous job's ack piggybacked (figure 8 at batch 1); ``echo`` posts a body of the
+same shape. It times its own requests (``time.perf_counter``) and prints one JSON
 line: ``{"mode", "requests", "seconds", "requests_per_s"}``.
 """
 
@@ -105,7 +106,13 @@ async def drive(url: str, mode: str, requests: int) -> dict[str, Any]:
         acks: list[dict[str, Any]] = []
         start = time.perf_counter()
         for _ in range(requests):
-            body = {"bot_id": bot_id, "session_id": session, "max_jobs": 1, "acks": acks}
+            body = {
+                "bot_id": bot_id,
+                "session_id": session,
+                "max_jobs": 1,
+                "wait_s": 20.0,  # the minimal loop's long poll: jobs are due, so never waited
+                "acks": acks,
+            }
             response = await client.post(path, json=body)
             response.raise_for_status()
             jobs = response.json()["jobs"]
