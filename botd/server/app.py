@@ -311,12 +311,15 @@ def create_app(
 
     async def claim(request: Request) -> Response:
         req = await decode(request, ClaimRequest)
+        pending = await core.start_claim(req)
+        if pending.answer is not None:
+            # Over at once (jobs leased, or no wait): no long poll, so nothing to watch.
+            return json_response(pending.answer)
         gone = trio.Event()
         async with trio.open_nursery() as nursery:
-            if req.wait_s > 0:
-                nursery.start_soon(watch_disconnect, request, gone)
+            nursery.start_soon(watch_disconnect, request, gone)
             # Captured, so that a store error leaves this nursery as itself, not as a group.
-            claimed = await outcome.acapture(core.claim, req, gone=gone)
+            claimed = await outcome.acapture(pending.wait, gone=gone)
             nursery.cancel_scope.cancel()
         answer = claimed.unwrap()
         if gone.is_set():
@@ -341,7 +344,7 @@ def create_app(
                 f"Ack: $.lease_id {body.lease_id!r} does not match the path's {lease_id!r}",
             )
         result = await store.ack(body)
-        core.metrics.acks.labels(status=result.status).inc()
+        core.metrics.ack_results[result.status].inc()
         if result.status == "recorded":
             core.after_acks([body])
         if result.status in ("recorded", "duplicate"):
