@@ -360,3 +360,41 @@ async def test_a_put_during_a_commit_returns_only_once_its_own_entry_is_committe
     for lease in ("a", "b", "c"):
         assert f"lease-{lease}" in seen_at_return[lease], lease
     await outbox.close()
+
+
+async def test_only_forgetting_skips_the_fsync_and_every_put_stays_fsynced(tmp_path: Path) -> None:
+    """A removal (the server has the ack) or an attempt count commits without an fsync; the
+    connection is back to synchronous=FULL for every put after it, also after a failure."""
+    outbox = await Outbox.open(tmp_path)
+    store = outbox._store
+    assert store is not None and store.conn is not None
+    seen: list[int] = []
+    real_write = store._write
+
+    def write(doing: str, fn: Any, *, durable: bool = True) -> Any:
+        assert store.conn is not None
+
+        def spy(conn: sqlite3.Connection) -> Any:
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            return fn(conn)
+
+        return real_write(doing, spy, durable=durable)
+
+    store._write = write  # type: ignore[method-assign]
+    await outbox.put("job-1", ack(1))
+    await outbox.put("job-2", ack(2))
+    await outbox.mark_attempted(["lease-1"])
+    await outbox.remove(["lease-1"])
+    await outbox.put("job-3", ack(3))
+    assert seen == [2, 2, 1, 1, 2]  # FULL, FULL, NORMAL, NORMAL, FULL
+
+    def boom(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(StateDirError):
+        real_write("remove results", boom, durable=False)
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    await outbox.close()
+    reopened = await Outbox.open(tmp_path)
+    assert reopened.leases() == ["lease-2", "lease-3"]
+    await reopened.close()
