@@ -398,3 +398,32 @@ async def test_only_forgetting_skips_the_fsync_and_every_put_stays_fsynced(tmp_p
     reopened = await Outbox.open(tmp_path)
     assert reopened.leases() == ["lease-2", "lease-3"]
     await reopened.close()
+
+
+async def test_puts_that_finish_in_one_scheduler_turn_share_one_commit(tmp_path: Path) -> None:
+    """A claim's batch of jobs that end together is one fsync, not the first job's alone and
+    then the others'; each put still returns only once its entry is committed."""
+    outbox = await Outbox.open(tmp_path)
+    store = outbox._store
+    assert store is not None
+    commits: list[int] = []
+    real_put_many = store.put_many
+
+    def put_many(entries: list[OutboxEntry]) -> None:
+        commits.append(len(entries))
+        real_put_many(entries)
+
+    store.put_many = put_many  # type: ignore[method-assign]
+    returned: list[str] = []
+
+    async def put(n: int) -> None:
+        assert await outbox.put(f"job-{n}", ack(n))
+        assert f"lease-{n}" in outbox.leases()  # committed when it returns
+        returned.append(f"lease-{n}")
+
+    async with trio.open_nursery() as nursery:
+        for n in range(32):
+            nursery.start_soon(put, n)
+    assert commits == [32]
+    assert sorted(returned) == sorted(outbox.leases())
+    await outbox.close()
