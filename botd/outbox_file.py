@@ -1,7 +1,9 @@
 """The outbox's file in ``BOT_STATE_DIR``: the directory's checks, the lock, the SQLite schema,
 and each write in one transaction.
 
-``<state_dir>/outbox.sqlite3`` (WAL, ``synchronous=FULL``) holds one row per unreported ack;
+``<state_dir>/outbox.sqlite3`` (WAL, ``synchronous=FULL``: every put is fsynced; only a
+removal of what the server recorded, or an attempt count, commits without one) holds one row
+per unreported ack;
 ``<state_dir>/lock`` (an ``flock``) keeps two bots from sharing one state dir. Synchronous:
 :class:`botd.outbox.Outbox` calls it from a worker thread. Every failure raises
 :class:`~botd.errors.StateDirError` naming the path and what to do.
