@@ -7,7 +7,7 @@ import sys
 import trio
 
 from .common import Fleet, Server, rss_mb, submit_many, wait_until
-from .report import Figure, fmt
+from .report import Figure, at_most, fmt, judged
 
 
 async def _run_jobs(fleet: Fleet, server: Server, count: int, total: int) -> None:
@@ -41,6 +41,11 @@ async def memory(*, quick: bool) -> Figure:
         await trio.sleep(2)
         rss_minimal = rss_mb(minimal.pid)
     growth = rss_second - rss_first
+    goals = [
+        at_most(f"RSS MiB after {second:,} jobs", rss_second, 60, digits=3),
+        at_most("growth MiB", growth, 2, digits=3),
+    ]
+    goal, met = judged(goals)
     return Figure(
         5,
         "Memory",
@@ -54,7 +59,8 @@ async def memory(*, quick: bool) -> Figure:
             ["growth", fmt(growth), "-"],
             ["baseline: minimal loop (python+trio+httpx)", fmt(rss_minimal), "1"],
         ],
-        goal="under 60 MB, growth under 2 MB",
-        met=rss_second < 60 and growth < 2,
+        goal=goal,
+        met=met,
         data={"first": rss_first, "second": rss_second, "minimal": rss_minimal},
+        goals=goals,
     )

@@ -16,10 +16,22 @@ PACKAGES = ("botd", "trio", "httpx", "hypercorn", "starlette", "celery", "redis"
 
 
 @attrs.define
+class Goal:
+    """One goal of a figure, as the issue's table states it: a ratio to a same-run baseline
+    (or a bound), its measured value and whether the value meets it."""
+
+    measure: str
+    value: str
+    target: str
+    met: bool | None
+
+
+@attrs.define
 class Figure:
     """One benchmark's result: a table, the goal and whether it was met, and notes.
 
-    ``met`` is None when the figure has no goal (or it could not be measured).
+    ``met`` is None when the figure has no goal (or it could not be measured). ``goals``,
+    when given, are the ratios to same-run baselines that the summary shows, one row each.
     """
 
     number: int
@@ -31,6 +43,7 @@ class Figure:
     met: bool | None = None
     notes: list[str] = attrs.Factory(list)
     data: Mapping[str, object] = attrs.Factory(dict)
+    goals: list[Goal] = attrs.Factory(list)
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -42,6 +55,22 @@ def fmt(value: float, digits: int = 3) -> str:
     magnitude = math.floor(math.log10(abs(value)))
     decimals = max(0, digits - 1 - magnitude)
     return f"{value:,.{decimals}f}"
+
+
+def at_least(measure: str, value: float, bound: float, digits: int = 2) -> Goal:
+    """The goal ``measure >= bound``; not met when the value could not be measured (NaN)."""
+    return Goal(measure, fmt(value, digits), f">= {bound:g}", value >= bound)
+
+
+def at_most(measure: str, value: float, bound: float, digits: int = 2) -> Goal:
+    """The goal ``measure <= bound``; not met when the value could not be measured (NaN)."""
+    return Goal(measure, fmt(value, digits), f"<= {bound:g}", value <= bound)
+
+
+def judged(goals: Sequence[Goal]) -> tuple[str, bool | None]:
+    """A figure's ``goal`` text and ``met`` from its goals: met when every one is."""
+    text = "; ".join(f"{g.measure} {g.target}" for g in goals)
+    return text, all(g.met for g in goals) if goals else None
 
 
 def _cpu_model() -> str:
@@ -112,12 +141,19 @@ def render(
         "",
         "## Summary",
         "",
-        "| # | figure | goal | met |",
-        "| --- | --- | --- | --- |",
+        "| # | figure | measure | value | goal | met |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+    shown = {True: "yes", False: "**no**", None: "-"}
     for fig in figures:
-        met = {True: "yes", False: "**no**", None: "-"}[fig.met]
-        out.append(f"| {fig.number} | {fig.title} | {fig.goal or '-'} | {met} |")
+        if not fig.goals:
+            row = f"| {fig.number} | {fig.title} | - | - | {fig.goal or '-'} | {shown[fig.met]} |"
+            out.append(row)
+        for g in fig.goals:
+            out.append(
+                f"| {fig.number} | {fig.title} | {g.measure} | {g.value} | {g.target} "
+                f"| {shown[g.met]} |"
+            )
     for fig in figures:
         out += ["", f"## {fig.number}. {fig.title}", "", fig.method, ""]
         if fig.goal:

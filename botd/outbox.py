@@ -180,6 +180,9 @@ class Outbox:
         else:
             self._committing = True
             try:
+                # One turn of the scheduler first: the jobs that finished in the same turn
+                # (a claim's batch of no-op jobs does) join this commit instead of the next.
+                await trio.lowlevel.checkpoint()
                 while self._batch.entries:
                     await self._commit(self._batch)
             finally:

@@ -1,7 +1,9 @@
 """The outbox's file in ``BOT_STATE_DIR``: the directory's checks, the lock, the SQLite schema,
 and each write in one transaction.
 
-``<state_dir>/outbox.sqlite3`` (WAL, ``synchronous=FULL``) holds one row per unreported ack;
+``<state_dir>/outbox.sqlite3`` (WAL, ``synchronous=FULL``: every put is fsynced; only a
+removal of what the server recorded, or an attempt count, commits without one) holds one row
+per unreported ack;
 ``<state_dir>/lock`` (an ``flock``) keeps two bots from sharing one state dir. Synchronous:
 :class:`botd.outbox.Outbox` calls it from a worker thread. Every failure raises
 :class:`~botd.errors.StateDirError` naming the path and what to do.
@@ -231,14 +233,27 @@ class OutboxFile:
                 "results are not durable: restart the bot"
             )
 
-    def _write(self, doing: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(
+        self, doing: str, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> T:
+        """Run ``fn`` in one transaction. ``durable=False``: its commit is not fsynced
+        (``synchronous=NORMAL`` for it): a crash or power loss may undo it, never corrupt
+        the file, and the next durable commit's fsync covers it too (WAL frames are synced
+        in order). Only for writes whose loss is harmless: forgetting an entry the server
+        already has (it is sent again and answered ``duplicate``), counting an attempt."""
         if self.conn is None:
             raise StateDirError(f"state dir {self.dir}: the outbox is closed")
         self._check_identity()
         try:
-            with self.conn:
-                self.conn.execute("BEGIN IMMEDIATE")
-                return fn(self.conn)
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self.conn:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    return fn(self.conn)
+            finally:
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise _fail(
                 self.db_path,
@@ -283,7 +298,8 @@ class OutboxFile:
         def delete(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM outbox WHERE lease_id = ?", [(x,) for x in lease_ids])
 
-        self._write("remove results", delete)
+        # Not fsynced: a removal undone by a crash sends a recorded ack again (duplicate).
+        self._write("remove results", delete, durable=False)
 
     def bump(self, lease_ids: list[str]) -> None:
         def update(conn: sqlite3.Connection) -> None:
@@ -292,4 +308,4 @@ class OutboxFile:
                 [(x,) for x in lease_ids],
             )
 
-        self._write("count an attempt", update)
+        self._write("count an attempt", update, durable=False)

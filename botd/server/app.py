@@ -360,12 +360,15 @@ def create_app(
         caller = caller_of(request)
         own_session(caller, req.bot_id, req.session_id)
         owner = caller.bot_id if caller.is_session else None
+        pending = await core.start_claim(req, owner=owner)
+        if pending.answer is not None:
+            # Over at once (jobs leased, or no wait): no long poll, so nothing to watch.
+            return json_response(pending.answer)
         gone = trio.Event()
         async with trio.open_nursery() as nursery:
-            if req.wait_s > 0:
-                nursery.start_soon(watch_disconnect, request, gone)
+            nursery.start_soon(watch_disconnect, request, gone)
             # Captured, so that a store error leaves this nursery as itself, not as a group.
-            claimed = await outcome.acapture(core.claim, req, gone=gone, owner=owner)
+            claimed = await outcome.acapture(pending.wait, gone=gone)
             nursery.cancel_scope.cancel()
         answer = claimed.unwrap()
         if gone.is_set():
@@ -391,7 +394,7 @@ def create_app(
             )
         caller = caller_of(request)
         result = await store.ack(body, owner=caller.bot_id if caller.is_session else None)
-        core.metrics.acks.labels(status=result.status).inc()
+        core.metrics.ack_results[result.status].inc()
         if result.status == "recorded":
             core.after_acks([body])
         if result.status in ("recorded", "duplicate"):

@@ -14,12 +14,12 @@ import trio
 from loguru import logger
 
 from ..events import Event
-from ..models import Ack, ClaimRequest, ClaimResponse, JobView
+from ..models import Ack, ClaimedJob, ClaimRequest, ClaimResponse, JobView
 from .job_waits import JobWaits, first_of
 from .metrics import ServerMetrics
 from .store import PRUNE_BATCH, Store, StoreUnavailable
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL_S", "DEFAULT_LEASE_TTL_S", "ServerCore"]
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL_S", "DEFAULT_LEASE_TTL_S", "PendingClaim", "ServerCore"]
 
 DEFAULT_LEASE_TTL_S = 30.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
@@ -110,23 +110,35 @@ class ServerCore:
         is set (the client went away: a claim that waits for nobody takes no job).
         Errors: StoreRejected/StoreUnavailable from the store, as they come.
         """
+        pending = await self.start_claim(req, owner=owner)
+        if pending.answer is not None:
+            return pending.answer
+        return await pending.wait(gone=gone)
+
+    async def start_claim(self, req: ClaimRequest, *, owner: str | None = None) -> PendingClaim:
+        """The first pass of :meth:`claim`: apply the acks and claim once.
+
+        Its ``answer`` is set when the claim is over (jobs were leased, or it may not wait);
+        else :meth:`PendingClaim.wait` waits for a job. So a route needs what a long poll
+        needs (a task that watches for the client going away) only when it will wait.
+        """
         deadline = trio.current_time() + req.wait_s
-        event = self._available
+        event = self._available  # taken before the query: no wake-up slips in between
         first = await self.store.claim(req, lease_ttl_s=self.lease_ttl_s, owner=owner)
         self.after_acks(req.acks)
-        jobs = first.jobs
-        retry = attrs.evolve(req, acks=[])
-        while not jobs and req.max_jobs > 0 and not self.closing:
-            with trio.move_on_at(deadline) as scope:
-                await first_of(event, gone)
-            if scope.cancelled_caught or self.closing or (gone is not None and gone.is_set()):
-                break
-            event = self._available
-            jobs = (await self.store.claim(retry, lease_ttl_s=self.lease_ttl_s)).jobs
+        pending = PendingClaim(self, req, deadline, event, first)
+        if first.jobs or req.max_jobs <= 0 or req.wait_s <= 0 or self.closing:
+            pending.answer = self._answered(first, first.jobs)
+        return pending
+
+    def _answered(self, first: ClaimResponse, jobs: list[ClaimedJob]) -> ClaimResponse:
+        """Count a claim's answer in the metrics; the answer of its jobs and first acks."""
         self.metrics.claims.inc()
-        self.metrics.jobs_claimed.inc(len(jobs))
-        for status, count in collections.Counter(r.status for r in first.acks).items():
-            self.metrics.acks.labels(status=status).inc(count)
+        if jobs:
+            self.metrics.jobs_claimed.inc(len(jobs))
+        if first.acks:
+            for status, count in collections.Counter(r.status for r in first.acks).items():
+                self.metrics.ack_results[status].inc(count)
         return ClaimResponse(jobs=jobs, acks=first.acks)
 
     async def run_timers(
@@ -216,3 +228,33 @@ class ServerCore:
                 self.metrics.jobs_pruned.inc(pruned)
                 logger.bind(event=Event.JOBS_PRUNED, count=pruned).info("finished jobs pruned")
             await trio.sleep(_PRUNE_EVERY_S)
+
+
+@attrs.define(eq=False)
+class PendingClaim:
+    """A claim after its first pass (:meth:`ServerCore.start_claim`): ``answer`` when it is
+    over, else :meth:`wait` long-polls for a job until the claim's deadline."""
+
+    core: ServerCore
+    req: ClaimRequest
+    deadline: float
+    event: trio.Event
+    first: ClaimResponse
+    answer: ClaimResponse | None = None
+
+    async def wait(self, *, gone: trio.Event | None = None) -> ClaimResponse:
+        """Wait for a job until the deadline, the server closing, or ``gone`` (the client
+        went away); claim again (without the acks, applied once) at each wake-up."""
+        if self.answer is not None:
+            return self.answer
+        core, event, jobs = self.core, self.event, self.first.jobs
+        retry = attrs.evolve(self.req, acks=[])
+        while not jobs and not core.closing:
+            with trio.move_on_at(self.deadline) as scope:
+                await first_of(event, gone)
+            if scope.cancelled_caught or core.closing or (gone is not None and gone.is_set()):
+                break
+            event = core._available
+            jobs = (await core.store.claim(retry, lease_ttl_s=core.lease_ttl_s)).jobs
+        self.answer = core._answered(self.first, jobs)
+        return self.answer

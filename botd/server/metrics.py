@@ -64,8 +64,11 @@ class ServerMetrics:
             "Finished jobs deleted after the retention period.",
             registry=r,
         )
-        for status in ("recorded", "duplicate", "conflict", "lease_lost", "unknown_lease"):
-            self.acks.labels(status=status)
+        #: ``acks``' child of each ack status, looked up once (not at every claim).
+        self.ack_results = {
+            status: self.acks.labels(status=status)
+            for status in ("recorded", "duplicate", "conflict", "lease_lost", "unknown_lease")
+        }
 
     async def refresh(self, store: Store) -> None:
         """Read the store's counts into the gauges; a failing store sets store_up 0."""

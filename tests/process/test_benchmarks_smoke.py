@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import median, percentile, ratio
-from benchmarks.report import Figure, fmt, machine, render
+from benchmarks.report import Figure, at_least, at_most, fmt, judged, machine, render
 from tests.support.paths import REPO
 
 ROOT = REPO
@@ -39,9 +39,21 @@ def test_render_has_machine_summary_and_findings() -> None:
         [fig], machine({"mode": "quick"}), command="x", seconds=1.0, findings=["slow here"]
     )
     assert "| cores |" in text
-    assert "| 9 | Example | b < 3 | **no** |" in text
+    assert "| 9 | Example | - | - | b < 3 | **no** |" in text
     assert "| 1 | 2 |" in text
     assert "- slow here" in text
+
+
+def test_goals_are_ratios_with_their_verdicts_in_the_summary() -> None:
+    goals = [at_least("a / base", 0.79, 0.8), at_most("b / base", 1.2, 1.3)]
+    assert [g.met for g in goals] == [False, True]
+    assert not at_least("c / base", float("nan"), 1.0).met  # unmeasured is never met
+    goal, met = judged(goals)
+    assert (goal, met) == ("a / base >= 0.8; b / base <= 1.3", False)
+    fig = Figure(2, "Example", "how", ["a"], [["1"]], goal=goal, met=met, goals=goals)
+    text = render([fig], machine({}), command="x", seconds=1.0, findings=[])
+    assert "| 2 | Example | a / base | 0.79 | >= 0.8 | **no** |" in text
+    assert "| 2 | Example | b / base | 1.2 | <= 1.3 | yes |" in text
 
 
 @pytest.mark.slow

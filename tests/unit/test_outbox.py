@@ -360,3 +360,70 @@ async def test_a_put_during_a_commit_returns_only_once_its_own_entry_is_committe
     for lease in ("a", "b", "c"):
         assert f"lease-{lease}" in seen_at_return[lease], lease
     await outbox.close()
+
+
+async def test_only_forgetting_skips_the_fsync_and_every_put_stays_fsynced(tmp_path: Path) -> None:
+    """A removal (the server has the ack) or an attempt count commits without an fsync; the
+    connection is back to synchronous=FULL for every put after it, also after a failure."""
+    outbox = await Outbox.open(tmp_path)
+    store = outbox._store
+    assert store is not None and store.conn is not None
+    seen: list[int] = []
+    real_write = store._write
+
+    def write(doing: str, fn: Any, *, durable: bool = True) -> Any:
+        assert store.conn is not None
+
+        def spy(conn: sqlite3.Connection) -> Any:
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            return fn(conn)
+
+        return real_write(doing, spy, durable=durable)
+
+    store._write = write  # type: ignore[method-assign]
+    await outbox.put("job-1", ack(1))
+    await outbox.put("job-2", ack(2))
+    await outbox.mark_attempted(["lease-1"])
+    await outbox.remove(["lease-1"])
+    await outbox.put("job-3", ack(3))
+    assert seen == [2, 2, 1, 1, 2]  # FULL, FULL, NORMAL, NORMAL, FULL
+
+    def boom(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(StateDirError):
+        real_write("remove results", boom, durable=False)
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    await outbox.close()
+    reopened = await Outbox.open(tmp_path)
+    assert reopened.leases() == ["lease-2", "lease-3"]
+    await reopened.close()
+
+
+async def test_puts_that_finish_in_one_scheduler_turn_share_one_commit(tmp_path: Path) -> None:
+    """A claim's batch of jobs that end together is one fsync, not the first job's alone and
+    then the others'; each put still returns only once its entry is committed."""
+    outbox = await Outbox.open(tmp_path)
+    store = outbox._store
+    assert store is not None
+    commits: list[int] = []
+    real_put_many = store.put_many
+
+    def put_many(entries: list[OutboxEntry]) -> None:
+        commits.append(len(entries))
+        real_put_many(entries)
+
+    store.put_many = put_many  # type: ignore[method-assign]
+    returned: list[str] = []
+
+    async def put(n: int) -> None:
+        assert await outbox.put(f"job-{n}", ack(n))
+        assert f"lease-{n}" in outbox.leases()  # committed when it returns
+        returned.append(f"lease-{n}")
+
+    async with trio.open_nursery() as nursery:
+        for n in range(32):
+            nursery.start_soon(put, n)
+    assert commits == [32]
+    assert sorted(returned) == sorted(outbox.leases())
+    await outbox.close()

@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQL_CHUNK = 500  # stay well below SQLite's host-parameter limit
+#: A claim walks the queue in its order while fewer queued jobs than this are not yet due
+#: (see :meth:`SqliteBackend._pick_index`).
+_PICK_SKIP_LIMIT = 256
 
 
 @attrs.frozen
@@ -656,6 +659,26 @@ class SqliteBackend:
         )
         return results
 
+    @staticmethod
+    def _pick_index(conn: sqlite3.Connection, at: Moment) -> str:
+        """How the claim reads the queue: ``INDEXED BY jobs_queue`` unless many queued jobs
+        are not due yet.
+
+        Left to itself, SQLite plans the claim through ``jobs_due`` (status, not_before) and
+        sorts every due job to return the first few: each claim costs the whole backlog
+        (measured: ~60% of the server's CPU per claim+ack at batch 1 with 20,000 jobs
+        queued). Walking ``jobs_queue`` in the claim's own order stops after ``max_jobs``
+        matches, but steps over the queued jobs that are not due; so it is chosen while
+        fewer than :data:`_PICK_SKIP_LIMIT` of them exist (one bounded index probe to tell).
+        Either way the query and its answer are the same; only the plan differs.
+        """
+        not_due = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' AND not_before > ?"
+            " LIMIT ?)",
+            (at.mono, _PICK_SKIP_LIMIT),
+        ).fetchone()[0]
+        return " INDEXED BY jobs_queue" if not_due < _PICK_SKIP_LIMIT else ""
+
     def claim(
         self,
         req: models.ClaimRequest,
@@ -685,6 +708,7 @@ class SqliteBackend:
             args.append(req.max_jobs)
             rows = conn.execute(
                 "SELECT seq, job_id, kind, payload, attempts, timeout_s FROM jobs"
+                f"{self._pick_index(conn, at)}"
                 f" WHERE status = 'queued' AND not_before <= ?{kinds}"
                 " ORDER BY priority DESC, seq LIMIT ?",
                 args,
