@@ -1,7 +1,15 @@
-"""REGISTERING: register with the main server, with backoff and a breaker, and verify it."""
+"""REGISTERING: register with the main server, with backoff and a breaker, and verify it.
+
+The register answer's timing is checked before the bot uses it: ``heartbeat_interval_s`` and
+``lease_ttl_s`` must be finite and at least :data:`MIN_HEARTBEAT_INTERVAL_S` and
+:data:`MIN_LEASE_TTL_S` (the bot beats every ``min(HEARTBEAT_INTERVAL_MS, lease_ttl_s / 3)``,
+so never faster than 20 times a second). Anything else is a ProtocolError on that answer: the
+attempt failed, and the next one comes after the backoff.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -13,10 +21,33 @@ from .call_policy import CallPolicy
 from .client import ServerClient
 from .errors import BotdError, ProtocolError
 from .events import Event
-from .models import RegisterRequest
+from .models import RegisterRequest, RegisterResponse
 from .session import Session
 
-__all__ = ["Registrar", "StartupExhausted"]
+__all__ = [
+    "MIN_HEARTBEAT_INTERVAL_S",
+    "MIN_LEASE_TTL_S",
+    "Registrar",
+    "StartupExhausted",
+    "check_timing",
+]
+
+#: The shortest ``heartbeat_interval_s`` a register answer may give.
+MIN_HEARTBEAT_INTERVAL_S = 0.05
+#: The shortest ``lease_ttl_s``: a beat every third of it is no faster than the floor above.
+MIN_LEASE_TTL_S = 3 * MIN_HEARTBEAT_INTERVAL_S
+
+
+def check_timing(answer: RegisterResponse) -> None:
+    """Raise ProtocolError, naming the field, when the answer's timing is unusable."""
+    for name, value, floor in (
+        ("heartbeat_interval_s", answer.heartbeat_interval_s, MIN_HEARTBEAT_INTERVAL_S),
+        ("lease_ttl_s", answer.lease_ttl_s, MIN_LEASE_TTL_S),
+    ):
+        if not (math.isfinite(value) and value >= floor):
+            raise ProtocolError(
+                f"register response: {name} must be a finite number >= {floor:g}, got {value!r}"
+            )
 
 
 class StartupExhausted(BotdError):
@@ -87,6 +118,7 @@ class Registrar:
             active_leases=list(active_leases),
         )
         answer = await self.client.register(request)
+        check_timing(answer)
         info = await self.client.get_bot(self.bot_id)
         if info.session_id != answer.session_id:
             raise ProtocolError(

@@ -145,6 +145,7 @@ async def open_agent(
                 outbox=outbox,
                 calls=calls["results"],
                 on_lease_lost=metrics.outbox_lease_lost,
+                on_refused=metrics.ack_refused,
             )
             registrar = Registrar(
                 client=client,

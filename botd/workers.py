@@ -146,6 +146,7 @@ class JobRunner:
             )
         ack: Ack | None = None
         outcome = FAILED
+        size = 0
         crash: Exception | None = None
         try:
             with running.scope:
@@ -156,7 +157,7 @@ class JobRunner:
                         timeout=self.job_timeout,
                         result_max_bytes=self.result_max_bytes,
                     )
-                    ack = result.to_ack()
+                    ack, size = result.to_ack(), result.result_bytes
                     outcome = result.outcome
                     if result.error is not None and result.error.type == TIMEOUT:
                         outcome = TIMEOUT
@@ -166,10 +167,10 @@ class JobRunner:
                 ack, outcome = self._cancelled_ack(running)
             duration = trio.current_time() - running.started_at
             if ack is not None and not self.outbox.durable:
-                await self.outbox.put(job.job_id, ack)  # in memory: never waits, never cancelled
+                await self.outbox.put(job.job_id, ack, size=size)  # in memory: never waits
             elif ack is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(OUTCOME_WRITE_DEADLINE):
-                    await self.outbox.put(job.job_id, ack)
+                    await self.outbox.put(job.job_id, ack, size=size)
             self.total_processed += 1
             self.on_finished(outcome, duration)
             level = "INFO" if outcome in (SUCCEEDED, RELEASED) else "WARNING"

@@ -64,8 +64,9 @@ def kinds_of(handler: Handler) -> tuple[str, ...] | None:
     return None if kinds is None else tuple(kinds)
 
 
-def check_result(result: Any, max_bytes: int | None) -> tuple[Any, FailureInfo | None]:
-    """``(plain JSON data, None)`` for a result that can be acked, else ``(None, failure)``.
+def check_result(result: Any, max_bytes: int | None) -> tuple[Any, FailureInfo | None, int]:
+    """``(plain JSON data, None, size)`` for a result that can be acked, else ``(None,
+    failure, 0)``; ``size`` is its bytes in the ack.
 
     The result is encoded once, compact and ASCII like the ack's body (so its length is its
     size in bytes), and decoded back into plain JSON data (tuples become lists). Over
@@ -77,18 +78,18 @@ def check_result(result: Any, max_bytes: int | None) -> tuple[Any, FailureInfo |
     except (TypeError, ValueError, RecursionError) as exc:
         problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         message = f"result is not JSON-serializable: {problem}"
-        return None, FailureInfo(type=RESULT_NOT_JSON, message=message, retryable=False)
+        return None, FailureInfo(type=RESULT_NOT_JSON, message=message, retryable=False), 0
     if max_bytes is not None and len(text) > max_bytes:
         message = (
             f"the result is {len(text)} bytes of JSON, over BOT_RESULT_MAX_BYTES={max_bytes};"
             " return less (put a large output somewhere else and return its location)"
         )
-        return None, FailureInfo(type=RESULT_TOO_LARGE, message=message, retryable=False)
+        return None, FailureInfo(type=RESULT_TOO_LARGE, message=message, retryable=False), 0
     try:
-        return json.loads(text), None
+        return json.loads(text), None, len(text)
     except RecursionError:
         message = "result is not JSON-serializable: nested too deeply"
-        return None, FailureInfo(type=RESULT_NOT_JSON, message=message, retryable=False)
+        return None, FailureInfo(type=RESULT_NOT_JSON, message=message, retryable=False), 0
 
 
 def timeout_problem(job: ClaimedJob) -> str | None:
@@ -109,6 +110,8 @@ class JobOutcome:
     result: Any = None
     error: FailureInfo | None = None
     duration_s: float = 0.0
+    #: The result's bytes of JSON in the ack (0: none, or not measured).
+    result_bytes: int = attrs.field(default=0, eq=False)
 
     def to_ack(self) -> Ack:
         """The ack that reports this outcome to the server."""
@@ -156,16 +159,17 @@ async def run_job(
     started = trio.current_time()
     result: Any = None
     error: FailureInfo | None = None
+    size = 0
     with trio.move_on_after(limit) as scope:
         try:
             raw = await handler(job)
         except Exception as exc:
             error = classify_failure(exc)
         else:
-            result, error = check_result(raw, result_max_bytes)
+            result, error, size = check_result(raw, result_max_bytes)
     duration = trio.current_time() - started
     if scope.cancelled_caught:
         error = timeout_failure(f"job outlived its timeout of {limit:g}s")
     if error is not None:
         return JobOutcome.failed(job, error, duration_s=duration)
-    return JobOutcome(job.lease_id, job.job_id, SUCCEEDED, result, None, duration)
+    return JobOutcome(job.lease_id, job.job_id, SUCCEEDED, result, None, duration, size)

@@ -252,11 +252,11 @@ async def test_a_result_over_the_limit_fails_its_job_before_it_is_acked(
 )
 def test_check_result_measures_what_the_ack_sends(result: Any, limit: int) -> None:
     """A result passes exactly when its bytes in the ack's body fit the limit."""
-    plain, failure = check_result(result, limit)
+    plain, failure, size = check_result(result, limit)
     body = codec.dumps(Ack(lease_id="l", outcome="succeeded", result=result))
-    size = len(body) - len(codec.dumps(Ack(lease_id="l", outcome="succeeded", result=0))) + 1
-    if size <= limit:
-        assert (plain, failure) == (result, None)
+    in_ack = len(body) - len(codec.dumps(Ack(lease_id="l", outcome="succeeded", result=0))) + 1
+    if in_ack <= limit:
+        assert (plain, failure, size) == (result, None, in_ack)
     else:
         assert plain is None and failure is not None and failure.type == "result_too_large"
 
