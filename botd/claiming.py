@@ -1,4 +1,11 @@
-"""Claiming: long-poll claims sized by free capacity, carrying pending acks."""
+"""Claiming: long-poll claims sized by free capacity, carrying pending acks.
+
+A claim answered 400/413 while it carried acks cannot tell which of them the server refused:
+they go alone from then on (:meth:`~botd.results.ResultReporter.claim_refused`), and the next
+claim carries none of them. An answer with more jobs than the claim asked for is a protocol
+error of the client (:mod:`botd.client`): none of its jobs starts, nothing of it reaches the
+outbox, and the server requeues those leases when no heartbeat lists them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from trio_util import AsyncBool
 
 from .call_policy import CallPolicy
 from .client import ServerClient
+from .errors import RequestRejected
 from .events import Event
 from .models import ClaimedJob, ClaimRequest
 from .results import ResultReporter
@@ -81,7 +89,9 @@ class Claimer:
                 )
                 try:
                     answer = await self.client.claim(request)
-                except BaseException:
+                except BaseException as exc:
+                    if acks and isinstance(exc, RequestRejected) and exc.status in (400, 413):
+                        self.reporter.claim_refused(acks)
                     self.reporter.give_back(acks)
                     self.reporter.claim_ended(full=False)
                     raise

@@ -19,6 +19,15 @@ session (get_bot, heartbeat, claim, ack, deregister) sends it as the bearer inst
 bot's token; a register always sends the bot's token. With a server that issues none,
 ``session_token`` stays None and every call sends the bot's token, as in v1.
 
+Every request is bounded against a broken or hostile server: it ends within its overall
+deadline (``connect_timeout + request_timeout``, a claim's plus its ``wait_s`` and
+``claim_margin``; one cancel scope around the whole request, the body's read included, since
+httpx's read timeout is per chunk and a body trickled a byte at a time never trips it) and its
+answer is read up to ``response_max_bytes`` (a claim's: at least :data:`CLAIM_BYTES_PER_JOB` per
+job asked for), then refused. Running out of time is :class:`ServerUnavailable`, too large an
+answer a :class:`ProtocolError`, and so is a claim answer with more jobs than ``max_jobs``
+(the server hands their leases back when no heartbeat lists them): all retryable, with backoff.
+
 httpx exceptions are translated in :func:`map_transport_errors` and nowhere else. Each
 request is timed once (``observe``), with its final outcome; a request that met a pooled
 connection the server had closed is sent once more on a new one (:meth:`ServerClient._request`).
@@ -62,7 +71,15 @@ from .models import (
     SingleAckResponse,
 )
 
-__all__ = ["OUTCOMES", "RequestObserver", "ServerClient", "map_transport_errors", "outcome_of"]
+__all__ = [
+    "CLAIM_BYTES_PER_JOB",
+    "DEFAULT_RESPONSE_MAX_BYTES",
+    "OUTCOMES",
+    "RequestObserver",
+    "ServerClient",
+    "map_transport_errors",
+    "outcome_of",
+]
 
 T = TypeVar("T")
 
@@ -81,6 +98,12 @@ KEEPALIVE_EXPIRY_S = 15.0
 _KEPT_SESSION_TOKENS = 4
 #: The errors of a request on a pooled connection that the server may have closed meanwhile.
 _STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+#: The largest answer read by default (BOT_RESPONSE_MAX_BYTES).
+DEFAULT_RESPONSE_MAX_BYTES = 16 * 1024 * 1024
+#: A claim's answer may take this much per job asked for: a payload is under the server's
+#: 1 MiB request limit, and at most 3 times that once re-escaped (``\ud83d\ude00``).
+CLAIM_BYTES_PER_JOB = 4 * 1024 * 1024
 
 #: ``ok``: an answer the call accepts (a 2xx; also health's 503 and deregister's 404);
 #: ``unavailable``: a network error, a timeout, 408, 425, 429 or 5xx; ``rejected``: 401/403 or
@@ -111,7 +134,16 @@ def map_transport_errors(endpoint: str) -> Iterator[None]:
         raise ServerUnavailable(f"{endpoint}: {type(exc).__name__}: {exc or 'no detail'}") from None
 
 
-def _error_of(response: httpx.Response, endpoint: str, *, session: bool = False) -> Exception:
+@attrs.frozen
+class _Answer:
+    """An answer read whole (within its size cap): what the calls and :func:`_error_of` read."""
+
+    status_code: int
+    reason_phrase: str
+    content: bytes
+
+
+def _error_of(response: _Answer, endpoint: str, *, session: bool = False) -> Exception:
     """Classify a non-2xx answer once, the way every caller sees it."""
     status = response.status_code
     code, message, holder = f"http_{status}", response.reason_phrase, None
@@ -169,6 +201,8 @@ class ServerClient:
         pooled connection.
       claim_margin: seconds a long-poll claim may take beyond its ``wait_s``: a claim's
         read timeout is ``wait_s + claim_margin + request_timeout``.
+      response_max_bytes: the largest answer read (a claim's: at least
+        :data:`CLAIM_BYTES_PER_JOB` per job asked for); a larger one is a ProtocolError.
       transport: an httpx transport to use instead of the network (tests).
       observe: called after every request with the endpoint, outcome and duration.
 
@@ -182,6 +216,7 @@ class ServerClient:
     request_timeout: float = 10.0
     claim_margin: float = 5.0
     transport: httpx.AsyncBaseTransport | None = None
+    response_max_bytes: int = DEFAULT_RESPONSE_MAX_BYTES
     observe: RequestObserver | None = None
     #: The current session's token, the bearer of the session's calls (None: ``token``).
     session_token: str | None = attrs.field(default=None, repr=False, init=False)
@@ -268,19 +303,22 @@ class ServerClient:
 
     async def claim(self, request: ClaimRequest) -> ClaimResponse:
         """``POST /v1/jobs/claim``; its timeout is ``wait_s + claim_margin + request_timeout``."""
-        timeout = httpx.Timeout(
-            request.wait_s + self.claim_margin + self.request_timeout,
-            connect=self.connect_timeout,
-        )
-        return await self._call(
-            "claim",
-            ClaimResponse,
-            "POST",
-            "/v1/jobs/claim",
-            body=request,
-            http_timeout=timeout,
-            session=request.session_id,
-        )
+        waited = request.wait_s + self.claim_margin
+        timeout = httpx.Timeout(waited + self.request_timeout, connect=self.connect_timeout)
+        with self._observed("claim"):
+            response = await self._send(
+                "claim",
+                "POST",
+                "/v1/jobs/claim",
+                body=request,
+                http_timeout=timeout,
+                waited=waited,
+                max_bytes=max(self.response_max_bytes, request.max_jobs * CLAIM_BYTES_PER_JOB),
+                session=request.session_id,
+            )
+            answer = codec.loads(response.content, ClaimResponse, what="claim response")
+            _check_claim(request, answer)
+            return answer
 
     async def ack(self, ack: Ack) -> SingleAckResponse:
         path = f"/v1/leases/{_seg(ack.lease_id)}/ack"
@@ -322,9 +360,13 @@ class ServerClient:
         http_timeout: httpx.Timeout | None = None,
         ok: tuple[int, ...] = (200, 201),
         session: bool | str = False,
-    ) -> httpx.Response:
-        """One request; ``session``: a call of the current session (True) or of the one
-        with that id, sent with its token if any."""
+        waited: float = 0.0,
+        max_bytes: int | None = None,
+    ) -> _Answer:
+        """One request, its answer read whole: within ``connect_timeout + request_timeout +
+        waited`` seconds (ServerUnavailable) and ``max_bytes`` (ProtocolError). ``session``: a
+        call of the current session (True) or of the one with that id, sent with its token if
+        any."""
         content = codec.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else {}
         session_token = self.session_token if session else None
@@ -332,20 +374,50 @@ class ServerClient:
             session_token = self._session_tokens.get(session, session_token)
         if session_token:
             headers["Authorization"] = f"Bearer {session_token}"
-        with map_transport_errors(endpoint):
+        deadline = self.connect_timeout + self.request_timeout + waited
+        cap = self.response_max_bytes if max_bytes is None else max_bytes
+        with trio.move_on_after(deadline) as scope, map_transport_errors(endpoint):
             response = await self._request(
                 method,
                 path,
+                cap,
                 content=content,
                 headers=headers or None,
                 params=params,
                 timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
+        if scope.cancelled_caught:
+            raise ServerUnavailable(
+                f"{endpoint}: no whole answer within {deadline:g}s (BOT_CONNECT_TIMEOUT +"
+                " BOT_REQUEST_TIMEOUT, a claim's plus wait_s + BOT_CLAIM_TIMEOUT_MARGIN);"
+                " the server or the network is too slow"
+            )
         if response.status_code not in ok:
             raise _error_of(response, endpoint, session=bool(session_token))
         return response
 
-    async def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
+    async def _fetch(
+        self, http: httpx.AsyncClient, method: str, path: str, cap: int, **options: Any
+    ) -> _Answer:
+        """Send one request and read its answer, refusing it past ``cap`` bytes."""
+        request = http.build_request(method, path, **options)
+        response = await http.send(request, stream=True)
+        try:
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and int(length) > cap:
+                raise _too_large(path, cap, int(length))
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise _too_large(path, cap)
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return _Answer(response.status_code, response.reason_phrase, b"".join(chunks))
+
+    async def _request(self, method: str, path: str, cap: int, **options: Any) -> _Answer:
         """Send one request; retry it once on a fresh connection if a pooled one was stale.
 
         A server closes an idle keep-alive connection when its timeout runs out; a request
@@ -356,10 +428,12 @@ class ServerClient:
         a new connection, or a timeout, is not retried here: the call policy handles it.
         """
         if self.transport is not None:  # not our pool (tests, the demo): nothing to tell
-            return await self._http.request(method, path, **options)
+            return await self._fetch(self._http, method, path, cap, **options)
         probe = _ReuseProbe()
         try:
-            return await self._http.request(method, path, extensions={"trace": probe}, **options)
+            return await self._fetch(
+                self._http, method, path, cap, extensions={"trace": probe}, **options
+            )
         except _STALE_CONNECTION_ERRORS:
             if not probe.stale_connection:
                 raise
@@ -368,7 +442,30 @@ class ServerClient:
             self._fresh = httpx.AsyncClient(
                 **self._options, limits=httpx.Limits(max_keepalive_connections=0)
             )
-        return await self._fresh.request(method, path, **options)
+        return await self._fetch(self._fresh, method, path, cap, **options)
+
+
+def _too_large(path: str, cap: int, length: int | None = None) -> ProtocolError:
+    size = f"{length} bytes" if length is not None else f"over {cap} bytes"
+    return ProtocolError(
+        f"{path}: the answer is {size}, over the limit of {cap} (BOT_RESPONSE_MAX_BYTES);"
+        " it was not read further"
+    )
+
+
+def _check_claim(request: ClaimRequest, answer: ClaimResponse) -> None:
+    """A claim answer must hold at most ``max_jobs`` jobs, each with its own ids."""
+    jobs = answer.jobs
+    if len(jobs) > request.max_jobs:
+        raise ProtocolError(
+            f"claim response: {len(jobs)} jobs for max_jobs={request.max_jobs}; none is run"
+            " (the server requeues leases that no heartbeat lists)"
+        )
+    for i, job in enumerate(jobs):
+        if not job.job_id or not job.lease_id:
+            raise ProtocolError(f"claim response: $.jobs[{i}]: empty job_id or lease_id")
+    if len({job.lease_id for job in jobs}) < len(jobs):
+        raise ProtocolError("claim response: a lease_id is listed twice")
 
 
 def _seg(value: str) -> str:

@@ -44,6 +44,7 @@ class Event(StrEnum):
     CLAIM_FAILED = "claim_failed"
     ACK_FAILED = "ack_failed"
     ACK_REJECTED = "ack_rejected"
+    RESULT_REFUSED = "result_refused"
     BREAKER_OPENED = "breaker_opened"
     BREAKER_HALF_OPEN = "breaker_half_open"
     BREAKER_CLOSED = "breaker_closed"

@@ -21,6 +21,7 @@ The metrics (``docs/operations.md`` has the full table):
 ``botd_server_request_duration_seconds{endpoint,outcome}``  histogram
 ``botd_outbox_pending``                                     gauge
 ``botd_outbox_lease_lost_total``                            counter
+``botd_acks_refused_total{status}``                         counter    400/413: never resent
 ``botd_start_time_seconds``                                 gauge      Unix time
 ``process_*``, ``python_gc_*``                              the process and gc collectors
 ==========================================================  =========  ==========================
@@ -55,6 +56,7 @@ __all__ = [
     "BREAKER_STATES",
     "HEARTBEAT_OUTCOMES",
     "JOB_OUTCOMES",
+    "REFUSED_ACK_STATUSES",
     "REQUEST_OUTCOMES",
     "STATES",
     "BotMetrics",
@@ -67,6 +69,8 @@ BREAKERS: tuple[str, ...] = ("registration", "heartbeat", "job_claim", "results"
 #: The circuit breaker states' values, in :class:`~botd.breaker.BreakerState`'s order.
 BREAKER_STATES: tuple[str, ...] = tuple(state.value for state in BreakerState)
 HEARTBEAT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed")
+#: The HTTP statuses of an ack that the server will never take (botd.results).
+REFUSED_ACK_STATUSES: tuple[str, ...] = ("400", "413")
 #: The outcomes of a server request, as the client reports them (:data:`botd.client.OUTCOMES`).
 REQUEST_OUTCOMES: tuple[str, ...] = OUTCOMES
 
@@ -154,6 +158,11 @@ class BotMetrics:
             "botd_outbox_lease_lost",
             "Outbox results dropped because the server said their lease was lost.",
         )
+        self.acks_refused = counter(
+            "botd_acks_refused",
+            "Results the server refused (400/413): never sent again.",
+            ["status"],
+        )
         self.start_time = gauge("botd_start_time_seconds", "When this bot started, in Unix time.")
         self.start_time.set(time.time())
         if process_collectors:
@@ -177,6 +186,8 @@ class BotMetrics:
             self.jobs.labels(outcome=outcome)
         for outcome in HEARTBEAT_OUTCOMES:
             self.heartbeats.labels(outcome=outcome)
+        for status in REFUSED_ACK_STATUSES:
+            self.acks_refused.labels(status=status)
         for name in breakers:
             self.set_breaker(name, "closed")
         for endpoint in endpoints:
@@ -255,6 +266,12 @@ class BotMetrics:
     def outbox_lease_lost(self, n: int = 1) -> None:
         """Count results dropped from the outbox because their lease was lost."""
         self.outbox_lease_lost_total.inc(n)
+
+    def ack_refused(self, status: int) -> None:
+        """Count one ack the server refused with ``status`` (400 or 413)."""
+        self.acks_refused.labels(
+            status=_check("refused ack status", str(status), REFUSED_ACK_STATUSES)
+        ).inc()
 
     def render(self) -> tuple[bytes, str]:
         """Return the Prometheus text exposition of this registry and its content type."""

@@ -138,11 +138,14 @@ class Outbox:
     async def put(self, entry: OutboxEntry, /) -> bool: ...
 
     @overload
-    async def put(self, job_id: str, ack: Ack, /) -> bool: ...
+    async def put(self, job_id: str, ack: Ack, /, *, size: int = 0) -> bool: ...
 
-    async def put(self, entry_or_job_id: OutboxEntry | str, ack: Ack | None = None, /) -> bool:
+    async def put(
+        self, entry_or_job_id: OutboxEntry | str, ack: Ack | None = None, /, *, size: int = 0
+    ) -> bool:
         """Store an ack durably; return True if it is new, False if its lease was already here.
 
+        ``size``: about how many bytes the ack's result takes (0: small or not known).
         Committed and fsynced before it returns. Shielded from cancellation, so a result
         being stored when shutdown starts is still stored. Raises StateDirError if it could
         not be stored (then it is not in the outbox either).
@@ -153,7 +156,7 @@ class Outbox:
         else:
             if ack is None:
                 raise TypeError("put(job_id, ack) needs the ack")
-            entry = OutboxEntry(ack.lease_id, entry_or_job_id, ack, time.time(), 0)
+            entry = OutboxEntry(ack.lease_id, entry_or_job_id, ack, time.time(), 0, size)
         if self._store is None:  # in memory: nothing to wait for, nothing to cancel
             added = self._add(entry)
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -234,6 +237,27 @@ class Outbox:
             for lease_id in doomed:
                 self._entries.pop(lease_id, None)
             self._publish()
+
+    async def replace(self, lease_id: str, ack: Ack) -> bool:
+        """Put ``ack`` in the place of the lease's pending ack (which the server refused).
+
+        False when the lease is not here. Durable before it returns, like :meth:`put`; raises
+        StateDirError if it could not be written (then the old ack stays).
+        """
+        self._check_open()
+        old = self._entries.get(lease_id)
+        if old is None or ack.lease_id != lease_id:
+            await trio.lowlevel.checkpoint()
+            return False
+        if self._store is not None:
+            store = self._store
+            with trio.CancelScope(shield=True):
+                await self._run(lambda: store.replace(lease_id, ack))
+        else:
+            await trio.lowlevel.checkpoint()
+        if lease_id in self._entries:
+            self._entries[lease_id] = attrs.evolve(old, ack=ack, size=0)
+        return True
 
     async def mark_attempted(self, lease_ids: Iterable[str]) -> None:
         """Count one more delivery attempt for ``lease_ids`` (for display and metrics)."""

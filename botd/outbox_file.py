@@ -51,7 +51,9 @@ class OutboxEntry:
     """One finished job's ack, waiting to reach the server.
 
     ``created_at`` is wall-clock time (for display and age); ``attempts`` counts how many
-    times it was sent without the server recording it.
+    times it was sent without the server recording it; ``size`` is about how many bytes its
+    ack takes in a request (0: small, or not known), so that one claim does not carry more
+    acks than a request may hold.
     """
 
     lease_id: str
@@ -59,6 +61,7 @@ class OutboxEntry:
     ack: Ack
     created_at: float
     attempts: int = 0
+    size: int = attrs.field(default=0, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.ack.lease_id != self.lease_id:
@@ -195,7 +198,9 @@ class OutboxFile:
                 ack = codec.structure(
                     json.loads(ack_text), Ack, error=StateDirError, what=f"{DB_NAME} ack"
                 )
-                entries.append(OutboxEntry(lease_id, job_id, ack, float(created_at), attempts))
+                entries.append(
+                    OutboxEntry(lease_id, job_id, ack, float(created_at), attempts, len(ack_text))
+                )
             except (ValueError, TypeError, StateDirError) as exc:
                 raise StateDirError(
                     f"state dir {self.db_path}: entry for lease {lease_id!r} is unreadable "
@@ -300,6 +305,17 @@ class OutboxFile:
 
         # Not fsynced: a removal undone by a crash sends a recorded ack again (duplicate).
         self._write("remove results", delete, durable=False)
+
+    def replace(self, lease_id: str, ack: Ack) -> None:
+        """Put ``ack`` in the place of the lease's ack (one the server will never take)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET ack = ? WHERE lease_id = ?",
+                (codec.dumps(ack).decode(), lease_id),
+            )
+
+        self._write("replace a result", update)
 
     def bump(self, lease_ids: list[str]) -> None:
         def update(conn: sqlite3.Connection) -> None:

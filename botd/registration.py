@@ -7,10 +7,17 @@ session's calls (``ServerClient.session_token``) and is sent back at the next re
 restarted bot proves it too. A 409 ``bot_id_in_use`` (another live session holds the id)
 is retried with the backoff, never counted toward MAX_STARTUP_ATTEMPTS: that holder may
 be this bot's own dead predecessor, whose session goes silent in a while.
+
+The register answer's timing is checked before the bot uses it: ``heartbeat_interval_s`` and
+``lease_ttl_s`` must be finite and at least :data:`MIN_HEARTBEAT_INTERVAL_S` and
+:data:`MIN_LEASE_TTL_S` (the bot beats every ``min(HEARTBEAT_INTERVAL_MS, lease_ttl_s / 3)``,
+so never faster than 20 times a second). Anything else is a ProtocolError on that answer: the
+attempt failed, and the next one comes after the backoff.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -25,11 +32,34 @@ from .call_policy import CallPolicy
 from .client import ServerClient
 from .errors import BotdError, BotIdInUse, ProtocolError
 from .events import Event
-from .models import RegisterRequest, SessionHolder
+from .models import RegisterRequest, RegisterResponse, SessionHolder
 from .session import Session
 from .session_file import read_token, write_token
 
-__all__ = ["Registrar", "StartupExhausted"]
+__all__ = [
+    "MIN_HEARTBEAT_INTERVAL_S",
+    "MIN_LEASE_TTL_S",
+    "Registrar",
+    "StartupExhausted",
+    "check_timing",
+]
+
+#: The shortest ``heartbeat_interval_s`` a register answer may give.
+MIN_HEARTBEAT_INTERVAL_S = 0.05
+#: The shortest ``lease_ttl_s``: a beat every third of it is no faster than the floor above.
+MIN_LEASE_TTL_S = 3 * MIN_HEARTBEAT_INTERVAL_S
+
+
+def check_timing(answer: RegisterResponse) -> None:
+    """Raise ProtocolError, naming the field, when the answer's timing is unusable."""
+    for name, value, floor in (
+        ("heartbeat_interval_s", answer.heartbeat_interval_s, MIN_HEARTBEAT_INTERVAL_S),
+        ("lease_ttl_s", answer.lease_ttl_s, MIN_LEASE_TTL_S),
+    ):
+        if not (math.isfinite(value) and value >= floor):
+            raise ProtocolError(
+                f"register response: {name} must be a finite number >= {floor:g}, got {value!r}"
+            )
 
 
 class StartupExhausted(BotdError):
@@ -116,6 +146,7 @@ class Registrar:
             previous_session_token=self._token,
         )
         answer = await self.client.register(request)
+        check_timing(answer)
         # The new session's token: the bearer of its calls (the verification's too).
         self.client.use_session(answer.session_id, answer.session_token)
         self._token = answer.session_token

@@ -12,6 +12,20 @@ leaves the outbox only when the server has answered for it:
 - ``lease_lost``: another bot has the job; this result must not be recorded; counted;
 - ``conflict`` / ``unknown_lease``: the server will never take it; logged as an error.
 
+An ack the server answers 400 or 413 (``invalid_request``, ``payload_too_large``) is final
+too: the server will never take that body, so it is never sent again. It is logged as an
+ERROR (``result_refused``) and counted (``botd_acks_refused_total{status}``), and its entry
+is replaced, durably, by a small failure of type ``result_refused`` (a ``failed`` ack keeps its
+``retryable``; anything else is not retryable), so the job ends instead of running again when
+its lease is requeued; if the server refuses that one too (or there was nothing smaller to
+send: a release), the entry is dropped. A claim that carried acks and is answered 400/413
+cannot tell which ack it was: those acks are sent alone from then on (one request each), so
+the refused one is found and the others land. A refused ack still counts as a failed send
+of its call (logged, backed off), so nothing is sent in a tight loop.
+
+One claim carries at most ``ACKS_PER_CLAIM`` acks and about ``ACK_BYTES_PER_CLAIM`` bytes of
+results (the server takes request bodies up to 1 MiB); a larger result goes alone.
+
 Anything else (network errors, 5xx, a bad body, a status this bot does not know) keeps the
 entry; the sends go through the results loop's call policy (:mod:`botd.call_policy`).
 """
@@ -35,7 +49,7 @@ from .errors import (
     ServerError,
 )
 from .events import Event
-from .models import Ack, AckResult, AckStatus, ClaimRequest
+from .models import Ack, AckResult, AckStatus, ClaimRequest, FailureInfo
 from .outbox import Outbox
 from .session import Session
 
@@ -51,6 +65,13 @@ IDLE_RECHECK_S = 1.0
 ACK_PARALLEL = 8
 #: Acks carried by one claim.
 ACKS_PER_CLAIM = 500
+#: About the most bytes of results one claim carries (the server's request limit is 1 MiB).
+ACK_BYTES_PER_CLAIM = 512 * 1024
+#: The statuses of an ack that the server will never take as it is: 400 invalid_request
+#: (a body it cannot read, e.g. a result too deep) and 413 payload_too_large.
+REFUSED_STATUSES = frozenset({400, 413})
+#: The failure type of the small ack that replaces one the server refused.
+RESULT_REFUSED = "result_refused"
 
 #: The answers about a lease (protocol v1's AckStatus), each final; any other answer to an
 #: ack (a 400, a 409 or 404 of another code, a 5xx...) leaves its entry pending.
@@ -65,7 +86,11 @@ class ResultReporter:
     outbox: Outbox
     calls: CallPolicy
     on_lease_lost: Callable[[], None] = lambda: None
+    #: Called with the HTTP status of every ack the server refused (400 or 413).
+    on_refused: Callable[[int], None] = lambda status: None
     sending: set[str] = attrs.field(factory=set)
+    #: Leases whose acks go alone, one request each (a claim that carried them was refused).
+    alone: set[str] = attrs.field(factory=set)
     #: The live session, set by the claimer: lets the reporter send acks in one batch.
     session: Session | None = None
     _claim_busy: bool = False  # the last claim answer was a full batch
@@ -85,16 +110,32 @@ class ResultReporter:
         """True while a claim that will carry the pending acks is about to go or come back."""
         return self._claim_busy and trio.current_time() - self._claim_mark < CLAIM_DUE_S
 
-    def take(self, limit: int = ACKS_PER_CLAIM) -> list[Ack]:
-        """Mark up to ``limit`` pending acks as being sent and return them (for a claim)."""
+    def take(self, limit: int = ACKS_PER_CLAIM, *, alone: bool = False) -> list[Ack]:
+        """Mark up to ``limit`` pending acks (and about ``ACK_BYTES_PER_CLAIM``; the first
+        always) as being sent and return them (for a claim). ``alone``: also those that go
+        alone (the reporter's own sends)."""
         acks: list[Ack] = []
+        budget = ACK_BYTES_PER_CLAIM
         for entry in self.outbox.pending():
             if len(acks) >= limit:
                 break
-            if entry.lease_id not in self.sending:
-                self.sending.add(entry.lease_id)
-                acks.append(entry.ack)
+            lease_id = entry.lease_id
+            if lease_id in self.sending or (not alone and lease_id in self.alone):
+                continue
+            if acks and entry.size > budget:
+                continue  # a large one goes first in a claim of its own
+            budget -= entry.size
+            self.sending.add(lease_id)
+            acks.append(entry.ack)
         return acks
+
+    def claim_refused(self, acks: Iterable[Ack]) -> None:
+        """A claim that carried ``acks`` was answered 400/413: each goes alone from now on."""
+        self.alone.update(ack.lease_id for ack in acks)
+
+    def _alone_waiting(self) -> bool:
+        """True when an ack that goes alone waits (no claim will carry it)."""
+        return any(x in self.outbox and x not in self.sending for x in self.alone)
 
     def give_back(self, acks: Iterable[Ack]) -> None:
         """The request that carried ``acks`` failed: they are pending again."""
@@ -107,6 +148,7 @@ class ResultReporter:
         done: list[str] = []
         for result in results:
             self.sending.discard(result.lease_id)
+            self.alone.discard(result.lease_id)
             self._report(result)
             done.append(result.lease_id)
         if done:
@@ -123,10 +165,10 @@ class ResultReporter:
         while True:
             await self.outbox.wait_nonempty()
             await trio.sleep(ACK_GRACE_S)
-            if self.claim_due():
+            if self.claim_due() and not self._alone_waiting():
                 continue  # the claimer takes them: no request of our own
             await self.calls.wait_ready()
-            acks = self.take(ACKS_PER_CLAIM)
+            acks = self.take(ACKS_PER_CLAIM, alone=True)
             if not acks:
                 # A claim carries them all: wait for a new entry (or look again in a while,
                 # in case that claim fails and gives them back).
@@ -146,7 +188,7 @@ class ResultReporter:
         a cancel scope. Raises Unrecoverable on 401/403.
         """
         while self.outbox.count:
-            acks = self.take(ACKS_PER_CLAIM)
+            acks = self.take(ACKS_PER_CLAIM, alone=True)
             if not acks:
                 await trio.sleep(ACK_GRACE_S)
                 continue
@@ -167,17 +209,24 @@ class ResultReporter:
         Raises the ServerError of a failed send; the answers that came back are settled.
         """
         session = self.session
-        if session is not None and len(acks) > 1:
+        batch = [ack for ack in acks if ack.lease_id not in self.alone]
+        if session is not None and len(batch) > 1:
             request = ClaimRequest(
-                bot_id=session.bot_id, session_id=session.session_id, max_jobs=0, acks=acks
+                bot_id=session.bot_id, session_id=session.session_id, max_jobs=0, acks=batch
             )
             try:
                 answer = await self.client.claim(request)
             except SESSION_LOST_ERRORS:
                 self.session = None  # that session is gone: one by one below
+            except RequestRejected as exc:
+                if exc.status in REFUSED_STATUSES:
+                    self.claim_refused(batch)  # which one? each goes alone next time
+                raise
             else:
                 await self.settle(answer.acks)
-                return
+                acks = [ack for ack in acks if ack.lease_id in self.alone]
+                if not acks:
+                    return
         await self._send_each(acks)
 
     async def _send_each(self, acks: list[Ack]) -> None:
@@ -200,8 +249,11 @@ class ResultReporter:
                     return
                 except RequestRejected as exc:
                     if exc.code not in ACK_STATUSES:
-                        # Not an answer about the lease (a 400, a proxy's 409): the server
-                        # did not record the result, so it stays, and the send failed.
+                        # Not an answer about the lease: the server did not record the
+                        # result, and the send failed. A 400/413 will never pass: the
+                        # entry is replaced or dropped; anything else (a proxy's 409) stays.
+                        if exc.status in REFUSED_STATUSES:
+                            await self._refused(ack, exc)
                         failure = failure or exc
                         return
                     status, message = cast(AckStatus, exc.code), exc.message  # 409 lease_lost
@@ -216,6 +268,36 @@ class ResultReporter:
         if failure is not None:
             raise failure
 
+    async def _refused(self, ack: Ack, exc: RequestRejected) -> None:
+        """The server answered ``ack`` 400/413: replace it with a small failure, or drop it."""
+        self.on_refused(exc.status)
+        lease_id = ack.lease_id
+        small = _small_failure(ack, exc)
+        log = logger.bind(
+            event=Event.RESULT_REFUSED,
+            lease_id=lease_id,
+            http_status=exc.status,
+            error_code=_printable(exc.code, 64),
+            error=_printable(exc.message, 300),
+            action="dropped" if small is None else "replaced",
+        )
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            if small is None:
+                self.alone.discard(lease_id)
+                await self.outbox.remove([lease_id])
+                log.error(
+                    "the server refused the result of lease {} ({} {}); it will never take"
+                    " it, so it is dropped",
+                    lease_id, exc.status, exc.code,
+                )  # fmt: skip
+            else:
+                await self.outbox.replace(lease_id, small)
+                log.error(
+                    "the server refused the result of lease {} ({} {}); it will never take"
+                    " it, so the job is reported failed ({}) instead",
+                    lease_id, exc.status, exc.code, RESULT_REFUSED,
+                )  # fmt: skip
+
     def _report(self, result: AckResult) -> None:
         """Log (and count) the answers other than a success."""
         lease_id, status = result.lease_id, result.status
@@ -229,3 +311,23 @@ class ResultReporter:
             log.bind(event=Event.ACK_REJECTED, error=result.message).error(
                 "the server will never accept the result of lease {}: {}", lease_id, status
             )
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters of printable ASCII (a server's words, made safe
+    to log and to send back)."""
+    return "".join(c for c in text[: limit * 2] if " " <= c <= "~")[:limit]
+
+
+def _small_failure(ack: Ack, exc: RequestRejected) -> Ack | None:
+    """The small ack that stands for ``ack`` once the server refused it; None when there is
+    nothing smaller to say (a release, or a stand-in already)."""
+    if ack.outcome == "released" or (ack.error is not None and ack.error.type == RESULT_REFUSED):
+        return None
+    retryable = ack.error.retryable if ack.outcome == "failed" and ack.error else False
+    message = (
+        f"the server refused the job's {ack.outcome} result ({exc.status}"
+        f" {_printable(exc.code, 64)}: {_printable(exc.message, 300)}); it was not recorded"
+    )
+    error = FailureInfo(type=RESULT_REFUSED, message=message, retryable=retryable)
+    return Ack(lease_id=ack.lease_id, outcome="failed", error=error)

@@ -115,6 +115,7 @@ async def open_agent(
                 connect_timeout=config.connect_timeout,
                 request_timeout=config.request_timeout,
                 claim_margin=config.claim_timeout_margin,
+                response_max_bytes=config.response_max_bytes,
                 transport=transport,
                 observe=telemetry.on_request,
             )
@@ -137,12 +138,14 @@ async def open_agent(
                 job_timeout=config.job_timeout,
                 on_finished=telemetry.on_job_finished,
                 limit=1 if config.once else None,
+                result_max_bytes=config.result_max_bytes,
             )
             reporter = ResultReporter(
                 client=client,
                 outbox=outbox,
                 calls=calls["results"],
                 on_lease_lost=metrics.outbox_lease_lost,
+                on_refused=metrics.ack_refused,
             )
             registrar = Registrar(
                 client=client,

@@ -9,6 +9,10 @@ cancel of *its* scope with a reason, so the outcome can be told apart:
 - ``lost``: the server says another bot holds the lease -> nothing is recorded.
 
 Every outcome is written durably to the outbox *before* the job counts as finished.
+
+One bad job never crashes the bot: any exception while one job is prepared or run (a bug, or a
+job a broken server handed out that the checks did not foresee) fails that job (type
+``bot_error``, logged as an ERROR with the traceback) and the bot goes on.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from trio_util import AsyncValue
 from . import logs
 from .events import Event
 from .handlers import Handler, cancelled_failure, run_job
-from .models import Ack, ClaimedJob
+from .handlers.failures import MESSAGE_CAP
+from .models import Ack, ClaimedJob, FailureInfo
 from .outbox import Outbox
 from .outcomes import CANCELLED, FAILED, LEASE_LOST, RELEASED, SUCCEEDED, TIMEOUT
 
@@ -40,6 +45,8 @@ _EVENTS = {
 
 #: How long the outbox write of one outcome may take once its job was cancelled.
 OUTCOME_WRITE_DEADLINE = 10.0
+#: The failure type of a job that botd itself failed to prepare or run (see the docstring).
+BOT_ERROR = "bot_error"
 
 
 @attrs.define(eq=False)
@@ -66,6 +73,8 @@ class JobRunner:
     job_timeout: float
     on_finished: Callable[[str, float], None] = lambda outcome, seconds: None
     limit: int | None = None
+    #: BOT_RESULT_MAX_BYTES: a larger result fails its job for good (None: no limit).
+    result_max_bytes: int | None = None
     running: dict[str, RunningJob] = attrs.field(factory=dict)
     in_flight: AsyncValue[int] = attrs.field(factory=lambda: AsyncValue(0))
     total_processed: int = 0
@@ -137,31 +146,46 @@ class JobRunner:
             )
         ack: Ack | None = None
         outcome = FAILED
+        size = 0
+        crash: Exception | None = None
         try:
             with running.scope:
-                result = await run_job(self.handler, job, timeout=self.job_timeout)
-                ack = result.to_ack()
-                outcome = result.outcome
-                if result.error is not None and result.error.type == TIMEOUT:
-                    outcome = TIMEOUT
-            if ack is None:  # our scope was cancelled
+                try:
+                    result = await run_job(
+                        self.handler,
+                        job,
+                        timeout=self.job_timeout,
+                        result_max_bytes=self.result_max_bytes,
+                    )
+                    ack, size = result.to_ack(), result.result_bytes
+                    outcome = result.outcome
+                    if result.error is not None and result.error.type == TIMEOUT:
+                        outcome = TIMEOUT
+                except Exception as exc:  # one bad job must not crash the bot
+                    crash, ack, outcome = exc, _bot_error_ack(job, exc), FAILED
+            if ack is None and crash is None:  # our scope was cancelled
                 ack, outcome = self._cancelled_ack(running)
             duration = trio.current_time() - running.started_at
             if ack is not None and not self.outbox.durable:
-                await self.outbox.put(job.job_id, ack)  # in memory: never waits, never cancelled
+                await self.outbox.put(job.job_id, ack, size=size)  # in memory: never waits
             elif ack is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(OUTCOME_WRITE_DEADLINE):
-                    await self.outbox.put(job.job_id, ack)
+                    await self.outbox.put(job.job_id, ack, size=size)
             self.total_processed += 1
             self.on_finished(outcome, duration)
             level = "INFO" if outcome in (SUCCEEDED, RELEASED) else "WARNING"
+            if crash is not None:
+                level = "ERROR"
             if logs.enabled(level):
                 fields: dict[str, Any] = {"event": _EVENTS.get(outcome, Event.JOB_FAILED)}
                 if ack is not None and ack.error is not None:
                     fields.update(error_type=ack.error.type, error=ack.error.message)
-                logger.bind(
+                log = logger.bind(
                     **ids, **fields, outcome=outcome, duration_ms=round(duration * 1000, 3)
-                ).log(level, "job {} {}", job.job_id, outcome)
+                )
+                if crash is not None:
+                    log = log.opt(exception=crash)
+                log.log(level, "job {} {}", job.job_id, outcome)
         finally:
             self.running.pop(job.lease_id, None)
             self.in_flight.value = len(self.running)
@@ -174,3 +198,12 @@ class JobRunner:
         if running.reason == "lost":
             return None, LEASE_LOST
         return Ack(lease_id=lease, outcome=RELEASED), RELEASED
+
+
+def _bot_error_ack(job: ClaimedJob, exc: Exception) -> Ack | None:
+    """The ack of a job that botd failed to prepare or run (None: it has no lease to ack)."""
+    message = f"botd could not run the job: {type(exc).__name__}: {exc}"[:MESSAGE_CAP]
+    if not job.lease_id:
+        return None
+    error = FailureInfo(type=BOT_ERROR, message=message, retryable=True)
+    return Ack(lease_id=job.lease_id, outcome=FAILED, error=error)

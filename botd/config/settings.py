@@ -69,6 +69,8 @@ __all__ = [
     "DEFAULT_PROCESSING_DURATION_MS",
     "DEFAULT_REGISTER_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_RESPONSE_MAX_BYTES",
+    "DEFAULT_RESULT_MAX_BYTES",
     "DEFAULT_RETRY_BASE_DELAY",
     "DEFAULT_RETRY_MAX_DELAY",
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -116,6 +118,10 @@ DEFAULT_CLAIM_WAIT = 20.0
 MAX_CLAIM_WAIT = 30.0
 DEFAULT_CLAIM_TIMEOUT_MARGIN = 5.0
 DEFAULT_OUTBOX_MAX = 10000
+DEFAULT_RESULT_MAX_BYTES = 1024 * 1024
+DEFAULT_RESPONSE_MAX_BYTES = 16 * 1024 * 1024
+#: The smallest BOT_RESPONSE_MAX_BYTES: every answer but a claim's is far below it.
+MIN_RESPONSE_MAX_BYTES = 64 * 1024
 DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_HEALTH_CHECK_TIMEOUT = 10.0
 DEFAULT_REGISTER_TIMEOUT = 15.0
@@ -360,6 +366,15 @@ class BotConfig:
         help="a claim may take wait_s + this + BOT_REQUEST_TIMEOUT, seconds",
         accepts=SECONDS,
     )
+    response_max_bytes: int = setting(
+        DEFAULT_RESPONSE_MAX_BYTES,
+        env="BOT_RESPONSE_MAX_BYTES",
+        help="largest answer read from the server, bytes (a claim's: at least 4 MiB per job"
+        " asked for); a larger one is a protocol error, retried with backoff",
+        accepts=Accepted(
+            f"an integer >= {MIN_RESPONSE_MAX_BYTES}", at_least(MIN_RESPONSE_MAX_BYTES)
+        ),
+    )
     kinds: tuple[str, ...] = setting(
         (),
         env="BOT_KINDS",
@@ -380,6 +395,13 @@ class BotConfig:
         DEFAULT_OUTBOX_MAX,
         env="BOT_OUTBOX_MAX",
         help="most results kept while unacknowledged",
+        accepts=COUNT,
+    )
+    result_max_bytes: int = setting(
+        DEFAULT_RESULT_MAX_BYTES,
+        env="BOT_RESULT_MAX_BYTES",
+        help="largest job result, bytes of JSON; a larger one fails its job for good"
+        " (result_too_large)",
         accepts=COUNT,
     )
     health_interval: float = setting(

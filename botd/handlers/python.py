@@ -9,7 +9,6 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models import ClaimedJob
-from .running import ensure_json
 
 __all__ = ["PythonHandler"]
 
@@ -33,8 +32,9 @@ class PythonHandler:
 
     The function is imported at construction; a bad spec raises ConfigError naming
     BOT_PYTHON_HANDLER. The call ends when the function returns; its result is returned as
-    plain JSON data, or PermanentError "result is not JSON-serializable". The function's
-    exceptions pass through unchanged (PermanentError means: do not retry).
+    it is (:func:`~botd.handlers.running.run_job` checks it once: a result that is not JSON,
+    or too large, fails the job for good). The function's exceptions pass through unchanged
+    (PermanentError means: do not retry).
     """
 
     def __init__(self, spec: str) -> None:
@@ -60,4 +60,4 @@ class PythonHandler:
         self._function: Callable[[ClaimedJob], Awaitable[Any]] = target
 
     async def __call__(self, job: ClaimedJob) -> Any:
-        return ensure_json(await self._function(job))
+        return await self._function(job)

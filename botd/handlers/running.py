@@ -4,22 +4,45 @@ tells which job kinds a handler takes.
 It returns a :class:`JobOutcome` (``succeeded`` with a JSON result, or ``failed`` with the
 FailureInfo of :func:`~botd.handlers.failures.classify_failure`); it never swallows an outer
 cancellation (shutdown or a server cancel), so the caller decides how such a job is acked.
+
+A result that can never be delivered fails its job for good (``retryable: false``) before it
+is acked, so the ack carries only the small error: :func:`check_result` makes a result over
+``BOT_RESULT_MAX_BYTES`` (its compact JSON, as the ack sends it) ``result_too_large``, and one
+that is not JSON (NaN, Infinity, a set, a cycle, nested past the encoder) ``result_not_json``.
+A job whose ``timeout_s`` is not a finite number > 0 (what a broken server may hand out) is
+``invalid_job`` without running.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
 
-from ..errors import PermanentError
 from ..models import Ack, ClaimedJob, FailureInfo
 from ..outcomes import FAILED, SUCCEEDED
 from .failures import classify_failure, timeout_failure
 
-__all__ = ["Handler", "JobOutcome", "effective_timeout", "ensure_json", "kinds_of", "run_job"]
+__all__ = [
+    "INVALID_JOB",
+    "RESULT_NOT_JSON",
+    "RESULT_TOO_LARGE",
+    "Handler",
+    "JobOutcome",
+    "check_result",
+    "effective_timeout",
+    "kinds_of",
+    "run_job",
+    "timeout_problem",
+]
+
+#: The failure types of a job whose result, or whose claim, can never be used (permanent).
+RESULT_TOO_LARGE = "result_too_large"
+RESULT_NOT_JSON = "result_not_json"
+INVALID_JOB = "invalid_job"
 
 
 class Handler(Protocol):
@@ -41,12 +64,40 @@ def kinds_of(handler: Handler) -> tuple[str, ...] | None:
     return None if kinds is None else tuple(kinds)
 
 
-def ensure_json(result: Any) -> Any:
-    """Return ``result`` as plain JSON data; PermanentError when it is not JSON-serializable."""
+def check_result(result: Any, max_bytes: int | None) -> tuple[Any, FailureInfo | None, int]:
+    """``(plain JSON data, None, size)`` for a result that can be acked, else ``(None,
+    failure, 0)``; ``size`` is its bytes in the ack.
+
+    The result is encoded once, compact and ASCII like the ack's body (so its length is its
+    size in bytes), and decoded back into plain JSON data (tuples become lists). Over
+    ``max_bytes`` (None: no limit) it is ``result_too_large``, naming both sizes; not JSON, or
+    NaN/Infinity, it is ``result_not_json``. Both are permanent: another run would not help.
+    """
     try:
-        return json.loads(json.dumps(result, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise PermanentError(f"result is not JSON-serializable: {exc}") from None
+        text = json.dumps(result, allow_nan=False, separators=(",", ":"), check_circular=True)
+    except (TypeError, ValueError, RecursionError) as exc:
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        message = f"result is not JSON-serializable: {problem}"
+        return None, FailureInfo(type=RESULT_NOT_JSON, message=message, retryable=False), 0
+    if max_bytes is not None and len(text) > max_bytes:
+        message = (
+            f"the result is {len(text)} bytes of JSON, over BOT_RESULT_MAX_BYTES={max_bytes};"
+            " return less (put a large output somewhere else and return its location)"
+        )
+        return None, FailureInfo(type=RESULT_TOO_LARGE, message=message, retryable=False), 0
+    try:
+        return json.loads(text), None, len(text)
+    except RecursionError:
+        message = "result is not JSON-serializable: nested too deeply"
+        return None, FailureInfo(type=RESULT_NOT_JSON, message=message, retryable=False), 0
+
+
+def timeout_problem(job: ClaimedJob) -> str | None:
+    """What is wrong with the job's ``timeout_s`` (from the server), or None."""
+    value = job.timeout_s
+    if value is None or (math.isfinite(value) and value > 0):
+        return None
+    return f"the server handed out the job with timeout_s {value!r}: it must be a finite number > 0"
 
 
 @attrs.frozen
@@ -59,6 +110,8 @@ class JobOutcome:
     result: Any = None
     error: FailureInfo | None = None
     duration_s: float = 0.0
+    #: The result's bytes of JSON in the ack (0: none, or not measured).
+    result_bytes: int = attrs.field(default=0, eq=False)
 
     def to_ack(self) -> Ack:
         """The ack that reports this outcome to the server."""
@@ -85,27 +138,38 @@ async def run_job(
     job: ClaimedJob,
     *,
     timeout: float,  # noqa: ASYNC109 -- the default limit; applied as a cancel scope inside
+    result_max_bytes: int | None = None,
 ) -> JobOutcome:
     """Run ``handler(job)`` under the job's timeout and return its outcome.
 
     The limit is ``job.timeout_s`` when set, else ``timeout``; it is a cancel scope, and
     expiry gives a failed outcome of type ``timeout`` (retryable). A handler exception
-    becomes a failed outcome via :func:`classify_failure`; a result that is not JSON a
-    permanent failure. An outer cancellation (shutdown, server cancel) is NOT caught:
-    trio.Cancelled propagates and the caller decides how to ack the job.
+    becomes a failed outcome via :func:`classify_failure`; a result that cannot be acked
+    (:func:`check_result`, ``result_max_bytes``) a permanent failure, and so is a
+    ``timeout_s`` that is not a finite number > 0 (``invalid_job``, the handler not called).
+    An outer cancellation (shutdown, server cancel) is NOT caught: trio.Cancelled propagates
+    and the caller decides how to ack the job.
     """
+    problem = timeout_problem(job)
+    if problem is not None:
+        await trio.lowlevel.checkpoint()
+        failure = FailureInfo(type=INVALID_JOB, message=problem, retryable=False)
+        return JobOutcome.failed(job, failure)
     limit = effective_timeout(job, timeout)
     started = trio.current_time()
     result: Any = None
     error: FailureInfo | None = None
+    size = 0
     with trio.move_on_after(limit) as scope:
         try:
-            result = ensure_json(await handler(job))
+            raw = await handler(job)
         except Exception as exc:
             error = classify_failure(exc)
+        else:
+            result, error, size = check_result(raw, result_max_bytes)
     duration = trio.current_time() - started
     if scope.cancelled_caught:
         error = timeout_failure(f"job outlived its timeout of {limit:g}s")
     if error is not None:
         return JobOutcome.failed(job, error, duration_s=duration)
-    return JobOutcome(job.lease_id, job.job_id, SUCCEEDED, result, None, duration)
+    return JobOutcome(job.lease_id, job.job_id, SUCCEEDED, result, None, duration, size)

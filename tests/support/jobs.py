@@ -39,6 +39,12 @@ async def not_json(job: Any) -> Any:
     return {"when": object()}
 
 
+async def sized(job: Any) -> Any:
+    """A result of ``payload["bytes"]`` characters (a small one without it)."""
+    size = (job.payload or {}).get("bytes")
+    return {"blob": "x" * size} if size else {"ok": job.job_id}
+
+
 async def boom(job: Any) -> Any:
     raise ValueError("boom")
 

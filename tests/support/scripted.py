@@ -5,13 +5,19 @@ body of protocol v1 unless its script says otherwise. A script is a list of outc
 one per request of that endpoint (the last one repeats); :data:`OUTCOMES` lists them, one
 per class of outcome the call policy tells apart. Nothing is stored: a claim answers the
 jobs queued with :meth:`ScriptedServer.queue` and ``recorded`` for every ack it carries.
+
+It can be a broken or hostile server too: ``413`` (an ack's body too large), ``trickle`` (a
+valid answer sent one byte every ``trickle_s``), ``endless`` (a body that never ends),
+``too_many`` (a claim answered with 5,000 jobs more than it asked for); the register answer's
+``heartbeat_interval_s`` and ``lease_ttl_s`` are fields, and a queued job may carry any
+``timeout_s``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -29,10 +35,14 @@ OUTCOMES = (
     "garbage",  # ProtocolError: 200 and not JSON
     "wrong_shape",  # ProtocolError: 200 and JSON of the wrong shape
     "400", "409_other",  # RequestRejected: another 4xx
+    "413",  # RequestRejected: 413 payload_too_large (an ack: final)
     "lease_lost", "conflict", "unknown_lease",  # an ack's answer about its lease (409/404)
     "unknown_bot", "superseded",  # SessionLost
     "401", "403",  # Unrecoverable
     "hang",  # never answers (until cancelled)
+    "trickle",  # ServerUnavailable: a valid answer, a byte every ``trickle_s`` (the deadline)
+    "endless",  # ProtocolError: a body that never ends (the size cap)
+    "too_many",  # ProtocolError: a claim answered with 5,000 jobs more than it asked for
 )  # fmt: skip
 
 ENDPOINTS = {
@@ -59,6 +69,10 @@ class ScriptedServer:
     long_poll_s: float = 1e9
     session_id: str = "s-1"
     holder: dict[str, Any] | None = None
+    heartbeat_interval_s: float = 1.0
+    lease_ttl_s: float = 30.0
+    #: The pause between two bytes of a ``trickle`` answer.
+    trickle_s: float = 2.0
     log: list[tuple[float, str, str]] = attrs.field(factory=list)
     #: Called with the number of requests so far, as each one arrives.
     on_request: Callable[[int], None] | None = None
@@ -116,6 +130,10 @@ class ScriptedServer:
             raise httpx.ReadTimeout("timed out", request=request)
         if outcome == "hang":
             await trio.sleep_forever()
+        if outcome in ("trickle", "endless", "too_many"):
+            return await self._hostile(outcome, endpoint, body)
+        if outcome == "413":
+            return _error(413, "payload_too_large")
         if outcome.isdigit() and outcome[0] in "45" and outcome not in ("400", "401", "403"):
             return _error(int(outcome), "unavailable")
         if outcome == "garbage":
@@ -141,12 +159,36 @@ class ScriptedServer:
             return _error(int(outcome), "unauthorized")
         raise AssertionError(f"unknown outcome {outcome!r}")
 
+    async def _hostile(self, outcome: str, endpoint: str, body: Any) -> httpx.Response:
+        if outcome == "too_many":
+            assert endpoint == "claim"
+            self.queue(body["max_jobs"] + 5000)
+            jobs, self._jobs = self._jobs, []
+            return httpx.Response(200, json={"jobs": jobs, "acks": []})
+        if outcome == "endless":
+
+            async def endless() -> AsyncIterator[bytes]:
+                yield b'{"jobs": ["'
+                while True:
+                    await trio.lowlevel.checkpoint()
+                    yield b"x" * 65536
+
+            return httpx.Response(200, content=endless())
+        valid = (await self._ok(endpoint, body)).content
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for i in range(len(valid)):
+                await trio.sleep(self.trickle_s)
+                yield valid[i : i + 1]
+
+        return httpx.Response(200, content=trickle())
+
     async def _ok(self, endpoint: str, body: Any) -> httpx.Response:
         if endpoint == "register":
             registered = {"bot_id": body["bot_id"], "session_id": self.session_id,
-                          "heartbeat_interval_s": 1.0, "lease_ttl_s": 30.0,
-                          "server_version": "test"}  # fmt: skip
-            return httpx.Response(200, json=registered)
+                          "heartbeat_interval_s": self.heartbeat_interval_s,
+                          "lease_ttl_s": self.lease_ttl_s, "server_version": "test"}  # fmt: skip
+            return httpx.Response(200, content=json.dumps(registered).encode())
         if endpoint == "get_bot":
             info = {"bot_id": "bot-1", "session_id": self.session_id, "status": "active",
                     "last_seen": "2030-01-01T00:00:00.000Z", "capacity": 1,
@@ -165,4 +207,5 @@ class ScriptedServer:
         if not self._jobs and body["max_jobs"] > 0 and body["wait_s"] > 0:
             await trio.sleep(min(self.long_poll_s, body["wait_s"]))
         jobs, self._jobs = self._jobs[: body["max_jobs"]], self._jobs[body["max_jobs"] :]
-        return httpx.Response(200, json={"jobs": jobs, "acks": results})
+        # Not json=: httpx refuses NaN there, and a broken server may send it (timeout_s).
+        return httpx.Response(200, content=json.dumps({"jobs": jobs, "acks": results}).encode())

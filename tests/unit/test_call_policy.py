@@ -44,13 +44,16 @@ RETRYABLE = {
     "garbage": ProtocolError,
     "wrong_shape": ProtocolError,
 }
-REJECTED = {"400", "409_other", "lease_lost", "conflict", "unknown_lease"}
+REJECTED = {"400", "409_other", "413", "lease_lost", "conflict", "unknown_lease"}
 SESSION_LOST = {"unknown_bot", "superseded"}
 UNRECOVERABLE = {"401", "403"}
+#: A hostile server's answers: their outcome depends on the endpoint and the call's limits,
+#: so tests/unit/test_hostile_server.py checks them call by call.
+HOSTILE = {"trickle", "endless", "too_many"}
 
 
 def test_the_tables_cover_every_scripted_outcome() -> None:
-    classes = set(RETRYABLE) | REJECTED | SESSION_LOST | UNRECOVERABLE | {"ok"}
+    classes = set(RETRYABLE) | REJECTED | SESSION_LOST | UNRECOVERABLE | HOSTILE | {"ok"}
     assert classes == set(OUTCOMES)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from botd import codec
 from botd.errors import ConfigError, JobError, JobTimeout, PermanentError
@@ -28,6 +30,7 @@ from botd.handlers import (
     SpawnError,
     build_handler,
     cancelled_failure,
+    check_result,
     classify_failure,
     kinds_of,
     run_job,
@@ -189,8 +192,90 @@ async def test_run_job_classifies_handler_errors(autojump_clock: Any) -> None:
     assert outcome.error.type == "key_error"
     outcome = await run_job(unjsonable, make_job(), timeout=1)
     assert outcome.error is not None
-    assert (outcome.error.type, outcome.error.retryable) == ("permanent", False)
+    assert (outcome.error.type, outcome.error.retryable) == ("result_not_json", False)
     assert "not JSON-serializable" in outcome.error.message
+
+
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        ({"x": float("nan")}, "Out of range float"),
+        ([float("inf")], "Out of range float"),
+        ({1, 2}, "not JSON serializable"),
+        (object(), "not JSON serializable"),
+        ("deep", "nested too deeply"),
+    ],
+    ids=["nan", "infinity", "set", "object", "deep"],
+)
+async def test_a_result_that_is_not_json_fails_its_job_for_good(
+    result: Any, problem: str, autojump_clock: Any
+) -> None:
+    if result == "deep":
+        result = []
+        for _ in range(100_000):
+            result = [result]
+
+    async def handler(job: ClaimedJob) -> Any:
+        return result
+
+    outcome = await run_job(handler, make_job(), timeout=1, result_max_bytes=10**9)
+    assert outcome.outcome == "failed" and outcome.result is None
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("result_not_json", False)
+    assert problem in outcome.error.message
+
+
+async def test_a_result_over_the_limit_fails_its_job_before_it_is_acked(
+    autojump_clock: Any,
+) -> None:
+    async def handler(job: ClaimedJob) -> Any:
+        return {"blob": "x" * 2_000_000}
+
+    outcome = await run_job(handler, make_job(), timeout=1, result_max_bytes=1024 * 1024)
+    ack = outcome.to_ack()
+    assert (ack.outcome, ack.result) == ("failed", None)
+    assert ack.error is not None
+    assert (ack.error.type, ack.error.retryable) == ("result_too_large", False)
+    assert (
+        "2000011 bytes" in ack.error.message and "BOT_RESULT_MAX_BYTES=1048576" in ack.error.message
+    )
+    assert len(codec.dumps(ack)) < 1000  # the ack carries only the small error
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+        max_leaves=20,
+    ),
+    st.integers(0, 400),
+)
+def test_check_result_measures_what_the_ack_sends(result: Any, limit: int) -> None:
+    """A result passes exactly when its bytes in the ack's body fit the limit."""
+    plain, failure, size = check_result(result, limit)
+    body = codec.dumps(Ack(lease_id="l", outcome="succeeded", result=result))
+    in_ack = len(body) - len(codec.dumps(Ack(lease_id="l", outcome="succeeded", result=0))) + 1
+    if in_ack <= limit:
+        assert (plain, failure, size) == (result, None, in_ack)
+    else:
+        assert plain is None and failure is not None and failure.type == "result_too_large"
+
+
+@pytest.mark.parametrize("timeout_s", [-5.0, 0.0, float("nan"), float("inf"), float("-inf")])
+async def test_a_job_with_an_unusable_timeout_fails_without_running(
+    timeout_s: float, autojump_clock: Any
+) -> None:
+    ran = False
+
+    async def handler(job: ClaimedJob) -> Any:
+        nonlocal ran
+        ran = True
+
+    outcome = await run_job(handler, make_job(timeout_s=timeout_s), timeout=5)
+    assert not ran
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("invalid_job", False)
+    assert "timeout_s" in outcome.error.message and repr(timeout_s) in outcome.error.message
 
 
 async def test_run_job_lets_outer_cancellation_through(autojump_clock: Any) -> None:
@@ -225,8 +310,9 @@ async def test_python_handler_calls_the_function(importable_tests: None) -> None
     assert await handler(job) == {"payload": {"n": 3}, "attempt": 2, "job_id": job.job_id}
     with pytest.raises(PermanentError, match="cannot succeed"):
         await PythonHandler("tests.support.jobs:permanent")(job)
-    with pytest.raises(PermanentError, match="result is not JSON-serializable"):
-        await PythonHandler("tests.support.jobs:not_json")(job)
+    outcome = await run_job(PythonHandler("tests.support.jobs:not_json"), job, timeout=5)
+    assert outcome.error is not None
+    assert (outcome.error.type, outcome.error.retryable) == ("result_not_json", False)
     outcome = await run_job(PythonHandler("tests.support.jobs:boom"), job, timeout=5)
     assert outcome.error == FailureInfo("value_error", "boom", True)
 
