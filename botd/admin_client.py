@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 import attrs
 import httpx
 
-from . import codec
+from . import codec, tls
 from .errors import (
     ConfigError,
     JobFinished,
@@ -48,6 +49,7 @@ from .errors import (
 )
 
 __all__ = [
+    "CA_FILE_ENV",
     "DEFAULT_SERVER",
     "OK_STATUSES",
     "SERVER_ENV",
@@ -56,6 +58,7 @@ __all__ = [
     "AdminClient",
     "Answer",
     "AsyncAdminClient",
+    "resolve_ca_file",
     "resolve_token",
     "server_url",
 ]
@@ -79,6 +82,8 @@ SERVER_ENV = "MAIN_SERVER_URL"
 DEFAULT_SERVER = "http://127.0.0.1:3001"
 TOKEN_ENV = "BOTD_TOKEN"
 TOKEN_FILE_ENV = "BOTD_TOKEN_FILE"
+#: The CA file that an https:// server's certificate is verified against (else the system's).
+CA_FILE_ENV = "BOTD_CA_FILE"
 #: What a 401/403 answer adds: where the token comes from.
 TOKEN_HINT = (
     f"botd's commands take the token from --token, --token-file, env {TOKEN_ENV} or "
@@ -89,12 +94,16 @@ Params = Mapping[str, str | int]
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does."""
+def _translated(trust: tls.Trust) -> Iterator[None]:
+    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does.
+
+    A failed TLS check says which one failed (:func:`botd.tls.explain`) against ``trust``.
+    """
     try:
         yield
     except httpx.HTTPError as exc:
-        raise ServerUnavailable(str(exc) or type(exc).__name__) from exc
+        explained = tls.explain(exc, trust)
+        raise ServerUnavailable(explained or str(exc) or type(exc).__name__) from exc
 
 
 @attrs.frozen
@@ -176,6 +185,16 @@ def resolve_token(
     return None
 
 
+def resolve_ca_file(
+    ca_file: str | Path | None = None, env: Mapping[str, str] = os.environ
+) -> Path | None:
+    """The CA file: ``ca_file``, else the file named by env ``BOTD_CA_FILE``, else None (the
+    system's CA bundle)."""
+    if ca_file:
+        return Path(ca_file)
+    return Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None
+
+
 def _read_token_file(path: Path, where: str) -> str:
     try:
         token = path.read_text().strip()
@@ -199,13 +218,27 @@ class _Settings:
     token: str | None = attrs.field(default=None, kw_only=True, repr=False)
     timeout: float = attrs.field(default=30.0, kw_only=True)
     connect_timeout: float | None = attrs.field(default=None, kw_only=True)
+    ca_file: str | Path | None = attrs.field(default=None, kw_only=True)
 
     def _options(self) -> dict[str, Any]:
         return {
             "base_url": self.base_url,
             "headers": {"Authorization": f"Bearer {self.token}"} if self.token else {},
             "timeout": self._timeout(),
+            "verify": self._verify(),
         }
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        """The CA file's context, or True: the system's bundle. Raises ConfigError when the
+        file cannot be used."""
+        if self.ca_file is None:
+            return True
+        return tls.client_context(ca_file=Path(self.ca_file), names=("--ca-file", "", ""))
+
+    @property
+    def _trust(self) -> tls.Trust:
+        ca = f"--ca-file {self.ca_file}" if self.ca_file is not None else None
+        return tls.Trust(ca=ca, cert_hint="botd's commands cannot present one")
 
     def _timeout(self, longer_by: float = 0.0) -> httpx.Timeout:
         """The request timeout, ``longer_by`` seconds longer for a long poll."""
@@ -222,6 +255,8 @@ class AdminClient(_Settings):
         Empty (the default): each request names an absolute URL.
       token: the bearer token, or None. It goes only into the Authorization header.
       timeout: seconds for each request; connect_timeout: for the connection (default: timeout).
+      ca_file: verify an https:// server against the CAs in this PEM file instead of the
+        system's bundle (:func:`resolve_ca_file`).
       transport: an httpx transport to use instead of the network (tests).
 
     Resource handling: owns one ``httpx.Client``; close it with :meth:`close` or ``with``.
@@ -245,12 +280,12 @@ class AdminClient(_Settings):
     def get(self, path: str, params: Params | None = None, *, wait_s: float = 0.0) -> Answer:
         """``GET path``; raises :class:`ServerUnavailable` when no answer came. ``wait_s``: the
         server may hold the answer that long (a long poll), so the timeout is that much longer."""
-        with _translated():
+        with _translated(self._trust):
             return _answer(self._http.get(path, params=params, timeout=self._timeout(wait_s)))
 
     def post(self, path: str, body: object) -> Answer:
         """``POST path`` with ``body`` as JSON (:func:`botd.codec.dumps`); see :meth:`get`."""
-        with _translated():
+        with _translated(self._trust):
             return _answer(self._http.post(path, content=codec.dumps(body), headers=_JSON))
 
 
@@ -279,11 +314,11 @@ class AsyncAdminClient(_Settings):
 
     async def get(self, path: str, params: Params | None = None, *, wait_s: float = 0.0) -> Answer:
         """``GET path``; see :meth:`AdminClient.get`."""
-        with _translated():
+        with _translated(self._trust):
             answer = await self._http.get(path, params=params, timeout=self._timeout(wait_s))
             return _answer(answer)
 
     async def post(self, path: str, body: object) -> Answer:
         """``POST path`` with ``body`` as JSON (:func:`botd.codec.dumps`); see :meth:`get`."""
-        with _translated():
+        with _translated(self._trust):
             return _answer(await self._http.post(path, content=codec.dumps(body), headers=_JSON))

@@ -70,6 +70,7 @@ class Event(StrEnum):
 
     # the server
     SERVER_LISTENING = "server_listening"
+    SERVER_OPEN = "server_open"
     SERVER_STOPPING = "server_stopping"
     SERVER_STOPPED = "server_stopped"
     STORE_OPENED = "store_opened"

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import codec
 from .admin_client import (
+    CA_FILE_ENV,
     DEFAULT_SERVER,
     SERVER_ENV,
     TOKEN_ENV,
@@ -90,7 +91,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--server``, ``--token`` and ``--token-file`` to ``parser``."""
+    """Add ``--server``, ``--token``, ``--token-file`` and ``--ca-file`` to ``parser``."""
     group = parser.add_argument_group("server")
     group.add_argument(
         "--server",
@@ -111,6 +112,13 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="file holding the bearer token (default: none; --token wins over it)",
     )
+    group.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        default=None,
+        help="verify an https:// server against the CA certificates in this PEM file"
+        f" (default: env {CA_FILE_ENV}, else the system's CA bundle)",
+    )
 
 
 def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient], int]) -> int:
@@ -119,7 +127,7 @@ def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient]
     where = server_url(args.server)
     try:
         token = resolve_token(args.token, args.token_file)
-        with JobsClient(where, token=token, timeout=30.0) as client:
+        with JobsClient(where, token=token, timeout=30.0, ca_file=args.ca_file) as client:
             return work(client)
     except WaitTimeout as exc:
         job = exc.job.job_id
@@ -129,7 +137,8 @@ def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient]
         say(prog, str(exc))
         return EXIT_BAD
     except ServerUnavailable as exc:
-        say(prog, f"cannot reach {where}: {exc}; is the server up? (--server, env {SERVER_ENV})")
+        hint = "" if "TLS:" in str(exc) else f"; is the server up? (--server, env {SERVER_ENV})"
+        say(prog, f"cannot reach {where}: {exc}{hint}")
         return EXIT_NO_ANSWER
     except ProtocolError as exc:
         say(prog, f"unexpected answer from {where}: {exc}; is that a botd server?")

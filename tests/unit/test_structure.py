@@ -31,6 +31,7 @@ SHARED = {
     "botd.outcomes",
     "botd.events",
     "botd.redaction",
+    "botd.tls",
     "botd.stdlib_logging",
     "botd.logs",
 }
