@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,6 @@ import httpx
 
 from . import codec, tls
 from .errors import (
-    ConfigError,
     JobFinished,
     JobNotFound,
     JobNotRetryable,
@@ -47,6 +46,7 @@ from .errors import (
     ServerUnavailable,
     Unrecoverable,
 )
+from .token_files import loose_permissions, read_token_file
 
 __all__ = [
     "CA_FILE_ENV",
@@ -167,22 +167,33 @@ def resolve_token(
     token: str | None = None,
     token_file: str | Path | None = None,
     env: Mapping[str, str] = os.environ,
+    *,
+    warn: Callable[[str], None] | None = None,
 ) -> str | None:
     """The bearer token: ``token``, else the file ``token_file``, else env ``BOTD_TOKEN``,
     else the file named by env ``BOTD_TOKEN_FILE``, else None (no token).
 
     A file's content is stripped of surrounding whitespace. Raises :class:`ConfigError` when
-    the file cannot be read or is empty.
+    the file cannot be read, is empty or holds no token (its content is never shown). ``warn``
+    hears a warning when the file is readable by other users.
     """
     if token:
         return token
     if token_file:
-        return _read_token_file(Path(token_file), "--token-file")
+        return _token_of(Path(token_file), "--token-file", warn)
     if env.get(TOKEN_ENV):
         return env[TOKEN_ENV]
     if env.get(TOKEN_FILE_ENV):
-        return _read_token_file(Path(env[TOKEN_FILE_ENV]), TOKEN_FILE_ENV)
+        return _token_of(Path(env[TOKEN_FILE_ENV]), TOKEN_FILE_ENV, warn)
     return None
+
+
+def _token_of(path: Path, where: str, warn: Callable[[str], None] | None) -> str:
+    token = read_token_file(path, where)
+    loose = loose_permissions(path, where)
+    if loose is not None and warn is not None:
+        warn(loose)
+    return token
 
 
 def resolve_ca_file(
@@ -193,17 +204,6 @@ def resolve_ca_file(
     if ca_file:
         return Path(ca_file)
     return Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None
-
-
-def _read_token_file(path: Path, where: str) -> str:
-    try:
-        token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{where}: cannot read the token file {path} ({exc}); fix the path"
-        raise ConfigError(msg) from None
-    if not token:
-        raise ConfigError(f"{where}: the token file {path} is empty; write the token into it")
-    return token
 
 
 def _answer(response: httpx.Response) -> Answer:

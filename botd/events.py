@@ -25,6 +25,7 @@ class Event(StrEnum):
     INTERNAL_ERROR = "internal_error"
     CONFIG_ERROR = "config_error"
     UNKNOWN_SETTING = "unknown_setting"
+    TOKEN_EXPOSED = "token_exposed"
     SIGNAL = "signal"
     DRAIN_SKIPPED = "drain_skipped"
     EXIT_NOW = "exit_now"

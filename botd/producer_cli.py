@@ -40,6 +40,7 @@ from .errors import (
 )
 from .jobs_client import JobsClient
 from .models import JobView
+from .token_files import token_flag_warning
 
 __all__ = [
     "EXIT_BAD",
@@ -125,8 +126,12 @@ def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient]
     """``work(client)`` on a :class:`JobsClient` of the connection flags, and its exit code;
     a botd error becomes its message on stderr and its exit code."""
     where = server_url(args.server)
+    if args.token:
+        say(prog, f"warning: {token_flag_warning('--token', TOKEN_ENV)}")
     try:
-        token = resolve_token(args.token, args.token_file)
+        token = resolve_token(
+            args.token, args.token_file, warn=lambda line: say(prog, f"warning: {line}")
+        )
         with JobsClient(where, token=token, timeout=30.0, ca_file=args.ca_file) as client:
             return work(client)
     except WaitTimeout as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import tls
 from ..errors import ConfigError
+from ..token_files import read_token_file
 from .converter import config_converter
 from .secret import Secret
 from .setting import flag_name, problem, show
@@ -64,17 +65,10 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
 
 def _read_token_file(path: Path, where: str, problems: list[str]) -> Secret | None:
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(f"{where}: cannot read token file {str(path)!r}: {exc.strerror or exc}")
+        return Secret(read_token_file(path, where))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
         return None
-    except UnicodeDecodeError:
-        problems.append(f"{where}: token file {str(path)!r} is not UTF-8 text")
-        return None
-    if not text:
-        problems.append(f"{where}: token file {str(path)!r} is empty")
-        return None
-    return Secret(text)
 
 
 #: The TLS settings of a bot, checked together: their files must make an SSL context.

@@ -11,6 +11,7 @@ import trio
 
 from ..admin_client import CA_FILE_ENV, TOKEN_ENV, TOKEN_FILE_ENV, resolve_ca_file, resolve_token
 from ..errors import ConfigError
+from ..token_files import token_flag_warning
 from .bench import KIND_PREFIX, QUICK_TTL_S
 from .report import Verdict
 from .runner import SUITE, Unreachable, run_suite, select
@@ -95,7 +96,14 @@ def run_conformance_from_args(args: argparse.Namespace) -> int:
         return 0
     try:
         checks = select([n.strip() for n in args.only.split(",") if n.strip()])
-        token = resolve_token(args.token, args.token_file)
+        if args.token:
+            warning = token_flag_warning("--token", TOKEN_ENV)
+            print(f"botd conformance: warning: {warning}", file=sys.stderr)
+        token = resolve_token(
+            args.token,
+            args.token_file,
+            warn=lambda line: print(f"botd conformance: warning: {line}", file=sys.stderr),
+        )
         ca_file = resolve_ca_file(args.ca_file)
     except (ValueError, ConfigError) as exc:
         print(f"botd conformance: {exc}", file=sys.stderr)

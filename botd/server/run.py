@@ -30,6 +30,7 @@ from .. import logs
 from ..errors import ConfigError, leaf_exceptions
 from ..events import Event
 from ..exit_codes import ExitCode
+from ..token_files import token_flag_warning
 from .app import core_of, create_app
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S
 from .store import (
@@ -325,7 +326,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=None,
-        help=f"require 'Authorization: Bearer TOKEN' on /v1 (default: env {TOKEN_ENV})",
+        help=f"require 'Authorization: Bearer TOKEN' on /v1 (default: env {TOKEN_ENV});"
+        f" a flag shows in `ps`: prefer env {TOKEN_ENV}",
     )
     parser.add_argument(
         "--tls-cert",
@@ -417,6 +419,9 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"botd server: {exc}", file=sys.stderr)
         return 2
+    if args.token:
+        warning = token_flag_warning("--token", TOKEN_ENV, None)
+        print(f"botd server: warning: {warning}", file=sys.stderr)
     try:
         check_tls(config)
     except ConfigError as exc:

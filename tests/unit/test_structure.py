@@ -32,6 +32,7 @@ SHARED = {
     "botd.events",
     "botd.redaction",
     "botd.tls",
+    "botd.token_files",
     "botd.stdlib_logging",
     "botd.logs",
 }
