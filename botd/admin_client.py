@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,9 +36,8 @@ from typing import Any, TypeVar
 import attrs
 import httpx
 
-from . import codec
+from . import codec, tls
 from .errors import (
-    ConfigError,
     JobFinished,
     JobNotFound,
     JobNotRetryable,
@@ -46,8 +46,10 @@ from .errors import (
     ServerUnavailable,
     Unrecoverable,
 )
+from .token_files import loose_permissions, read_token_file
 
 __all__ = [
+    "CA_FILE_ENV",
     "DEFAULT_SERVER",
     "OK_STATUSES",
     "SERVER_ENV",
@@ -56,6 +58,7 @@ __all__ = [
     "AdminClient",
     "Answer",
     "AsyncAdminClient",
+    "resolve_ca_file",
     "resolve_token",
     "server_url",
 ]
@@ -79,6 +82,8 @@ SERVER_ENV = "MAIN_SERVER_URL"
 DEFAULT_SERVER = "http://127.0.0.1:3001"
 TOKEN_ENV = "BOTD_TOKEN"
 TOKEN_FILE_ENV = "BOTD_TOKEN_FILE"
+#: The CA file that an https:// server's certificate is verified against (else the system's).
+CA_FILE_ENV = "BOTD_CA_FILE"
 #: What a 401/403 answer adds: where the token comes from.
 TOKEN_HINT = (
     f"botd's commands take the token from --token, --token-file, env {TOKEN_ENV} or "
@@ -89,12 +94,16 @@ Params = Mapping[str, str | int]
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does."""
+def _translated(trust: tls.Trust) -> Iterator[None]:
+    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does.
+
+    A failed TLS check says which one failed (:func:`botd.tls.explain`) against ``trust``.
+    """
     try:
         yield
     except httpx.HTTPError as exc:
-        raise ServerUnavailable(str(exc) or type(exc).__name__) from exc
+        explained = tls.explain(exc, trust)
+        raise ServerUnavailable(explained or str(exc) or type(exc).__name__) from exc
 
 
 @attrs.frozen
@@ -158,33 +167,43 @@ def resolve_token(
     token: str | None = None,
     token_file: str | Path | None = None,
     env: Mapping[str, str] = os.environ,
+    *,
+    warn: Callable[[str], None] | None = None,
 ) -> str | None:
     """The bearer token: ``token``, else the file ``token_file``, else env ``BOTD_TOKEN``,
     else the file named by env ``BOTD_TOKEN_FILE``, else None (no token).
 
     A file's content is stripped of surrounding whitespace. Raises :class:`ConfigError` when
-    the file cannot be read or is empty.
+    the file cannot be read, is empty or holds no token (its content is never shown). ``warn``
+    hears a warning when the file is readable by other users.
     """
     if token:
         return token
     if token_file:
-        return _read_token_file(Path(token_file), "--token-file")
+        return _token_of(Path(token_file), "--token-file", warn)
     if env.get(TOKEN_ENV):
         return env[TOKEN_ENV]
     if env.get(TOKEN_FILE_ENV):
-        return _read_token_file(Path(env[TOKEN_FILE_ENV]), TOKEN_FILE_ENV)
+        return _token_of(Path(env[TOKEN_FILE_ENV]), TOKEN_FILE_ENV, warn)
     return None
 
 
-def _read_token_file(path: Path, where: str) -> str:
-    try:
-        token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{where}: cannot read the token file {path} ({exc}); fix the path"
-        raise ConfigError(msg) from None
-    if not token:
-        raise ConfigError(f"{where}: the token file {path} is empty; write the token into it")
+def _token_of(path: Path, where: str, warn: Callable[[str], None] | None) -> str:
+    token = read_token_file(path, where)
+    loose = loose_permissions(path, where)
+    if loose is not None and warn is not None:
+        warn(loose)
     return token
+
+
+def resolve_ca_file(
+    ca_file: str | Path | None = None, env: Mapping[str, str] = os.environ
+) -> Path | None:
+    """The CA file: ``ca_file``, else the file named by env ``BOTD_CA_FILE``, else None (the
+    system's CA bundle)."""
+    if ca_file:
+        return Path(ca_file)
+    return Path(env[CA_FILE_ENV]) if env.get(CA_FILE_ENV) else None
 
 
 def _answer(response: httpx.Response) -> Answer:
@@ -199,13 +218,27 @@ class _Settings:
     token: str | None = attrs.field(default=None, kw_only=True, repr=False)
     timeout: float = attrs.field(default=30.0, kw_only=True)
     connect_timeout: float | None = attrs.field(default=None, kw_only=True)
+    ca_file: str | Path | None = attrs.field(default=None, kw_only=True)
 
     def _options(self) -> dict[str, Any]:
         return {
             "base_url": self.base_url,
             "headers": {"Authorization": f"Bearer {self.token}"} if self.token else {},
             "timeout": self._timeout(),
+            "verify": self._verify(),
         }
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        """The CA file's context, or True: the system's bundle. Raises ConfigError when the
+        file cannot be used."""
+        if self.ca_file is None:
+            return True
+        return tls.client_context(ca_file=Path(self.ca_file), names=("--ca-file", "", ""))
+
+    @property
+    def _trust(self) -> tls.Trust:
+        ca = f"--ca-file {self.ca_file}" if self.ca_file is not None else None
+        return tls.Trust(ca=ca, cert_hint="botd's commands cannot present one")
 
     def _timeout(self, longer_by: float = 0.0) -> httpx.Timeout:
         """The request timeout, ``longer_by`` seconds longer for a long poll."""
@@ -222,6 +255,8 @@ class AdminClient(_Settings):
         Empty (the default): each request names an absolute URL.
       token: the bearer token, or None. It goes only into the Authorization header.
       timeout: seconds for each request; connect_timeout: for the connection (default: timeout).
+      ca_file: verify an https:// server against the CAs in this PEM file instead of the
+        system's bundle (:func:`resolve_ca_file`).
       transport: an httpx transport to use instead of the network (tests).
 
     Resource handling: owns one ``httpx.Client``; close it with :meth:`close` or ``with``.
@@ -245,12 +280,12 @@ class AdminClient(_Settings):
     def get(self, path: str, params: Params | None = None, *, wait_s: float = 0.0) -> Answer:
         """``GET path``; raises :class:`ServerUnavailable` when no answer came. ``wait_s``: the
         server may hold the answer that long (a long poll), so the timeout is that much longer."""
-        with _translated():
+        with _translated(self._trust):
             return _answer(self._http.get(path, params=params, timeout=self._timeout(wait_s)))
 
     def post(self, path: str, body: object) -> Answer:
         """``POST path`` with ``body`` as JSON (:func:`botd.codec.dumps`); see :meth:`get`."""
-        with _translated():
+        with _translated(self._trust):
             return _answer(self._http.post(path, content=codec.dumps(body), headers=_JSON))
 
 
@@ -279,11 +314,11 @@ class AsyncAdminClient(_Settings):
 
     async def get(self, path: str, params: Params | None = None, *, wait_s: float = 0.0) -> Answer:
         """``GET path``; see :meth:`AdminClient.get`."""
-        with _translated():
+        with _translated(self._trust):
             answer = await self._http.get(path, params=params, timeout=self._timeout(wait_s))
             return _answer(answer)
 
     async def post(self, path: str, body: object) -> Answer:
         """``POST path`` with ``body`` as JSON (:func:`botd.codec.dumps`); see :meth:`get`."""
-        with _translated():
+        with _translated(self._trust):
             return _answer(await self._http.post(path, content=codec.dumps(body), headers=_JSON))

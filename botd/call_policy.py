@@ -23,7 +23,8 @@ or write error, timeout, 408, 425,                 sleep; the error is kept in `
 429, 5xx), ProtocolError (a body                   and not raised
 we cannot read), the call's own
 deadline, or RequestRejected (any
-other 4xx: logged as an ERROR)
+other 4xx: logged as an ERROR), or
+TlsFailure (an ERROR too)
 404 unknown_bot, 409                success        :class:`~botd.session.SessionLost` is raised
 session_superseded                                 (with who holds the bot id now, if known)
 401/403 (Unrecoverable)             failure        re-raised: the agent stops the bot, exit 78
@@ -57,6 +58,7 @@ from .errors import (
     ServerUnavailable,
     SessionSuperseded,
     SessionTokenRefused,
+    TlsFailure,
     UnknownBot,
     Unrecoverable,
 )
@@ -204,9 +206,10 @@ class CallPolicy:
             }
             if self.breaker is not None:
                 fields.update(breaker=self.breaker.name, failure_count=self.breaker.failure_count)
-            # Another 4xx will not go away by itself: say so louder than an outage. A bot id
-            # in use may (its holder may be a dead predecessor): the registrar names it once.
-            loud = isinstance(exc, RequestRejected) and not isinstance(exc, BotIdInUse)
+            # Another 4xx, or a failed TLS check, will not go away by itself: say so louder
+            # than an outage. A bot id in use may (its holder may be a dead predecessor): the
+            # registrar names it once.
+            loud = isinstance(exc, RequestRejected | TlsFailure) and not isinstance(exc, BotIdInUse)
             level = "ERROR" if loud else "WARNING"
             logger.bind(**fields).log(
                 level, "{} failed ({} in a row), retrying in {:.2f}s: {}", self.name,

@@ -87,26 +87,43 @@ def _load(args: argparse.Namespace) -> Any:
     try:
         return load_config(env=os.environ, file=args.config, overrides=_overrides(args))
     except ConfigError as exc:
-        _config_failed(exc.problems)
+        flag_token = getattr(args, "set_token", None)
+        _config_failed(exc.problems, [str(flag_token)] if flag_token else [])
         raise SystemExit(ExitCode.CONFIG) from None
 
 
-def _config_failed(problems: Sequence[str]) -> None:
+def _config_failed(problems: Sequence[str], secrets: Sequence[str] = ()) -> None:
     from . import logs
 
     fmt = os.environ.get("BOT_LOG_FORMAT", "auto").strip().lower()
-    logs.setup_logging(fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto")
+    setup = logs.setup_logging(
+        fmt="json" if fmt == "json" else "text" if fmt == "text" else "auto", secrets=secrets
+    )
     for problem in problems:
         logs.emit(Event.CONFIG_ERROR, f"bad configuration: {problem}", "ERROR", problem=problem)
     if fmt == "text" or sys.stderr.isatty():
         # For a person at a terminal. Under a supervisor every captured line stays JSON: the
-        # config_error lines above already name each variable and what it accepts.
-        print(
+        # config_error lines above already name each variable and what it accepts. The
+        # summary goes through the logs' redaction (the *_TOKEN variables, a --token flag).
+        summary = (
             "botd: bad configuration, nothing started:\n"
             + "".join(f"  {p}\n" for p in problems)
-            + "Fix the settings above (see `botd run --help`) and start again.",
-            file=sys.stderr,
+            + "Fix the settings above (see `botd run --help`) and start again."
         )
+        print(setup.redactor(summary), file=sys.stderr)
+
+
+def _warn_about_token_sources(args: argparse.Namespace, config: Any, say: Any) -> None:
+    """``say`` a warning for a token on the command line and for a token file others may
+    read (``botd run`` logs them, ``check-config`` prints them)."""
+    from .token_files import loose_permissions, token_flag_warning
+
+    if getattr(args, "set_token", None):
+        say(token_flag_warning("--token", "BOT_TOKEN"), "flag", "--token")
+    if config.token_file is not None:
+        loose = loose_permissions(config.token_file, "BOT_TOKEN_FILE")
+        if loose is not None:
+            say(loose, "file", str(config.token_file))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,6 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup_logging(level=config.log_level, fmt=config.log_format, secrets=secrets)
     for name, near, line in _unknown_variables():
         logs.emit(Event.UNKNOWN_SETTING, line, "WARNING", variable=name, suggestion=near)
+    _warn_about_token_sources(
+        args,
+        config,
+        lambda line, key, where: logs.emit(Event.TOKEN_EXPOSED, line, "WARNING", **{key: where}),
+    )
     if config.log_level not in ("TRACE", "DEBUG"):
         # httpx logs every request at INFO: one line per heartbeat and claim is noise.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -150,6 +172,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     for _, _, line in _unknown_variables():
         print(f"botd: warning: {line}", file=sys.stderr)
+    _warn_about_token_sources(
+        args, config, lambda line, *_: print(f"botd: warning: {line}", file=sys.stderr)
+    )
     print(json.dumps(redacted(config), indent=2, sort_keys=True, default=str))
     return int(ExitCode.OK)
 

@@ -4,7 +4,8 @@
 model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.ServerError`:
 
 - network errors, timeouts, DNS failures, 408, 425, 429 and 5xx -> :class:`ServerUnavailable`
-  (retryable);
+  (retryable); a failed TLS check -> :class:`TlsFailure` (a ServerUnavailable that says
+  which check failed, :func:`botd.tls.explain`);
 - a body that is not JSON, or JSON of the wrong shape -> :class:`ProtocolError` (retryable);
 - 401/403 -> :class:`Unrecoverable`, but a 401 to a session token ->
   :class:`SessionTokenRefused` (the server forgot the session: register again);
@@ -46,7 +47,7 @@ import attrs
 import httpx
 import trio
 
-from . import codec
+from . import codec, tls
 from .errors import (
     BotIdInUse,
     ProtocolError,
@@ -54,6 +55,7 @@ from .errors import (
     ServerUnavailable,
     SessionSuperseded,
     SessionTokenRefused,
+    TlsFailure,
     UnknownBot,
     Unrecoverable,
 )
@@ -122,16 +124,48 @@ def outcome_of(exc: BaseException) -> str:
     return "error"
 
 
+#: The trust of a bot that has no TLS settings: the system's CA bundle, no client certificate.
+DEFAULT_TRUST = tls.Trust(cert_hint="set BOT_TLS_CERT and BOT_TLS_KEY")
+#: What a connection closed right after it opened may mean over https (TLS 1.3 reports a
+#: refused client certificate as a closed connection on the first read).
+_CLOSED_TLS_HINT = (
+    " (over https, a server that requires a client certificate closes the connection like"
+    " this when it gets none, or one it does not trust: {})"
+)
+
+
 @contextmanager
-def map_transport_errors(endpoint: str) -> Iterator[None]:
-    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does."""
+def map_transport_errors(endpoint: str, trust: tls.Trust | None = None) -> Iterator[None]:
+    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does.
+
+    A failed TLS check is :class:`TlsFailure`, saying which check failed against ``trust``
+    (the CA file and the client certificate in use).
+    """
     try:
         yield
     except httpx.TimeoutException as exc:
         raise ServerUnavailable(f"{endpoint}: timed out ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
+        trust = trust or DEFAULT_TRUST
+        explained = tls.explain(exc, trust)
+        if explained is not None:
+            raise TlsFailure(f"{endpoint}: {explained}") from None
         # ConnectError covers refused connections and DNS failures; the message says which.
-        raise ServerUnavailable(f"{endpoint}: {type(exc).__name__}: {exc or 'no detail'}") from None
+        message = f"{endpoint}: {type(exc).__name__}: {exc or 'no detail'}"
+        https = exc.request.url.scheme == "https" if _has_request(exc) else False
+        if https and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            message += _CLOSED_TLS_HINT.format(
+                f"is {trust.cert} right?" if trust.cert else trust.cert_hint
+            )
+        raise ServerUnavailable(message) from None
+
+
+def _has_request(exc: httpx.TransportError) -> bool:
+    try:
+        exc.request  # noqa: B018 (httpx raises RuntimeError when the error has none)
+    except RuntimeError:
+        return False
+    return True
 
 
 @attrs.frozen
@@ -205,6 +239,9 @@ class ServerClient:
         :data:`CLAIM_BYTES_PER_JOB` per job asked for); a larger one is a ProtocolError.
       transport: an httpx transport to use instead of the network (tests).
       observe: called after every request with the endpoint, outcome and duration.
+      ssl_context: the SSL context of an ``https://`` server (:func:`botd.tls.client_context`:
+        BOT_CA_FILE, BOT_TLS_CERT, BOT_TLS_KEY); None: the system's CA bundle.
+      trust: where ``ssl_context`` came from, for the messages of a failed TLS check.
 
     Resource handling: owns one ``httpx.AsyncClient``; close it with :meth:`aclose`
     or ``async with``.
@@ -224,6 +261,8 @@ class ServerClient:
     #: a claim, a deregister) goes with that session's own token, even while a newer
     #: session is being set up (a results reporter still on the old one).
     _session_tokens: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
+    ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
+    trust: tls.Trust = DEFAULT_TRUST
     _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
     _fresh: httpx.AsyncClient | None = attrs.field(init=False, default=None, repr=False)
     _options: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
@@ -232,11 +271,11 @@ class ServerClient:
         headers = {"User-Agent": "botd", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        verify: ssl.SSLContext | bool = True
+        verify: ssl.SSLContext | bool = True if self.ssl_context is None else self.ssl_context
         if self.base_url.lower().startswith("http://"):
             # Plain HTTP never opens TLS (redirects are not followed): do not load the CA
             # bundle (~50 ms at every start). This context trusts no CA, so it fails closed.
-            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            verify = tls.plain_http_context()
         self._options = {
             "base_url": self.base_url.rstrip("/"),
             "headers": headers,
@@ -376,7 +415,7 @@ class ServerClient:
             headers["Authorization"] = f"Bearer {session_token}"
         deadline = self.connect_timeout + self.request_timeout + waited
         cap = self.response_max_bytes if max_bytes is None else max_bytes
-        with trio.move_on_after(deadline) as scope, map_transport_errors(endpoint):
+        with trio.move_on_after(deadline) as scope, map_transport_errors(endpoint, self.trust):
             response = await self._request(
                 method,
                 path,

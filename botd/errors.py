@@ -26,6 +26,7 @@ the others live with the one module that raises them, named on the right::
     │                            (botd.server.wire)
     ├── ServerError              talking to the main server failed
     │   ├── ServerUnavailable    retryable: network errors, timeouts, 408/425/429, 5xx
+    │   │   └── TlsFailure       ... a TLS check failed (botd.tls says which): an ERROR
     │   ├── ProtocolError        the server answered something we cannot read
     │   ├── Unrecoverable        401/403: retrying will not help
     │   └── RequestRejected      any other 4xx, carrying the server's error code
@@ -83,6 +84,7 @@ __all__ = [
     "SessionSuperseded",
     "SessionTokenRefused",
     "StateDirError",
+    "TlsFailure",
     "UnknownBot",
     "Unrecoverable",
     "WaitTimeout",
@@ -167,6 +169,12 @@ class ServerUnavailable(ServerError):
     """Raised when the server cannot be reached or answers 408/425/429/5xx; retry with backoff."""
 
     retryable = True
+
+
+class TlsFailure(ServerUnavailable):
+    """Raised when a TLS check failed (the server's certificate, or ours; the message says
+    which). Retried with backoff, since a rotated certificate may fix it, but logged as an
+    ERROR: it is usually a configuration mistake."""
 
 
 class ProtocolError(ServerError):

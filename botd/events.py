@@ -26,6 +26,7 @@ class Event(StrEnum):
     INTERNAL_ERROR = "internal_error"
     CONFIG_ERROR = "config_error"
     UNKNOWN_SETTING = "unknown_setting"
+    TOKEN_EXPOSED = "token_exposed"
     SIGNAL = "signal"
     DRAIN_SKIPPED = "drain_skipped"
     EXIT_NOW = "exit_now"
@@ -72,6 +73,7 @@ class Event(StrEnum):
 
     # the server
     SERVER_LISTENING = "server_listening"
+    SERVER_OPEN = "server_open"
     SERVER_STOPPING = "server_stopping"
     SERVER_STOPPED = "server_stopped"
     STORE_OPENED = "store_opened"

@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
@@ -37,7 +38,15 @@ import attrs
 import httpx
 import trio
 
-from .admin_client import AdminClient, Answer, AsyncAdminClient, Params, resolve_token, server_url
+from .admin_client import (
+    AdminClient,
+    Answer,
+    AsyncAdminClient,
+    Params,
+    resolve_ca_file,
+    resolve_token,
+    server_url,
+)
 from .errors import WaitTimeout
 from .models import (
     FINAL_JOB_STATUSES,
@@ -231,6 +240,8 @@ class JobsClient:
         named by env ``BOTD_TOKEN_FILE``, else none.
       timeout: seconds for each request (a wait's long polls get their ``wait_s`` on top).
       transport: an httpx transport instead of the network (tests).
+      ca_file: verify an https:// server against the CAs in this PEM file; default env
+        ``BOTD_CA_FILE``, else the system's CA bundle.
 
     Resource handling: owns one HTTP connection pool; close it with :meth:`close` or ``with``.
     """
@@ -242,10 +253,15 @@ class JobsClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.server = server_url(server)
         self._admin = AdminClient(
-            self.server, token=resolve_token(token), timeout=timeout, transport=transport
+            self.server,
+            token=resolve_token(token),
+            timeout=timeout,
+            transport=transport,
+            ca_file=resolve_ca_file(ca_file),
         )
 
     def __enter__(self) -> JobsClient:
@@ -327,10 +343,15 @@ class AsyncJobsClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.server = server_url(server)
         self._admin = AsyncAdminClient(
-            self.server, token=resolve_token(token), timeout=timeout, transport=transport
+            self.server,
+            token=resolve_token(token),
+            timeout=timeout,
+            transport=transport,
+            ca_file=resolve_ca_file(ca_file),
         )
 
     async def __aenter__(self) -> AsyncJobsClient:

@@ -4,7 +4,9 @@ and each write in one transaction.
 ``<state_dir>/outbox.sqlite3`` (WAL, ``synchronous=FULL``: every put is fsynced; only a
 removal of what the server recorded, or an attempt count, commits without one) holds one row
 per unreported ack;
-``<state_dir>/lock`` (an ``flock``) keeps two bots from sharing one state dir. Synchronous:
+``<state_dir>/lock`` (an ``flock``) keeps two bots from sharing one state dir. Both are
+created 0600 and opened never through a symlink (:mod:`botd.state_files`); a state dir that
+every user may write to is refused. Synchronous:
 :class:`botd.outbox.Outbox` calls it from a worker thread. Every failure raises
 :class:`~botd.errors.StateDirError` naming the path and what to do.
 """
@@ -25,6 +27,7 @@ import attrs
 from . import codec
 from .errors import StateDirError
 from .models import Ack
+from .state_files import check_state_dir, make_private_dir, open_private
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "OutboxEntry", "OutboxFile"]
 
@@ -103,8 +106,9 @@ class OutboxFile:
                 f"state dir {path} is not a directory; point BOT_STATE_DIR at a directory "
                 "that botd may own (it is created if missing)"
             )
+        check_state_dir(path)
         try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(path)
         except OSError as exc:
             raise _fail(
                 path, "create it", exc, "create it by hand, or point BOT_STATE_DIR elsewhere"
@@ -113,8 +117,14 @@ class OutboxFile:
     def _lock(self) -> None:
         lock_path = self.dir / LOCK_NAME
         try:
-            self.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.lock_fd = open_private(lock_path)
         except OSError as exc:
+            if lock_path.is_symlink():
+                raise StateDirError(
+                    f"state dir {self.dir}: {lock_path.name} is a symlink (to"
+                    f" {os.readlink(lock_path)!r}), not botd's lock; it was left untouched:"
+                    f" remove the link ({lock_path}) and start again"
+                ) from None
             raise _fail(
                 self.dir,
                 f"write {lock_path.name}",
@@ -147,6 +157,17 @@ class OutboxFile:
             f"it is not a readable outbox database: move it aside (mv {self.db_path} "
             f"{self.db_path}.corrupt) and start again; results still in it were not reported"
         )
+        try:
+            # Created 0600 before SQLite opens it (its -wal and -shm files take its mode),
+            # and never through a symlink.
+            os.close(open_private(self.db_path))
+        except OSError as exc:
+            raise _fail(
+                self.db_path,
+                "open it",
+                exc,
+                "it must be a regular file (a symlink is refused) writable by this user",
+            ) from None
         try:
             conn = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:

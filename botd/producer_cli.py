@@ -22,6 +22,7 @@ from typing import Any
 
 from . import codec
 from .admin_client import (
+    CA_FILE_ENV,
     DEFAULT_SERVER,
     SERVER_ENV,
     TOKEN_ENV,
@@ -39,6 +40,7 @@ from .errors import (
 )
 from .jobs_client import JobsClient
 from .models import JobView
+from .token_files import token_flag_warning
 
 __all__ = [
     "EXIT_BAD",
@@ -90,7 +92,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--server``, ``--token`` and ``--token-file`` to ``parser``."""
+    """Add ``--server``, ``--token``, ``--token-file`` and ``--ca-file`` to ``parser``."""
     group = parser.add_argument_group("server")
     group.add_argument(
         "--server",
@@ -111,15 +113,26 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="file holding the bearer token (default: none; --token wins over it)",
     )
+    group.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        default=None,
+        help="verify an https:// server against the CA certificates in this PEM file"
+        f" (default: env {CA_FILE_ENV}, else the system's CA bundle)",
+    )
 
 
 def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient], int]) -> int:
     """``work(client)`` on a :class:`JobsClient` of the connection flags, and its exit code;
     a botd error becomes its message on stderr and its exit code."""
     where = server_url(args.server)
+    if args.token:
+        say(prog, f"warning: {token_flag_warning('--token', TOKEN_ENV)}")
     try:
-        token = resolve_token(args.token, args.token_file)
-        with JobsClient(where, token=token, timeout=30.0) as client:
+        token = resolve_token(
+            args.token, args.token_file, warn=lambda line: say(prog, f"warning: {line}")
+        )
+        with JobsClient(where, token=token, timeout=30.0, ca_file=args.ca_file) as client:
             return work(client)
     except WaitTimeout as exc:
         job = exc.job.job_id
@@ -129,7 +142,8 @@ def with_client(prog: str, args: argparse.Namespace, work: Callable[[JobsClient]
         say(prog, str(exc))
         return EXIT_BAD
     except ServerUnavailable as exc:
-        say(prog, f"cannot reach {where}: {exc}; is the server up? (--server, env {SERVER_ENV})")
+        hint = "" if "TLS:" in str(exc) else f"; is the server up? (--server, env {SERVER_ENV})"
+        say(prog, f"cannot reach {where}: {exc}{hint}")
         return EXIT_NO_ANSWER
     except ProtocolError as exc:
         say(prog, f"unexpected answer from {where}: {exc}; is that a botd server?")

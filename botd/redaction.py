@@ -28,6 +28,7 @@ __all__ = [
     "jsonable",
     "redact_config",
     "redact_value",
+    "without_tokens",
 ]
 
 REDACTED = "***"
@@ -116,6 +117,16 @@ class _Joined:
 
 #: A redactor, or several joined: a text cleaner that can tell when a text needs no cleaning.
 Redacts = Redactor | _Joined
+
+
+#: The names of the variables that hold a token or name its file: never passed to a job.
+_TOKEN_VARIABLE = re.compile(r".*_TOKEN(_FILE)?\Z", re.IGNORECASE)
+
+
+def without_tokens(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without its ``*_TOKEN`` and ``*_TOKEN_FILE`` variables (any case):
+    the environment a job's command gets (BOT_TOKEN, BOTD_TOKEN, BOTD_SERVER_TOKEN, ...)."""
+    return {name: value for name, value in environ.items() if not _TOKEN_VARIABLE.match(name)}
 
 
 def env_secrets(environ: Mapping[str, str]) -> list[str]:

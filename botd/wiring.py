@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from . import logs
+from . import logs, tls
 from ._version import __version__
 from .agent import Agent
 from .backoff import Backoff
@@ -118,6 +119,8 @@ async def open_agent(
                 response_max_bytes=config.response_max_bytes,
                 transport=transport,
                 observe=telemetry.on_request,
+                ssl_context=_ssl_context_of(config),
+                trust=trust_of(config),
             )
             opened.push_async_callback(_closed, client.aclose)
             handler = handler or _build_handler(config)
@@ -217,6 +220,27 @@ async def run_agent(
         if on_open is not None:
             on_open(agent)
         return await agent.run()
+
+
+def _ssl_context_of(config: BotConfig) -> ssl.SSLContext | None:
+    """The bot's SSL context (BOT_CA_FILE, BOT_TLS_CERT, BOT_TLS_KEY), None when none is set.
+
+    Raises ConfigError naming the setting whose file cannot be used (exit 78).
+    """
+    if not (config.ca_file or config.tls_cert or config.tls_key):
+        return None
+    return tls.client_context(
+        ca_file=config.ca_file, cert_file=config.tls_cert, key_file=config.tls_key
+    )
+
+
+def trust_of(config: BotConfig) -> tls.Trust:
+    """Where the bot's TLS settings came from, for the message of a failed TLS check."""
+    return tls.Trust(
+        ca=f"BOT_CA_FILE={config.ca_file}" if config.ca_file else None,
+        cert=f"BOT_TLS_CERT={config.tls_cert}" if config.tls_cert else None,
+        cert_hint="set BOT_TLS_CERT and BOT_TLS_KEY",
+    )
 
 
 def _secrets_of(config: BotConfig) -> Redactor:

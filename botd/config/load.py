@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import tls
 from ..errors import ConfigError
+from ..token_files import read_token_file
 from .converter import config_converter
 from .secret import Secret
 from .setting import flag_name, problem, show
@@ -63,17 +65,29 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
 
 def _read_token_file(path: Path, where: str, problems: list[str]) -> Secret | None:
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(f"{where}: cannot read token file {str(path)!r}: {exc.strerror or exc}")
+        return Secret(read_token_file(path, where))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
         return None
-    except UnicodeDecodeError:
-        problems.append(f"{where}: token file {str(path)!r} is not UTF-8 text")
-        return None
-    if not text:
-        problems.append(f"{where}: token file {str(path)!r} is empty")
-        return None
-    return Secret(text)
+
+
+#: The TLS settings of a bot, checked together: their files must make an SSL context.
+TLS_FIELDS = ("ca_file", "tls_cert", "tls_key")
+
+
+def _check_tls(values: Mapping[str, Any], label: Any, problems: list[str]) -> None:
+    """A problem, naming the setting, if the TLS files cannot be read or used."""
+    if not any(values.get(name) for name in TLS_FIELDS):
+        return
+    try:
+        tls.client_context(
+            ca_file=values.get("ca_file"),
+            cert_file=values.get("tls_cert"),
+            key_file=values.get("tls_key"),
+            names=(label("ca_file"), label("tls_cert"), label("tls_key")),
+        )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
 
 
 def load_config(
@@ -91,7 +105,8 @@ def load_config(
         overrides: CLI flags by field name; None values are skipped (flag not given).
 
     Raises ConfigError with every problem, one line each, naming the variable as written.
-    Reads the TOML file and the token file, nothing else.
+    Reads the TOML file, the token file and the TLS files (BOT_CA_FILE, BOT_TLS_CERT,
+    BOT_TLS_KEY: each must be readable PEM), nothing else.
     """
     problems: list[str] = []
     chosen: dict[str, tuple[Any, str]] = {}
@@ -138,6 +153,7 @@ def load_config(
     def label(name: str) -> str:
         return chosen[name][1] if name in chosen else SETTINGS[name].env
 
+    _check_tls(values, label, problems)
     problems.extend(cross_problems(values, label, frozenset(chosen) - set(values)))
     if problems:
         raise ConfigError(problems)

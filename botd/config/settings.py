@@ -183,6 +183,26 @@ class BotConfig:
         accepts=Accepted("an http:// or https:// URL with a host", url_ok),
         mask=hide_password,
     )
+    ca_file: Path | None = setting(  # noqa: RUF009
+        None,
+        env="BOT_CA_FILE",
+        help="verify an https:// server against the CA certificates in this PEM file instead"
+        " of the system's bundle",
+        accepts=_FILE,
+    )
+    tls_cert: Path | None = setting(  # noqa: RUF009
+        None,
+        env="BOT_TLS_CERT",
+        help="present this PEM client certificate (chain) to an https:// server; its key too"
+        " unless BOT_TLS_KEY is set",
+        accepts=_FILE,
+    )
+    tls_key: Path | None = setting(  # noqa: RUF009
+        None,
+        env="BOT_TLS_KEY",
+        help="the PEM private key of BOT_TLS_CERT",
+        accepts=_FILE,
+    )
     processing_duration_ms: int = setting(
         DEFAULT_PROCESSING_DURATION_MS,
         env="PROCESSING_DURATION_MS",

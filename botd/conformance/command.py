@@ -9,8 +9,9 @@ from pathlib import Path
 
 import trio
 
-from ..admin_client import TOKEN_ENV, TOKEN_FILE_ENV, resolve_token
+from ..admin_client import CA_FILE_ENV, TOKEN_ENV, TOKEN_FILE_ENV, resolve_ca_file, resolve_token
 from ..errors import ConfigError
+from ..token_files import token_flag_warning
 from .bench import KIND_PREFIX, QUICK_TTL_S
 from .report import Verdict
 from .runner import SUITE, Unreachable, run_suite, select
@@ -58,6 +59,13 @@ def add_conformance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file", type=Path, metavar="FILE", help="read the bearer token from FILE"
     )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="verify an https:// server against the CA certificates in this PEM file"
+        f" (default: env {CA_FILE_ENV}, else the system's CA bundle)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON, for CI")
     parser.add_argument(
         "--only",
@@ -88,7 +96,15 @@ def run_conformance_from_args(args: argparse.Namespace) -> int:
         return 0
     try:
         checks = select([n.strip() for n in args.only.split(",") if n.strip()])
-        token = resolve_token(args.token, args.token_file)
+        if args.token:
+            warning = token_flag_warning("--token", TOKEN_ENV)
+            print(f"botd conformance: warning: {warning}", file=sys.stderr)
+        token = resolve_token(
+            args.token,
+            args.token_file,
+            warn=lambda line: print(f"botd conformance: warning: {line}", file=sys.stderr),
+        )
+        ca_file = resolve_ca_file(args.ca_file)
     except (ValueError, ConfigError) as exc:
         print(f"botd conformance: {exc}", file=sys.stderr)
         return 2
@@ -108,12 +124,16 @@ def run_conformance_from_args(args: argparse.Namespace) -> int:
             report = await run_suite(
                 url,
                 token=token,
+                ca_file=ca_file,
                 slow=args.slow,
                 checks=checks,
                 on_verdict=None if args.json else _print_verdict,
             )
         except Unreachable as exc:
             print(f"botd conformance: {url}: {exc}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:
+            print(f"botd conformance: {exc}", file=sys.stderr)
             return 2
         if args.json:
             print(json.dumps(report.as_dict(), indent=2))

@@ -13,6 +13,7 @@ Nothing here knows the reference server: the expectations are those of docs/prot
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ import attrs
 import httpx
 import trio
 
-from .. import codec
+from .. import codec, tls
 from ..errors import BotdError
 from ..timestamps import parse_rfc3339
 
@@ -212,6 +213,10 @@ class Probe:
     client: httpx.AsyncClient
     token: str | None
     exchanges: list[Exchange] = attrs.field(factory=list)
+    #: How an https:// server is verified (the client's own): the system's bundle (True) or
+    #: the context of ``--ca-file``; ``trust`` names it in a failed TLS check's message.
+    verify: ssl.SSLContext | bool = attrs.field(default=True, kw_only=True, repr=False)
+    trust: tls.Trust = attrs.field(factory=tls.Trust, kw_only=True)
 
     def last(self) -> Answer:
         """The latest exchange, as an :class:`Answer`."""
@@ -221,8 +226,8 @@ class Probe:
     async def sibling(self) -> AsyncIterator[Probe]:
         """A probe on a client of its own (same server and token), closed on the way out:
         for a request whose connection a check drops on purpose."""
-        async with httpx.AsyncClient(base_url=self.client.base_url) as client:
-            sibling = Probe(client, self.token)
+        async with httpx.AsyncClient(base_url=self.client.base_url, verify=self.verify) as client:
+            sibling = Probe(client, self.token, verify=self.verify, trust=self.trust)
             try:
                 yield sibling
             finally:
@@ -274,7 +279,9 @@ class Probe:
                     timeout=limit_s,
                 )
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                problem = tls.explain(exc, self.trust) or f"{type(exc).__name__}: {exc}".rstrip(
+                    ": "
+                )
         if response is None:
             exchange = Exchange(method, shown_path, request_body, 0, b"", "", 0.0)
             self.exchanges.append(exchange)

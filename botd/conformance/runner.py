@@ -12,11 +12,14 @@ last, on what the run saw and left.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
 import trio
 
+from .. import tls
 from ..errors import BotdError, leaf_exceptions
 from ..models import JobView
 from . import checks_basics, checks_bots, checks_final, checks_jobs, checks_time, checks_work
@@ -172,16 +175,26 @@ async def run_suite(
     checks: Sequence[Check] | None = None,
     on_verdict: Callable[[Verdict], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    ca_file: Path | None = None,
 ) -> Report:
     """Run ``checks`` (all by default) against ``server``; the :class:`Report`.
 
-    Raises :class:`Unreachable` when the server does not answer or refuses the token.
+    ``ca_file``: verify an https:// server against its CAs instead of the system's bundle.
+    Raises :class:`Unreachable` when the server does not answer or refuses the token;
+    ConfigError when ``ca_file`` cannot be used.
     ``on_verdict`` is called with each verdict as soon as it is known.
     """
     selected = list(SUITE if checks is None else checks)
     started = trio.current_time()
-    async with httpx.AsyncClient(base_url=server, transport=transport) as client:
-        run = Run(Probe(client, token), slow=slow)
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = tls.client_context(ca_file=ca_file, names=("--ca-file", "", ""))
+    trust = tls.Trust(
+        ca=f"--ca-file {ca_file}" if ca_file else None,
+        cert_hint="botd conformance cannot present one",
+    )
+    async with httpx.AsyncClient(base_url=server, transport=transport, verify=verify) as client:
+        run = Run(Probe(client, token, verify=verify, trust=trust), slow=slow)
         report = Report(server, run.prefix)
         await _preflight(run)
 

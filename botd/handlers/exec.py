@@ -19,6 +19,7 @@ from loguru import logger
 from .. import codec
 from ..errors import ConfigError, JobError
 from ..models import ClaimedJob
+from ..redaction import without_tokens
 from .process_groups import group_alive, remove_record, spawn, stop_group, write_record
 
 __all__ = [
@@ -92,7 +93,8 @@ class ExecHandler:
     """Runs a command once per job: the job's JSON on stdin, the result from stdout.
 
     The child starts in a new session (its own process group) with the parent's
-    environment plus ``BOTD_JOB_ID``, ``BOTD_LEASE_ID`` and ``BOTD_ATTEMPT``. With
+    environment less every ``*_TOKEN`` and ``*_TOKEN_FILE`` variable (a job never sees the
+    bot's token), plus ``BOTD_JOB_ID``, ``BOTD_LEASE_ID`` and ``BOTD_ATTEMPT``. With
     ``shell=True`` the argv is joined with spaces and run by ``sh -c``.
 
     Result: the last non-empty line of stdout if it parses as JSON; otherwise stdout itself
@@ -141,7 +143,7 @@ class ExecHandler:
         self.groups_dir = groups_dir
 
     async def __call__(self, job: ClaimedJob) -> Any:
-        env = dict(os.environ)
+        env = without_tokens(os.environ)
         env.update(
             BOTD_JOB_ID=job.job_id, BOTD_LEASE_ID=job.lease_id, BOTD_ATTEMPT=str(job.attempt)
         )

@@ -3,9 +3,9 @@
 :func:`spawn` starts a command in a new session (its own process group, whose pgid is the
 command's pid); :func:`stop_group` SIGTERMs the group, SIGKILLs it after a grace and waits
 until it is gone; :func:`group_alive` tells whether a member is left. While a job runs, a
-record ``<groups_dir>/<pgid>`` holds its lease id (:func:`write_record`,
-:func:`remove_record`), so that :func:`reap_leftover_groups` in a restarted bot stops what a
-SIGKILLed one left running.
+record ``<groups_dir>/<pgid>`` holds its lease id (0600, never through a symlink;
+:func:`write_record`, :func:`remove_record`), so that :func:`reap_leftover_groups` in a
+restarted bot stops what a SIGKILLed one left running.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 import trio
 from loguru import logger
+
+from ..state_files import make_private_dir, read_private, write_private
 
 __all__ = [
     "GROUPS_DIR",
@@ -131,8 +133,8 @@ def write_record(groups_dir: Path, pgid: int, lease_id: str) -> None:
     """Record that group ``pgid`` runs the job of ``lease_id`` (blocking; logs an OSError)."""
     record = groups_dir / str(pgid)
     try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(lease_id)
+        make_private_dir(record.parent)
+        write_private(record, lease_id.encode())
     except OSError as exc:
         logger.warning("exec: cannot record the job's process group in {}: {}", record, exc)
 
@@ -154,12 +156,12 @@ def reap_leftover_groups(groups_dir: Path) -> int:
     again, so the orphan would only duplicate the work. Blocking: call it through
     ``trio.to_thread`` with the state dir locked. Records that cannot be read are removed.
     """
-    groups_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(groups_dir)
     killed = 0
     for record in groups_dir.iterdir():
         try:
             pgid = int(record.name)
-            marker = b"BOTD_LEASE_ID=" + record.read_bytes().strip()
+            marker = b"BOTD_LEASE_ID=" + read_private(record, 256).strip()
         except (ValueError, OSError):
             pgid, marker = 0, b""
         for pid in _live_members(pgid) if pgid > 1 and marker else ():

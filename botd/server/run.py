@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -25,9 +27,10 @@ from hypercorn.trio import serve as hypercorn_serve
 from loguru import logger
 
 from .. import logs
-from ..errors import leaf_exceptions
+from ..errors import ConfigError, leaf_exceptions
 from ..events import Event
 from ..exit_codes import ExitCode
+from ..token_files import token_flag_warning
 from .app import core_of, create_app, gate_of
 from .auth import Tokens, TokensFileError, load_tokens, loose_permissions
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S
@@ -52,6 +55,9 @@ TOKEN_ENV = "BOTD_SERVER_TOKEN"
 TOKENS_FILE_ENV = "BOTD_SERVER_TOKENS_FILE"
 DB_ENV = "BOTD_SERVER_DB"
 DEFAULT_DB = "botd-server.db"
+TLS_CERT_ENV = "BOTD_SERVER_TLS_CERT"
+TLS_KEY_ENV = "BOTD_SERVER_TLS_KEY"
+TLS_CLIENT_CA_ENV = "BOTD_SERVER_TLS_CLIENT_CA"
 DEFAULT_RETENTION_S = 7 * 86400.0
 DEFAULT_POOL_SIZE = 10
 DEFAULT_STATEMENT_TIMEOUT_S = 5.0
@@ -116,6 +122,11 @@ class ServerConfig:
     retention: float = attrs.field(default=DEFAULT_RETENTION_S, validator=_positive)
     db_pool_size: int = attrs.field(default=DEFAULT_POOL_SIZE, validator=[attrs.validators.ge(1)])
     statement_timeout: float = attrs.field(default=DEFAULT_STATEMENT_TIMEOUT_S, validator=_positive)
+    #: TLS: the server's certificate chain and key (PEM), and the CA that signs the client
+    #: certificates it then requires (None: no client certificate asked for).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     def make_store(self) -> Store:
         """The store ``db`` names (PostgreSQL for a URL, else a SQLite file)."""
@@ -124,6 +135,52 @@ class ServerConfig:
                 self.db, pool_size=self.db_pool_size, statement_timeout_s=self.statement_timeout
             )
         return open_store(self.db)
+
+
+def check_tls(config: ServerConfig) -> None:
+    """Raise ConfigError, naming the flag, if the TLS files cannot be used (before serving)."""
+    given = {"--tls-cert": config.tls_cert, "--tls-key": config.tls_key}
+    if config.tls_client_ca and not all(given.values()):
+        raise ConfigError("--tls-client-ca: needs --tls-cert and --tls-key (TLS) too")
+    if not any(given.values()):
+        return
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise ConfigError(f"{missing[0]}: required with {' and '.join(given.keys() - missing)}")
+    files = {**given, "--tls-client-ca": config.tls_client_ca}
+    for flag, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"--tls-cert/--tls-key: not a PEM certificate chain and its key ({exc.reason or exc})"
+        ) from None
+    if config.tls_client_ca:
+        try:
+            context.load_verify_locations(config.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"--tls-client-ca: {config.tls_client_ca!r} holds no PEM CA certificate"
+                f" ({exc.reason or exc})"
+            ) from None
+
+
+def open_to_others(host: str) -> bool:
+    """True when ``host`` is reachable beyond this machine (not a loopback address)."""
+    if host.strip("[]").lower() == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True  # a host name: it may resolve to anything
 
 
 def _bind(host: str, port: int) -> str:
@@ -186,6 +243,11 @@ async def serve(
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = GRACEFUL_TIMEOUT_S
     hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    if config.tls_cert and config.tls_key:
+        hc.certfile, hc.keyfile = config.tls_cert, config.tls_key
+        if config.tls_client_ca:
+            hc.ca_certs = config.tls_client_ca
+            hc.verify_mode = ssl.CERT_REQUIRED
     stop = shutdown if shutdown is not None else trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -215,6 +277,13 @@ async def serve(
             logger.bind(event=Event.SERVER_LISTENING, url=url, db=store.where).info(
                 "server listening"
             )
+            if config.token is None and open_to_others(config.host):
+                logger.bind(event=Event.SERVER_OPEN, host=config.host, url=url).warning(
+                    "listening beyond loopback on {} without a token: anyone who reaches"
+                    " this port can submit, claim and read jobs; set {} (or --token-file)",
+                    config.host,
+                    TOKEN_ENV,
+                )
             task_status.started(url)
     finally:
         await _close_store(store)
@@ -278,7 +347,8 @@ exit codes:
   1   cannot serve on --host:--port (the port is taken, or the address is not ours)
   2   bad flags
   78  the database cannot be used (written by a newer botd, or not a botd database),
-      or the tokens file cannot be read or is not valid (the message names its entry)
+      or the tokens file cannot be read or is not valid (the message names its entry),
+      or a --tls-* file cannot be read or used
 """
 
 
@@ -329,6 +399,26 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         f" (default: env {TOKENS_FILE_ENV})",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=os.environ.get(TLS_CERT_ENV) or None,
+        help="serve https: the server's PEM certificate (chain); needs --tls-key"
+        f" (default: env {TLS_CERT_ENV}, else plain http)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=os.environ.get(TLS_KEY_ENV) or None,
+        help=f"the PEM private key of --tls-cert (default: env {TLS_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        default=os.environ.get(TLS_CLIENT_CA_ENV) or None,
+        help="require a client certificate signed by a CA in FILE (PEM) of every connection"
+        f" (default: env {TLS_CLIENT_CA_ENV}, else none asked for)",
+    )
+    parser.add_argument(
         "--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds (30)"
     )
     parser.add_argument(
@@ -365,6 +455,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         retention=args.retention,
         db_pool_size=args.db_pool_size,
         statement_timeout=args.statement_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
 
 
@@ -396,6 +489,14 @@ def run_server_from_args(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         print(f"botd server: {exc}", file=sys.stderr)
         return 2
+    if args.token:
+        warning = token_flag_warning("--token", TOKEN_ENV, None)
+        print(f"botd server: warning: {warning}", file=sys.stderr)
+    try:
+        check_tls(config)
+    except ConfigError as exc:
+        print(f"botd server: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
     try:
         logs.setup_logging(
             level=str(args.log_level).upper(),

@@ -31,6 +31,8 @@ SHARED = {
     "botd.outcomes",
     "botd.events",
     "botd.redaction",
+    "botd.tls",
+    "botd.token_files",
     "botd.stdlib_logging",
     "botd.logs",
 }
