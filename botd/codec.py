@@ -5,6 +5,10 @@ a str a JSON string. :func:`structure` turns any decoding failure into the error
 the caller names (``ProtocolError`` for server bodies, ``ConfigError`` for config),
 with one message per problem that names the field, such as ``$.jobs[0].attempt``.
 
+:func:`check_json` holds parsed JSON to the protocol's bounds (depth, finite numbers,
+64-bit integers, no lone surrogates) in one walk; :func:`dumps` never writes NaN or
+Infinity. Both raise :class:`~botd.errors.EncodeError` naming the path.
+
 ``lenient`` is the same converter with string hooks for values that arrive as text
 (environment variables and CLI flags): ``"5"`` becomes 5, and ``"false"`` becomes
 False (never True, as a plain ``bool("false")`` would).
@@ -13,6 +17,7 @@ False (never True, as a plain ``bool("false")`` would).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,9 +25,27 @@ import cattrs
 import cattrs.errors
 from cattrs.errors import ForbiddenExtraKeysError
 
-from .errors import BotdError, ProtocolError
+from .errors import BotdError, EncodeError, ProtocolError
 
-__all__ = ["converter", "dumps", "lenient", "loads", "parse_bool", "problems_of", "structure"]
+__all__ = [
+    "INT_MAX",
+    "INT_MIN",
+    "MAX_DEPTH",
+    "check_json",
+    "converter",
+    "dumps",
+    "lenient",
+    "loads",
+    "parse_bool",
+    "problems_of",
+    "structure",
+]
+
+#: The deepest a JSON document may nest arrays and objects, counted from its top.
+MAX_DEPTH = 64
+#: The integers a JSON document may hold: signed 64-bit, what every store keeps exactly.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
 
 T = TypeVar("T")
 
@@ -150,7 +173,88 @@ def loads(body: bytes | str, cls: type[T], *, what: str = "") -> T:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{what or cls.__name__}: body is not JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError(f"{what or cls.__name__}: body nests too deeply") from None
     return structure(data, cls, what=what)
+
+
+class _Bad(Exception):
+    """A problem found by :func:`_walk`; ``path`` grows (reversed) as it unwinds."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.path: list[str] = []
+
+
+def _segment_key(key: str) -> str:
+    if key.isidentifier() and key.isascii():
+        return f".{key}"
+    return f"[{json.dumps(key)}]"
+
+
+def _bad_text(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (it cannot be UTF-8)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _walk(value: Any, depth: int) -> None:
+    # The hot path: type checks only; paths are built while a problem unwinds.
+    if isinstance(value, str):
+        if _bad_text(value):
+            raise _Bad("a string holds a lone surrogate (not valid Unicode)")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise _Bad(f"integer {value} is outside signed 64 bits ({INT_MIN}..{INT_MAX})")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Bad(f"{value} is not a JSON number (NaN and Infinity are refused)")
+    elif isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise _Bad(f"nested deeper than {MAX_DEPTH} arrays and objects")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Bad(f"key {key!r} is not a string")
+            if _bad_text(key):
+                raise _Bad("a key holds a lone surrogate (not valid Unicode)")
+            try:
+                _walk(item, depth + 1)
+            except _Bad as bad:
+                bad.path.append(_segment_key(key))
+                raise
+    elif isinstance(value, list | tuple):
+        if depth >= MAX_DEPTH:
+            raise _Bad(f"nested deeper than {MAX_DEPTH} arrays and objects")
+        for index, item in enumerate(value):
+            try:
+                _walk(item, depth + 1)
+            except _Bad as bad:
+                bad.path.append(f"[{index}]")
+                raise
+    else:
+        raise _Bad(f"{type(value).__name__} is not JSON data")
+
+
+def check_json(value: Any, *, what: str = "") -> None:
+    """Raise :class:`EncodeError` unless ``value`` (parsed JSON) is within the bounds:
+    at most :data:`MAX_DEPTH` nested arrays/objects, finite numbers, integers in
+    :data:`INT_MIN`..:data:`INT_MAX`, strings and keys without lone surrogates.
+
+    One walk of the value; the message names the path, e.g. ``Ack: $.result.a[3]: ...``.
+    """
+    try:
+        _walk(value, 0)
+    except _Bad as bad:
+        path = "$" + "".join(reversed(bad.path))
+        prefix = f"{what}: " if what else ""
+        raise EncodeError(f"{prefix}{path}: {bad.problem}") from None
 
 
 def unstructure(obj: Any) -> Any:
@@ -158,8 +262,24 @@ def unstructure(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode an attrs object (or plain data) as compact JSON bytes."""
-    # What unstructure returns has no cycles: the check would only cost time.
-    return json.dumps(
-        converter.unstructure(obj), separators=(",", ":"), check_circular=False
-    ).encode()
+    """Encode an attrs object (or plain data) as compact JSON bytes.
+
+    Raises :class:`EncodeError` naming the path for what JSON cannot hold (NaN, Infinity,
+    a value nested too deeply for the encoder, something not JSON data); never writes the
+    bare ``NaN`` that ``json.dumps`` would.
+    """
+    data = converter.unstructure(obj)
+    try:
+        # What unstructure returns has no cycles: the check would only cost time.
+        return json.dumps(
+            data, separators=(",", ":"), check_circular=False, allow_nan=False
+        ).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        # The failure path only: find where, for a message that names the field.
+        try:
+            check_json(data)
+        except EncodeError as bad:
+            raise bad from None
+        except RecursionError:
+            pass
+        raise EncodeError(f"$: cannot encode as JSON ({type(exc).__name__}: {exc})") from None

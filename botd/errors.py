@@ -8,6 +8,8 @@ the others live with the one module that raises them, named on the right::
     ├── StateDirError            the local state dir is corrupt or unwritable
     ├── InvalidTransition        an illegal lifecycle transition (a bug)
     ├── CircuitOpen              a call refused because its breaker is open
+    ├── EncodeError              a value is not JSON within bounds (NaN, Infinity, too deep,
+    │                            an integer past 64 bits, a lone surrogate) (botd.codec)
     ├── SessionLost              a loop lost its server session: ERROR, register again
     │                            (botd.session)
     ├── StartupExhausted         every startup registration failed: exit code 69
@@ -69,6 +71,7 @@ __all__ = [
     "BotdError",
     "CircuitOpen",
     "ConfigError",
+    "EncodeError",
     "HttpError",
     "InvalidTransition",
     "JobError",
@@ -106,6 +109,13 @@ class ConfigError(BotdError):
 
 class StateDirError(BotdError):
     """Raised when the state dir (the outbox) is corrupt, unreadable or unwritable."""
+
+
+class EncodeError(BotdError, ValueError):
+    """Raised by :mod:`botd.codec` when a value is not JSON within the protocol's bounds
+    (NaN or Infinity, nested deeper than 64, an integer past 64 bits, a lone surrogate);
+    the message names the path, such as ``$.result.a[3]``. A ValueError too, for callers
+    that caught json's."""
 
 
 class InvalidTransition(BotdError):

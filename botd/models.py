@@ -95,18 +95,115 @@ def _optional_number(lo: float, hi: float, *, above: bool = False) -> Any:
     )
 
 
+#: The longest id, kind, idempotency key, version, hostname, state or lease id: 200.
+MAX_TEXT = 200
+#: A bot's labels: at most this many, keys and values at most these lengths.
+MAX_LABELS = 64
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+#: The most entries of a heartbeat's ``stats`` object (its keys at most MAX_LABEL_KEY).
+MAX_STATS = 64
+#: The most kinds in a claim's ``kinds`` filter.
+MAX_KINDS = 100
+#: The longest ``FailureInfo.message`` a bot may send: 64 KiB of text.
+MAX_MESSAGE = 65536
+#: A pid is a non-negative 32-bit integer (what every store keeps).
+MAX_PID = 2**31 - 1
+
+
+def _no_nul(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"'{attribute.name}' must not contain a NUL character (U+0000)")
+
+
+def _text(most: int = MAX_TEXT, *, default: Any = "", optional: bool = False) -> Any:
+    """A string field of at most ``most`` characters and no NUL, ``default`` by default
+    (``optional``: or null, by default); its bounds go into the OpenAPI document."""
+    checks: list[Any] = [v.max_len(most), _no_nul]
+    schema: dict[str, Any] = {"maxLength": most}
+    if optional:
+        return attrs.field(default=None, validator=v.optional(checks), metadata={"schema": schema})
+    return attrs.field(default=default, validator=checks, metadata={"schema": schema})
+
+
+def _required_text(most: int = MAX_TEXT, *, non_empty: bool = True) -> dict[str, Any]:
+    """``attrs.field(**_required_text())``: a string field with no default (so that type
+    checkers see it required), at most ``most`` characters, no NUL, not empty unless
+    ``non_empty`` is False; its bounds go into the OpenAPI document."""
+    checks: list[Any] = [v.max_len(most), _no_nul]
+    schema: dict[str, Any] = {"maxLength": most}
+    if non_empty:
+        checks.insert(0, _non_empty)
+        schema["minLength"] = 1
+    return {"validator": checks, "metadata": {"schema": schema}}
+
+
+def _text_list(most_items: int, most: int = MAX_TEXT, *, optional: bool = False) -> Any:
+    """A list field of at most ``most_items`` strings of at most ``most`` characters (no NUL),
+    empty by default (``optional``: null by default)."""
+    item: Any = v.deep_iterable(v.and_(v.max_len(most), _no_nul), v.max_len(most_items))
+    schema = {"maxItems": most_items, "items": {"type": "string", "maxLength": most}}
+    if optional:
+        return attrs.field(default=None, validator=v.optional(item), metadata={"schema": schema})
+    return attrs.field(factory=list, validator=item, metadata={"schema": schema})
+
+
+def _labels(_inst: object, attribute: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"'{attribute.name}' has {len(value)} entries; at most {MAX_LABELS}")
+    for key, text in value.items():
+        if not key or len(key) > MAX_LABEL_KEY or "\x00" in key:
+            raise ValueError(
+                f"'{attribute.name}' key {key[:80]!r} must be 1..{MAX_LABEL_KEY} characters"
+                " without NUL"
+            )
+        if len(text) > MAX_LABEL_VALUE or "\x00" in text:
+            raise ValueError(
+                f"'{attribute.name}' value of {key!r} must be at most {MAX_LABEL_VALUE}"
+                " characters without NUL"
+            )
+
+
+_LABELS_SCHEMA = {
+    "maxProperties": MAX_LABELS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_LABEL_KEY},
+    "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+}
+
+
+def _stats(_inst: object, attribute: attrs.Attribute[Any], value: dict[str, Any]) -> None:
+    if len(value) > MAX_STATS:
+        raise ValueError(f"'{attribute.name}' has {len(value)} entries; at most {MAX_STATS}")
+    for key in value:
+        if len(key) > MAX_LABEL_KEY:
+            raise ValueError(
+                f"'{attribute.name}' key {key[:80]!r} is over {MAX_LABEL_KEY} characters"
+            )
+
+
+def _int_field(default: int, lo: int, hi: int) -> Any:
+    """An integer field in ``lo..hi``, with its bounds in the OpenAPI document."""
+    return attrs.field(
+        default=default,
+        validator=[v.ge(lo), v.le(hi)],
+        metadata={"schema": {"minimum": lo, "maximum": hi}},
+    )
+
+
 # --- bots -------------------------------------------------------------------------------
 
 
 @attrs.frozen
 class RegisterRequest:
-    bot_id: str = attrs.field(validator=v.and_(_non_empty, v.max_len(200)))
-    version: str = ""
-    hostname: str = ""
-    pid: int = 0
-    capacity: int = attrs.field(default=1, validator=[v.ge(1), v.le(MAX_CLAIM_JOBS)])
-    labels: dict[str, str] = attrs.field(factory=dict)
-    active_leases: list[str] = attrs.field(factory=list)
+    bot_id: str = attrs.field(**_required_text())
+    version: str = _text()
+    hostname: str = _text()
+    pid: int = _int_field(0, 0, MAX_PID)
+    capacity: int = _int_field(1, 1, MAX_CLAIM_JOBS)
+    labels: dict[str, str] = attrs.field(
+        factory=dict, validator=_labels, metadata={"schema": _LABELS_SCHEMA}
+    )
+    active_leases: list[str] = _text_list(MAX_CLAIM_JOBS)  # noqa: RUF009 (an attrs field)
     #: The session token of this bot id's live session, which proves that this register
     #: continues it (an extension: see "Auth" in docs/protocol.md). Kept out of ``repr``.
     previous_session_token: str | None = attrs.field(
@@ -152,10 +249,16 @@ class BotList:
 
 @attrs.frozen
 class HeartbeatRequest:
-    session_id: str = attrs.field(validator=_non_empty)
-    state: str = ""
-    active_leases: list[str] = attrs.field(factory=list)
-    stats: dict[str, Any] = attrs.field(factory=dict)
+    session_id: str = attrs.field(**_required_text())
+    state: str = _text()
+    active_leases: list[str] = _text_list(MAX_CLAIM_JOBS)  # noqa: RUF009 (an attrs field)
+    stats: dict[str, Any] = attrs.field(
+        factory=dict,
+        validator=_stats,
+        metadata={
+            "schema": {"maxProperties": MAX_STATS, "propertyNames": {"maxLength": MAX_LABEL_KEY}}
+        },
+    )
 
 
 @attrs.frozen
@@ -170,13 +273,14 @@ class HeartbeatResponse:
 
 @attrs.frozen
 class JobSubmit:
-    kind: str = attrs.field(validator=v.and_(_non_empty, v.max_len(200)))
+    kind: str = attrs.field(**_required_text())
     payload: Any = None
-    max_attempts: int = attrs.field(default=3, validator=[v.ge(1), v.le(100)])
-    timeout_s: float | None = attrs.field(default=None, validator=v.optional([_finite, v.gt(0)]))
+    max_attempts: int = _int_field(3, 1, 100)
+    #: At most a year (MAX_DELAY_S): a longer one is a mistake, and stores keep it exactly.
+    timeout_s: float | None = _optional_number(0, MAX_DELAY_S, above=True)
     #: A 32-bit integer, so that every store keeps it as it is (PostgreSQL's integer).
-    priority: int = attrs.field(default=0, validator=[v.ge(-(2**31)), v.le(2**31 - 1)])
-    idempotency_key: str | None = None
+    priority: int = _int_field(0, -(2**31), 2**31 - 1)
+    idempotency_key: str | None = _text(optional=True)
     #: When the job becomes due (RFC 3339 with a time zone); not with ``delay_s``.
     run_at: str | None = attrs.field(default=None, validator=v.optional(_timestamp))
     #: Seconds from the submit until the job becomes due; not with ``run_at``.
@@ -201,15 +305,18 @@ MAX_BATCH = 1000
 class JobBatch:
     """``POST /v1/jobs/batch``: up to 1000 submissions in one request (an extension)."""
 
-    jobs: list[JobSubmit] = attrs.field(validator=[v.min_len(1), v.max_len(MAX_BATCH)])
+    jobs: list[JobSubmit] = attrs.field(
+        validator=[v.min_len(1), v.max_len(MAX_BATCH)],
+        metadata={"schema": {"minItems": 1, "maxItems": MAX_BATCH}},
+    )
 
 
 @attrs.frozen
 class FailureInfo:
     """Why a job failed: ``type`` is a short snake_case class such as ``timeout``."""
 
-    type: str
-    message: str
+    type: str = attrs.field(**_required_text(non_empty=False))
+    message: str = attrs.field(**_required_text(MAX_MESSAGE, non_empty=False))
     retryable: bool = True
 
 
@@ -268,7 +375,7 @@ class RetryRequest:
     given) back in the queue, oldest first, in one transaction (an extension)."""
 
     status: RetryableStatus
-    kind: str | None = None
+    kind: str | None = _text(optional=True)
     limit: int = attrs.field(
         default=1000,
         validator=[v.ge(1), v.le(MAX_RETRY_JOBS)],
@@ -289,7 +396,7 @@ class RetryResult:
 
 @attrs.frozen
 class Ack:
-    lease_id: str = attrs.field(validator=_non_empty)
+    lease_id: str = attrs.field(**_required_text())
     outcome: AckOutcome
     result: Any = None
     error: FailureInfo | None = None
@@ -309,12 +416,20 @@ class SingleAckResponse:
 
 @attrs.frozen
 class ClaimRequest:
-    bot_id: str = attrs.field(validator=_non_empty)
-    session_id: str = attrs.field(validator=_non_empty)
-    max_jobs: int = attrs.field(default=1, validator=[v.ge(0), v.le(MAX_CLAIM_JOBS)])
-    wait_s: float = attrs.field(default=0.0, validator=[v.ge(0), v.le(MAX_WAIT_S)])
-    kinds: list[str] | None = None
-    acks: list[Ack] = attrs.field(factory=list)
+    bot_id: str = attrs.field(**_required_text())
+    session_id: str = attrs.field(**_required_text())
+    max_jobs: int = _int_field(1, 0, MAX_CLAIM_JOBS)
+    wait_s: float = attrs.field(
+        default=0.0,
+        validator=[_finite, v.ge(0), v.le(MAX_WAIT_S)],
+        metadata={"schema": {"minimum": 0, "maximum": MAX_WAIT_S}},
+    )
+    kinds: list[str] | None = _text_list(MAX_KINDS, optional=True)  # noqa: RUF009 (an attrs field)
+    acks: list[Ack] = attrs.field(
+        factory=list,
+        validator=v.max_len(MAX_CLAIM_JOBS),
+        metadata={"schema": {"maxItems": MAX_CLAIM_JOBS}},
+    )
 
 
 @attrs.frozen

@@ -67,6 +67,8 @@ from .wire import (
     float_param,
     int_param,
     json_response,
+    path_param,
+    text_param,
     watch_disconnect,
 )
 
@@ -248,12 +250,12 @@ def create_app(
         return json_response(BotList(bots=bots))
 
     async def get_bot(request: Request) -> Response:
-        bot = await store.get_bot(request.path_params["bot_id"])
+        bot = await store.get_bot(path_param(request, "bot_id"))
         return json_response(shown_to(caller_of(request), bot))
 
     async def heartbeat(request: Request) -> Response:
         req = await decode(request, HeartbeatRequest)
-        bot_id = request.path_params["bot_id"]
+        bot_id = path_param(request, "bot_id")
         own_session(caller_of(request), bot_id, req.session_id)
         answer, requeued = await store.heartbeat(bot_id, req, lease_ttl_s=core.lease_ttl_s)
         if requeued:
@@ -264,12 +266,9 @@ def create_app(
         return json_response(answer)
 
     async def deregister(request: Request) -> Response:
-        bot_id = request.path_params["bot_id"]
-        session_id = request.query_params.get("session_id")
-        if not session_id:
-            raise HttpError(
-                400, "invalid_request", "query parameter 'session_id' is required; send yours"
-            )
+        bot_id = path_param(request, "bot_id")
+        session_id = text_param(request, "session_id", required=True)
+        assert session_id is not None
         own_session(caller_of(request), bot_id, session_id)
         requeued = await store.deregister(bot_id, session_id)
         if requeued:
@@ -311,12 +310,12 @@ def create_app(
                 f"query parameter 'status' must be one of {', '.join(JOB_STATUSES)}",
             )
         limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_CLAIM_JOBS)
-        kind = request.query_params.get("kind") or None
+        kind = text_param(request, "kind")
         jobs = await store.list_jobs(status=status, limit=limit, kind=kind)
         return json_response(JobList(jobs=jobs))
 
     async def get_job(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = path_param(request, "job_id")
         wait_s = float_param(request, "wait_s", 0.0, 0.0, MAX_WAIT_S)
         if wait_s == 0 or core.closing:
             return json_response(await store.get_job(job_id))
@@ -329,7 +328,7 @@ def create_app(
         return json_response(waited.unwrap())
 
     async def cancel_job(request: Request) -> Response:
-        view = await store.cancel_job(request.path_params["job_id"])
+        view = await store.cancel_job(path_param(request, "job_id"))
         core.jobs_may_have_ended()
         logger.bind(event=Event.JOB_CANCELLED, job_id=view.job_id).info("job cancelled")
         return json_response(view)
@@ -341,7 +340,7 @@ def create_app(
         )
 
     async def retry_job(request: Request) -> Response:
-        view = await store.retry_job(request.path_params["job_id"])
+        view = await store.retry_job(path_param(request, "job_id"))
         retried([view.job_id])
         return json_response(view)
 
@@ -385,7 +384,7 @@ def create_app(
 
     async def ack(request: Request) -> Response:
         body = await decode(request, Ack)
-        lease_id = request.path_params["lease_id"]
+        lease_id = path_param(request, "lease_id")
         if body.lease_id != lease_id:
             raise HttpError(
                 400,

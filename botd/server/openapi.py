@@ -84,6 +84,9 @@ class RouteDoc:
     query: tuple[tuple[str, str | dict[str, Any], bool], ...] = ()
 
 
+#: A path parameter (an id), or a text query parameter: what wire.path_param accepts.
+_ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": models.MAX_TEXT}
+
 ROUTES: tuple[RouteDoc, ...] = (
     RouteDoc(
         "get",
@@ -109,7 +112,7 @@ ROUTES: tuple[RouteDoc, ...] = (
         "Deregister; its leases go back to the queue",
         None,
         {204: None, 400: ErrorBody, 404: ErrorBody, 409: ErrorBody},
-        query=(("session_id", "string", True),),
+        query=(("session_id", _ID_SCHEMA, True),),
     ),
     RouteDoc(
         "post",
@@ -140,7 +143,7 @@ ROUTES: tuple[RouteDoc, ...] = (
         {200: models.JobList, 400: ErrorBody},
         query=(
             ("status", {"enum": list(models.JOB_STATUSES)}, False),
-            ("kind", "string", False),
+            ("kind", _ID_SCHEMA, False),
             ("limit", {"type": "integer", "minimum": 1, "maximum": models.MAX_CLAIM_JOBS}, False),
         ),
     ),
@@ -216,7 +219,7 @@ def _document(version: str) -> dict[str, Any]:
     for route in ROUTES:
         op: dict[str, Any] = {"summary": route.summary, "responses": {}}
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _ID_SCHEMA}
             for name in _path_params(route.path)
         ]
         params += [
@@ -230,12 +233,16 @@ def _document(version: str) -> dict[str, Any]:
         ]
         if params:
             op["parameters"] = params
+            # An out-of-bound parameter is 400 invalid_request on every such route.
+            route_responses = {400: ErrorBody, **route.responses}
+        else:
+            route_responses = dict(route.responses)
         if route.request is not None:
             op["requestBody"] = {
                 "required": True,
                 "content": _json_content(schema_for(route.request, defs)),
             }
-        for status, model in route.responses.items():
+        for status, model in sorted(route_responses.items()):
             resp: dict[str, Any] = {"description": _STATUS_TEXT.get(status, str(status))}
             if model is not None:
                 resp["content"] = _json_content(schema_for(model, defs))

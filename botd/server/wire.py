@@ -17,17 +17,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import codec
-from ..errors import HttpError
-from ..models import SessionHolder
+from ..errors import EncodeError, HttpError
+from ..models import MAX_TEXT, SessionHolder
 
 __all__ = [
     "MAX_BODY_BYTES",
     "decode",
+    "decode_body",
     "error_response",
     "float_param",
     "int_param",
     "json_response",
+    "path_param",
     "read_body",
+    "text_param",
     "watch_disconnect",
 ]
 
@@ -85,15 +88,66 @@ async def read_body(request: Request) -> bytes:
 async def decode(request: Request, cls: type[T]) -> T:
     """The request's JSON body as ``cls``; 400 invalid_request naming what is wrong."""
     raw = await read_body(request)
+    return decode_body(raw, cls)
+
+
+def decode_body(raw: bytes, cls: type[T]) -> T:
+    """A request body as ``cls``: JSON, within the bounds of :func:`botd.codec.check_json`
+    (depth, finite numbers, 64-bit integers, no lone surrogates), then the model's own
+    validators; 400 invalid_request naming the field otherwise, before anything is stored."""
     try:
         data = json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(
             400, "invalid_request", f"the body is not valid JSON ({exc}); send a JSON object"
         ) from None
+    except RecursionError:
+        raise _InvalidRequest(
+            f"{cls.__name__}: the body nests deeper than {codec.MAX_DEPTH} arrays and objects"
+        ) from None
     if data is None:
         raise HttpError(400, "invalid_request", f"the body is empty; send a {cls.__name__} object")
+    try:
+        codec.check_json(data, what=cls.__name__)
+    except EncodeError as exc:
+        raise _InvalidRequest(str(exc)) from None
     return codec.structure(data, cls, error=_InvalidRequest, what=cls.__name__)
+
+
+def _bad_text(value: str, most: int) -> bool:
+    return not value or len(value) > most or "\x00" in value
+
+
+def path_param(request: Request, name: str) -> str:
+    """Path parameter ``name`` (an id); 400 invalid_request naming it past
+    :data:`~botd.models.MAX_TEXT` characters or with a NUL: no such id can exist."""
+    value = str(request.path_params[name])
+    if _bad_text(value, MAX_TEXT):
+        raise HttpError(
+            400,
+            "invalid_request",
+            f"path parameter {name!r} must be 1..{MAX_TEXT} characters without NUL",
+        )
+    return value
+
+
+def text_param(request: Request, name: str, *, required: bool = False) -> str | None:
+    """Query parameter ``name`` as text of 1..:data:`~botd.models.MAX_TEXT` characters
+    without NUL (None when absent or empty, unless ``required``: then 400 naming it)."""
+    value = request.query_params.get(name) or None
+    if value is None:
+        if required:
+            raise HttpError(
+                400, "invalid_request", f"query parameter {name!r} is required; send yours"
+            )
+        return None
+    if _bad_text(value, MAX_TEXT):
+        raise HttpError(
+            400,
+            "invalid_request",
+            f"query parameter {name!r} must be 1..{MAX_TEXT} characters without NUL",
+        )
+    return value
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -63,8 +63,18 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _no_constant(_name: str) -> None:
+    return None
+
+
+def stored_json(text: str) -> Any:
+    """A stored JSON text; a NaN or Infinity that a row from before the border's bounds
+    holds reads as null, so that every answer stays valid JSON."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def json_or_none(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else stored_json(text)
 
 
 def failure_of(text: str | None) -> FailureInfo | None:
@@ -108,7 +118,7 @@ def job_view(row: Sequence[Any], when: When) -> JobView:
     job = dict(zip(_JOB_FIELDS, row, strict=True))
     finished, run_at = job["finished_at"], job["run_at"]
     job.update(
-        payload=json.loads(job["payload"]),
+        payload=stored_json(job["payload"]),
         result=json_or_none(job["result"]),
         error=failure_of(job["error"]),
         created_at=when(job["created_at"]),
@@ -147,7 +157,7 @@ def bot_infos(
     return [
         BotInfo(
             **dict(zip(_BOT_FIELDS, r[:-2], strict=True)),
-            labels=json.loads(r[-2]),
+            labels=stored_json(r[-2]),
             last_seen=when(r[-1]),
             active_leases=held.get(r[0], []),
             lease_count=len(held.get(r[0], [])),
@@ -201,7 +211,7 @@ def claimed_job(
 ) -> ClaimedJob:
     """A ClaimedJob from its row's values (``payload`` as the JSON text stored)."""
     return ClaimedJob(
-        job_id, lease_id, kind, json.loads(payload), attempt, timeout_s, lease_expires_at
+        job_id, lease_id, kind, stored_json(payload), attempt, timeout_s, lease_expires_at
     )
 
 
