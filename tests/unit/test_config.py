@@ -381,11 +381,11 @@ def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
 def test_token_file_problems(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     [line] = problems_of(env={"BOT_TOKEN_FILE": str(missing)})
-    assert line.startswith(f"BOT_TOKEN_FILE: cannot read token file {str(missing)!r}")
+    assert line.startswith(f"BOT_TOKEN_FILE: cannot read the token file {str(missing)!r}")
     empty = tmp_path / "empty"
     empty.write_text("\n")
     assert problems_of(env={"BOT_TOKEN_FILE": str(empty)}) == [
-        f"BOT_TOKEN_FILE: token file {str(empty)!r} is empty"
+        f"BOT_TOKEN_FILE: the token file {str(empty)!r} is empty; write the token into it"
     ]
     [both] = problems_of(env={"BOT_TOKEN": "x", "BOT_TOKEN_FILE": str(empty)})
     assert both == "BOT_TOKEN and BOT_TOKEN_FILE: give one of them, not both"
