@@ -70,6 +70,17 @@ ACK_BYTES_PER_CLAIM = 512 * 1024
 #: The statuses of an ack that the server will never take as it is: 400 invalid_request
 #: (a body it cannot read, e.g. a result too deep) and 413 payload_too_large.
 REFUSED_STATUSES = frozenset({400, 413})
+
+
+def refused_for_good(exc: RequestRejected) -> bool:
+    """The server will never take this ack: a 413, or a 400 ``invalid_request`` of the
+    protocol's own error body. A bare 400 (no such body: an HTTP layer that got a request
+    cut short on the way) may pass next time, so it is retried like an outage."""
+    if exc.status == 413:
+        return True
+    return exc.status in REFUSED_STATUSES and exc.code == "invalid_request"
+
+
 #: The failure type of the small ack that replaces one the server refused.
 RESULT_REFUSED = "result_refused"
 
@@ -219,7 +230,7 @@ class ResultReporter:
             except SESSION_LOST_ERRORS:
                 self.session = None  # that session is gone: one by one below
             except RequestRejected as exc:
-                if exc.status in REFUSED_STATUSES:
+                if refused_for_good(exc):
                     self.claim_refused(batch)  # which one? each goes alone next time
                 raise
             else:
@@ -252,7 +263,7 @@ class ResultReporter:
                         # Not an answer about the lease: the server did not record the
                         # result, and the send failed. A 400/413 will never pass: the
                         # entry is replaced or dropped; anything else (a proxy's 409) stays.
-                        if exc.status in REFUSED_STATUSES:
+                        if refused_for_good(exc):
                             await self._refused(ack, exc)
                         failure = failure or exc
                         return

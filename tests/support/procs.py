@@ -220,10 +220,14 @@ class Procs:
     ) -> Proc:
         """Start ``botd server`` on 127.0.0.1:``port`` and ``db`` (does not wait for it).
 
-        ``env`` is its whole environment, ``clean_env({})`` when None.
+        ``env`` is its whole environment, ``clean_env({})`` when None. ``token`` goes in
+        through env BOTD_SERVER_TOKEN, as the docs advise (a ``--token`` shows in ``ps``).
         """
-        args = server_args(port, db, lease_ttl=lease_ttl, heartbeat=heartbeat, token=token)
-        return self.spawn(name, args, clean_env({}) if env is None else env)
+        args = server_args(port, db, lease_ttl=lease_ttl, heartbeat=heartbeat)
+        whole = clean_env({}) if env is None else dict(env)
+        if token is not None:
+            whole["BOTD_SERVER_TOKEN"] = token
+        return self.spawn(name, args, whole)
 
     def bot(self, name: str, env: dict[str, str]) -> Proc:
         """Start ``botd run`` with ``env`` (does not wait for it)."""
