@@ -59,6 +59,8 @@ def _readable(path: Path, where: str) -> None:
         raise ConfigError(
             f"{where}: cannot read {str(path)!r}: {exc.strerror or exc}; fix the path"
         ) from None
+    except ValueError:  # a NUL in the path: no file can have that name
+        raise ConfigError(f"{where}: {str(path)!r} holds a NUL character; fix the path") from None
 
 
 def client_context(

@@ -37,6 +37,8 @@ def test_a_missing_or_garbage_tls_file_is_a_problem_naming_its_setting(tmp_path:
         load_config(env={"BOT_TLS_CERT": str(garbage)})
     with pytest.raises(ConfigError, match="--tls-key: needs BOT_TLS_CERT"):
         load_config(env={}, overrides={"tls_key": garbage})
+    with pytest.raises(ConfigError, match=r"BOT_TLS_CERT: .* holds a NUL character"):
+        load_config(env={"BOT_TLS_CERT": "\x00"})  # found by the config property test
 
 
 def test_a_ca_file_and_a_client_certificate_make_a_context(tmp_path: Path, ca_pem: Path) -> None:
