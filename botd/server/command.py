@@ -117,33 +117,27 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="require 'Authorization: Bearer TOKEN' on /v1; an admin token (default: env"
         f" {TOKEN_ENV}; a flag shows in ps: prefer the env or --tokens-file)",
     )
-    parser.add_argument(
+    _add_file_flag(
+        parser,
         "--tokens-file",
-        default=os.environ.get(TOKENS_FILE_ENV) or None,
-        metavar="FILE",
-        help="a TOML file of [[tokens]] with role (worker, producer, admin), token and an"
-        " optional name; re-read on SIGHUP; keep it mode 600"
-        f" (default: env {TOKENS_FILE_ENV})",
+        TOKENS_FILE_ENV,
+        "a TOML file of [[tokens]] with role (worker, producer, admin), token and an"
+        " optional name; re-read on SIGHUP; keep it mode 600",
     )
-    parser.add_argument(
+    _add_file_flag(
+        parser,
         "--tls-cert",
-        metavar="FILE",
-        default=os.environ.get(TLS_CERT_ENV) or None,
-        help="serve https: the server's PEM certificate (chain); needs --tls-key"
-        f" (default: env {TLS_CERT_ENV}, else plain http)",
+        TLS_CERT_ENV,
+        "serve https: the server's PEM certificate (chain); needs --tls-key",
+        otherwise="plain http",
     )
-    parser.add_argument(
-        "--tls-key",
-        metavar="FILE",
-        default=os.environ.get(TLS_KEY_ENV) or None,
-        help=f"the PEM private key of --tls-cert (default: env {TLS_KEY_ENV})",
-    )
-    parser.add_argument(
+    _add_file_flag(parser, "--tls-key", TLS_KEY_ENV, "the PEM private key of --tls-cert")
+    _add_file_flag(
+        parser,
         "--tls-client-ca",
-        metavar="FILE",
-        default=os.environ.get(TLS_CLIENT_CA_ENV) or None,
-        help="require a client certificate signed by a CA in FILE (PEM) of every connection"
-        f" (default: env {TLS_CLIENT_CA_ENV}, else none asked for)",
+        TLS_CLIENT_CA_ENV,
+        "require a client certificate signed by a CA in FILE (PEM) of every connection",
+        otherwise="none asked for",
     )
     parser.add_argument(
         "--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds (30)"
@@ -165,6 +159,19 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("BOT_LOG_FORMAT", "auto"),
         help="json lines, text, or auto: text on a TTY, else json"
         " (default: env BOT_LOG_FORMAT, else auto)",
+    )
+
+
+def _add_file_flag(
+    parser: argparse.ArgumentParser, flag: str, env: str, help: str, *, otherwise: str = ""
+) -> None:
+    """Add ``flag``, a FILE that defaults to env ``env``; ``otherwise``: what none means."""
+    fallback = f", else {otherwise}" if otherwise else ""
+    parser.add_argument(
+        flag,
+        metavar="FILE",
+        default=os.environ.get(env) or None,
+        help=f"{help} (default: env {env}{fallback})",
     )
 
 
