@@ -147,10 +147,10 @@ async def serve(
             logger.bind(event=Event.SERVER_LISTENING, url=url, db=store.where).info(
                 "server listening"
             )
-            if config.token is None and open_to_others(config.host):
+            if tokens.open and open_to_others(config.host):
                 logger.bind(event=Event.SERVER_OPEN, host=config.host, url=url).warning(
                     "listening beyond loopback on {} without a token: anyone who reaches"
-                    " this port can submit, claim and read jobs; set {} (or --token-file)",
+                    " this port can submit, claim and read jobs; set {} or give --tokens-file",
                     config.host,
                     TOKEN_ENV,
                 )
