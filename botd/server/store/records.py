@@ -3,7 +3,9 @@ answers, a registration into the bot's columns.
 
 Both schemas name their columns alike, so a job row of :data:`JOB_COLUMNS` becomes a
 :class:`~botd.models.JobView` in one place (:func:`job_view`), and likewise bots
-(:func:`read_bots`), claimed jobs and stats. Also here: new ids, and the invariant's
+(:func:`read_bots`), claimed jobs and stats; a session token is looked up
+(:func:`session_of`) and a live session's continuity proved (:func:`refuse_unless_continued`)
+in one statement each, with the store's placeholder. Also here: new ids, and the invariant's
 checks for tests and audits. The stores name it ``records`` (``records.job_view``).
 """
 
