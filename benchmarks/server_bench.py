@@ -31,7 +31,7 @@ def _free_port() -> int:
 def start_server(db: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``botd server`` on a free port; wait for /v1/health."""
     port = _free_port()
-    code = "import sys; from botd.server.run import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from botd.server.command import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--port", str(port), "--db", db],
         stdout=subprocess.DEVNULL,

@@ -195,7 +195,7 @@ def _unknown_variables() -> list[tuple[str, str | None, str]]:
 #: They are imported only for the command being run (or for ``botd --help``), so that
 #: ``botd run`` never loads the reference server, the status client or the demo.
 _LAZY_COMMANDS = {
-    "server": (".server.run", "add_server_arguments", "run_server_from_args"),
+    "server": (".server.command", "add_server_arguments", "run_server_from_args"),
     "submit": (".submit", "add_submit_arguments", "run_submit_from_args"),
     "jobs": (".jobs_command", "add_jobs_arguments", "run_jobs_from_args"),
     "status": (".status", "add_status_arguments", "run_status_from_args"),

@@ -1,7 +1,9 @@
 """Protocol v1 over httpx: the bot's only way to talk to the main server.
 
 :class:`ServerClient` turns each protocol call into one HTTP request and its answer into a
-model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.ServerError`:
+model from :mod:`botd.models`. Every failure leaves as a :class:`botd.errors.ServerError`
+(an answer classified by :func:`botd.answers.error_of`, httpx's exceptions by
+:func:`botd.transport_errors.map_transport_errors`):
 
 - network errors, timeouts, DNS failures, 408, 425, 429 and 5xx -> :class:`ServerUnavailable`
   (retryable); a failed TLS check -> :class:`TlsFailure` (a ServerUnavailable that says
@@ -29,15 +31,15 @@ job asked for), then refused. Running out of time is :class:`ServerUnavailable`,
 answer a :class:`ProtocolError`, and so is a claim answer with more jobs than ``max_jobs``
 (the server hands their leases back when no heartbeat lists them): all retryable, with backoff.
 
-httpx exceptions are translated in :func:`map_transport_errors` and nowhere else. Each
-request is timed once (``observe``), with its final outcome; a request that met a pooled
-connection the server had closed is sent once more on a new one (:meth:`ServerClient._request`).
+httpx exceptions are translated in :func:`~botd.transport_errors.map_transport_errors` and
+nowhere else; an answer is read by :func:`botd.answers.read_answer`. Each request is timed
+once (``observe``), with its final outcome; a request that met a pooled connection the
+server had closed is sent once more on a new one (:meth:`ServerClient._request`).
 What a loop does with each outcome is the call policy's business (:mod:`botd.call_policy`).
 """
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,23 +50,13 @@ import httpx
 import trio
 
 from . import codec, tls
-from .errors import (
-    BotIdInUse,
-    ProtocolError,
-    RequestRejected,
-    ServerUnavailable,
-    SessionSuperseded,
-    SessionTokenRefused,
-    TlsFailure,
-    UnknownBot,
-    Unrecoverable,
-)
+from .answers import Answer, check_claim, error_of, read_answer
+from .errors import ProtocolError, RequestRejected, ServerUnavailable, Unrecoverable
 from .models import (
     Ack,
     BotInfo,
     ClaimRequest,
     ClaimResponse,
-    ErrorBody,
     Health,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -72,6 +64,7 @@ from .models import (
     RegisterResponse,
     SingleAckResponse,
 )
+from .transport_errors import DEFAULT_TRUST, map_transport_errors
 
 __all__ = [
     "CLAIM_BYTES_PER_JOB",
@@ -79,7 +72,6 @@ __all__ = [
     "OUTCOMES",
     "RequestObserver",
     "ServerClient",
-    "map_transport_errors",
     "outcome_of",
 ]
 
@@ -87,10 +79,6 @@ T = TypeVar("T")
 
 #: ``observe(endpoint, outcome, seconds)``; outcome is one of :data:`OUTCOMES`.
 RequestObserver = Callable[[str, str, float], None]
-
-#: The 4xx answers that mean "later" (request timeout, too early, too many requests): like a
-#: 5xx, they are :class:`ServerUnavailable`.
-RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 #: How long an idle pooled connection is kept. It must stay below the idle timeout of the
 #: server and of every proxy in between (``botd server``: 75 s), so that the client, not
@@ -122,84 +110,6 @@ def outcome_of(exc: BaseException) -> str:
     if isinstance(exc, RequestRejected | Unrecoverable):
         return "rejected"
     return "error"
-
-
-#: The trust of a bot that has no TLS settings: the system's CA bundle, no client certificate.
-DEFAULT_TRUST = tls.Trust(cert_hint="set BOT_TLS_CERT and BOT_TLS_KEY")
-#: What a connection closed right after it opened may mean over https (TLS 1.3 reports a
-#: refused client certificate as a closed connection on the first read).
-_CLOSED_TLS_HINT = (
-    " (over https, a server that requires a client certificate closes the connection like"
-    " this when it gets none, or one it does not trust: {})"
-)
-
-
-@contextmanager
-def map_transport_errors(endpoint: str, trust: tls.Trust | None = None) -> Iterator[None]:
-    """Translate httpx's exceptions into :class:`ServerUnavailable`; the one place that does.
-
-    A failed TLS check is :class:`TlsFailure`, saying which check failed against ``trust``
-    (the CA file and the client certificate in use).
-    """
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ServerUnavailable(f"{endpoint}: timed out ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        trust = trust or DEFAULT_TRUST
-        explained = tls.explain(exc, trust)
-        if explained is not None:
-            raise TlsFailure(f"{endpoint}: {explained}") from None
-        # ConnectError covers refused connections and DNS failures; the message says which.
-        message = f"{endpoint}: {type(exc).__name__}: {exc or 'no detail'}"
-        https = exc.request.url.scheme == "https" if _has_request(exc) else False
-        if https and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-            message += _CLOSED_TLS_HINT.format(
-                f"is {trust.cert} right?" if trust.cert else trust.cert_hint
-            )
-        raise ServerUnavailable(message) from None
-
-
-def _has_request(exc: httpx.TransportError) -> bool:
-    try:
-        exc.request  # noqa: B018 (httpx raises RuntimeError when the error has none)
-    except RuntimeError:
-        return False
-    return True
-
-
-@attrs.frozen
-class _Answer:
-    """An answer read whole (within its size cap): what the calls and :func:`_error_of` read."""
-
-    status_code: int
-    reason_phrase: str
-    content: bytes
-
-
-def _error_of(response: _Answer, endpoint: str, *, session: bool = False) -> Exception:
-    """Classify a non-2xx answer once, the way every caller sees it."""
-    status = response.status_code
-    code, message, holder = f"http_{status}", response.reason_phrase, None
-    try:
-        detail = codec.structure(json.loads(response.content), ErrorBody).error
-        code, message, holder = detail.code, detail.message, detail.holder
-    except (ValueError, ProtocolError):
-        pass  # a proxy's HTML error page: keep the status line
-    where = f"{endpoint}: {status} {code}: {message}"
-    if status >= 500 or status in RETRYABLE_STATUS:
-        return ServerUnavailable(where)
-    if status == 401 and session:
-        return SessionTokenRefused(status, code, f"{message} (the session token was refused)")
-    if status in (401, 403):
-        return Unrecoverable(f"{where} (check BOT_TOKEN / BOT_TOKEN_FILE)")
-    if status == 404 and code == "unknown_bot":
-        return UnknownBot(status, code, message)
-    if status == 409 and code == "session_superseded":
-        return SessionSuperseded(status, code, message, holder)
-    if status == 409 and code == "bot_id_in_use":
-        return BotIdInUse(status, code, message, holder)
-    return RequestRejected(status, code, message)
 
 
 class _ReuseProbe:
@@ -356,7 +266,7 @@ class ServerClient:
                 session=request.session_id,
             )
             answer = codec.loads(response.content, ClaimResponse, what="claim response")
-            _check_claim(request, answer)
+            check_claim(request, answer)
             return answer
 
     async def ack(self, ack: Ack) -> SingleAckResponse:
@@ -401,7 +311,7 @@ class ServerClient:
         session: bool | str = False,
         waited: float = 0.0,
         max_bytes: int | None = None,
-    ) -> _Answer:
+    ) -> Answer:
         """One request, its answer read whole: within ``connect_timeout + request_timeout +
         waited`` seconds (ServerUnavailable) and ``max_bytes`` (ProtocolError). ``session``: a
         call of the current session (True) or of the one with that id, sent with its token if
@@ -432,31 +342,18 @@ class ServerClient:
                 " the server or the network is too slow"
             )
         if response.status_code not in ok:
-            raise _error_of(response, endpoint, session=bool(session_token))
+            raise error_of(response, endpoint, session=bool(session_token))
         return response
 
     async def _fetch(
         self, http: httpx.AsyncClient, method: str, path: str, cap: int, **options: Any
-    ) -> _Answer:
+    ) -> Answer:
         """Send one request and read its answer, refusing it past ``cap`` bytes."""
         request = http.build_request(method, path, **options)
         response = await http.send(request, stream=True)
-        try:
-            length = response.headers.get("content-length", "")
-            if length.isdigit() and int(length) > cap:
-                raise _too_large(path, cap, int(length))
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    raise _too_large(path, cap)
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return _Answer(response.status_code, response.reason_phrase, b"".join(chunks))
+        return await read_answer(response, path, cap)
 
-    async def _request(self, method: str, path: str, cap: int, **options: Any) -> _Answer:
+    async def _request(self, method: str, path: str, cap: int, **options: Any) -> Answer:
         """Send one request; retry it once on a fresh connection if a pooled one was stale.
 
         A server closes an idle keep-alive connection when its timeout runs out; a request
@@ -482,29 +379,6 @@ class ServerClient:
                 **self._options, limits=httpx.Limits(max_keepalive_connections=0)
             )
         return await self._fetch(self._fresh, method, path, cap, **options)
-
-
-def _too_large(path: str, cap: int, length: int | None = None) -> ProtocolError:
-    size = f"{length} bytes" if length is not None else f"over {cap} bytes"
-    return ProtocolError(
-        f"{path}: the answer is {size}, over the limit of {cap} (BOT_RESPONSE_MAX_BYTES);"
-        " it was not read further"
-    )
-
-
-def _check_claim(request: ClaimRequest, answer: ClaimResponse) -> None:
-    """A claim answer must hold at most ``max_jobs`` jobs, each with its own ids."""
-    jobs = answer.jobs
-    if len(jobs) > request.max_jobs:
-        raise ProtocolError(
-            f"claim response: {len(jobs)} jobs for max_jobs={request.max_jobs}; none is run"
-            " (the server requeues leases that no heartbeat lists)"
-        )
-    for i, job in enumerate(jobs):
-        if not job.job_id or not job.lease_id:
-            raise ProtocolError(f"claim response: $.jobs[{i}]: empty job_id or lease_id")
-    if len({job.lease_id for job in jobs}) < len(jobs):
-        raise ProtocolError("claim response: a lease_id is listed twice")
 
 
 def _seg(value: str) -> str:

@@ -55,7 +55,7 @@ job errors for their codes. Private exceptions that never leave their module (``
 in botd.status) are not part of the tree.
 
 Third-party exceptions are translated at one boundary each: httpx's in
-:func:`botd.client.map_transport_errors` for the bot and in the admin client
+:func:`botd.transport_errors.map_transport_errors` for the bot and in the admin client
 (``botd.admin_client``) for the commands, cattrs' in :func:`botd.codec.structure`.
 """
 

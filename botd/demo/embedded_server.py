@@ -7,7 +7,8 @@ import attrs
 import httpx
 import trio
 
-from ..server.run import ServerConfig, serve
+from ..server.config import ServerConfig
+from ..server.run import serve
 
 __all__ = ["RESTART_DEADLINE_S", "EmbeddedServer"]
 

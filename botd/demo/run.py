@@ -18,7 +18,7 @@ from ..admin_client import AsyncAdminClient
 from ..errors import ServerError
 from ..events import Event
 from ..models import FINAL_JOB_STATUSES, JOB_STATUSES, JobList, JobView, Stats
-from ..server.run import ServerConfig
+from ..server.config import ServerConfig
 from ..signals import watch_signals
 from .chaos import Chaos
 from .embedded_server import EmbeddedServer

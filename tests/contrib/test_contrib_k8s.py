@@ -22,8 +22,9 @@ import yaml
 from starlette.requests import Request
 
 from botd.models import MAX_WAIT_S
+from botd.server.config import DB_ENV
 from botd.server.dashboard import dashboard
-from botd.server.run import DB_ENV, GRACEFUL_TIMEOUT_S
+from botd.server.run import GRACEFUL_TIMEOUT_S
 from tests.support.paths import REPO
 
 K8S = REPO / "contrib" / "k8s"

@@ -22,7 +22,8 @@ from botd.client import KEEPALIVE_EXPIRY_S, ServerClient
 from botd.config import DEFAULT_CLAIM_TIMEOUT_MARGIN, DEFAULT_HEARTBEAT_INTERVAL_MS
 from botd.errors import ServerUnavailable
 from botd.models import MAX_WAIT_S
-from botd.server.run import KEEP_ALIVE_TIMEOUT_S, ServerConfig, serve
+from botd.server.config import ServerConfig
+from botd.server.run import KEEP_ALIVE_TIMEOUT_S, serve
 
 pytestmark = pytest.mark.slow
 

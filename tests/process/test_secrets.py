@@ -6,7 +6,8 @@
 - a token file others may read gets a WARNING naming it; one holding garbage is exit 78 and
   its content is never printed;
 - every ``--token`` flag warns that it shows in ``ps``;
-- ``botd server`` beyond loopback without a token warns once at start.
+- ``botd server`` beyond loopback without a token warns once at start; with one (from
+  ``BOTD_SERVER_TOKEN`` or a ``--tokens-file``) it does not.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def test_the_server_warns_when_it_listens_beyond_loopback_without_a_token(
         (open_server,),
     )
     assert len(warned) == 1 and warned[0]["level"] == "WARNING"
-    assert "BOTD_SERVER_TOKEN" in warned[0]["msg"]
+    assert "BOTD_SERVER_TOKEN" in warned[0]["msg"] and "--tokens-file" in warned[0]["msg"]
 
     port = free_port()
     args = ["server", "--host", "0.0.0.0", "--port", str(port), "--db", ":memory:"]
@@ -186,5 +187,14 @@ def test_the_server_warns_when_it_listens_beyond_loopback_without_a_token(
     local = procs.spawn("local", ["server", "--port", str(loopback), "--db", ":memory:"],
                         clean_env({"BOT_LOG_FORMAT": "json"}))  # fmt: skip
     wait_for("the server", lambda: server_up(f"http://127.0.0.1:{loopback}"), (local,))
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\nrole = "admin"\ntoken = "{TOKEN}"\n')
+    tokens.chmod(0o600)
+    port = free_port()
+    args = ["server", "--host", "0.0.0.0", "--port", str(port), "--db", ":memory:",
+            "--tokens-file", str(tokens)]  # fmt: skip
+    by_file = procs.spawn("by-file", args, clean_env({"BOT_LOG_FORMAT": "json"}))
+    wait_for("the server", lambda: server_up(f"http://127.0.0.1:{port}"), (by_file,))
     assert closed.events("server_listening") and not closed.events("server_open")
     assert local.events("server_listening") and not local.events("server_open")
+    assert by_file.events("server_listening") and not by_file.events("server_open")

@@ -299,7 +299,7 @@ def test_submit_cli(server: str) -> None:
 
 
 def test_port_in_use_and_bad_flags_exit_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    from botd.server.run import main
+    from botd.server.command import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

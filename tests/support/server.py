@@ -27,7 +27,8 @@ import trio
 from starlette.applications import Starlette
 
 from botd.server.app import core_of, create_app
-from botd.server.run import ServerConfig, serve
+from botd.server.config import ServerConfig
+from botd.server.run import serve
 from botd.server.store import SqliteStore, Store
 
 __all__ = [
@@ -132,7 +133,7 @@ def spawn_server_process(
     cmd = [
         sys.executable,
         "-c",
-        "import sys; from botd.server.run import main; sys.exit(main(sys.argv[1:]))",
+        "import sys; from botd.server.command import main; sys.exit(main(sys.argv[1:]))",
         "--host",
         "127.0.0.1",
         "--port",

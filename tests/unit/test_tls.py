@@ -10,9 +10,9 @@ import pytest
 import trustme
 
 from botd import tls
-from botd.client import map_transport_errors
 from botd.config import load_config
 from botd.errors import ConfigError, ServerUnavailable, TlsFailure
+from botd.transport_errors import map_transport_errors
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from ... import models
 from ...timestamps import parse_rfc3339, rfc3339_of
 from . import records
 from .errors import (
-    bot_id_in_use,
     job_finished,
     job_not_retryable,
     not_lease_owner,
@@ -327,26 +326,13 @@ class PostgresStore(PostgresDatabase):
         ).fetchone()
         if row is None or not row[4]:
             return
-        if previous_hash is not None:
-            proof = conn.execute(
-                "SELECT 1 FROM sessions WHERE token_hash = %s AND bot_id = %s AND session_id = %s",
-                (previous_hash, bot_id, row[0]),
-            ).fetchone()
-            if proof is not None:
-                return
-        holder = models.SessionHolder(hostname=row[1], pid=row[2], since=rfc3339_of(row[3]))
-        raise bot_id_in_use(bot_id, holder)
+        records.refuse_unless_continued(
+            conn.execute, bot_id, row, previous_hash, mark="%s", when=rfc3339_of
+        )
 
     async def session_of(self, token_hash: str) -> tuple[str, str] | None:
         """See :meth:`Store.session_of`."""
-
-        def run(conn: Conn) -> tuple[str, str] | None:
-            row = conn.execute(
-                "SELECT bot_id, session_id FROM sessions WHERE token_hash = %s", (token_hash,)
-            ).fetchone()
-            return None if row is None else (str(row[0]), str(row[1]))
-
-        return await self._run(run)
+        return await self._run(lambda conn: records.session_of(conn.execute, token_hash, mark="%s"))
 
     @staticmethod
     def _check_owner(conn: Conn, acks: Sequence[models.Ack], owner: str) -> None:

@@ -3,7 +3,9 @@ answers, a registration into the bot's columns.
 
 Both schemas name their columns alike, so a job row of :data:`JOB_COLUMNS` becomes a
 :class:`~botd.models.JobView` in one place (:func:`job_view`), and likewise bots
-(:func:`read_bots`), claimed jobs and stats. Also here: new ids, and the invariant's
+(:func:`read_bots`), claimed jobs and stats; a session token is looked up
+(:func:`session_of`) and a live session's continuity proved (:func:`refuse_unless_continued`)
+in one statement each, with the store's placeholder. Also here: new ids, and the invariant's
 checks for tests and audits. The stores name it ``records`` (``records.job_view``).
 """
 
@@ -24,8 +26,10 @@ from ...models import (
     FailureInfo,
     JobView,
     RegisterRequest,
+    SessionHolder,
     Stats,
 )
+from .errors import bot_id_in_use
 from .interface import BOT_STATUSES
 
 __all__ = [
@@ -46,7 +50,9 @@ __all__ = [
     "json_or_none",
     "new_id",
     "read_bots",
+    "refuse_unless_continued",
     "registration",
+    "session_of",
     "stats_of",
     "token_hash",
 ]
@@ -193,6 +199,43 @@ def registration(req: RegisterRequest, session_id: str) -> tuple[Any, ...]:
 def token_hash(token: str) -> str:
     """What a store keeps of a session token: its SHA-256, in hex (never the token)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def session_of(execute: Execute, token_hash: str, *, mark: str) -> tuple[str, str] | None:
+    """The (bot_id, session_id) whose session token has ``token_hash``, or None.
+
+    ``mark`` is the store's placeholder (``?``, ``%s``).
+    """
+    row = execute(
+        f"SELECT bot_id, session_id FROM sessions WHERE token_hash = {mark}", (token_hash,)
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
+
+
+def refuse_unless_continued(
+    execute: Execute,
+    bot_id: str,
+    live: Sequence[Any],
+    previous_hash: str | None,
+    *,
+    mark: str,
+    when: When,
+) -> None:
+    """Refuse (409 bot_id_in_use, naming the holder) a register of ``bot_id`` while its
+    session ``live`` is alive, unless ``previous_hash`` is that session's token: the bot
+    proves it continues it. ``live`` is the bot's row: session_id, hostname, pid,
+    registered_at; ``mark`` is the store's placeholder.
+    """
+    if previous_hash is not None:
+        proof = execute(
+            f"SELECT 1 FROM sessions WHERE token_hash = {mark} AND bot_id = {mark}"
+            f" AND session_id = {mark}",
+            (previous_hash, bot_id, live[0]),
+        ).fetchone()
+        if proof is not None:
+            return
+    holder = SessionHolder(hostname=live[1], pid=live[2], since=when(live[3]))
+    raise bot_id_in_use(bot_id, holder)
 
 
 #: Superseded sessions' tokens are kept this long (they answer 409 session_superseded),

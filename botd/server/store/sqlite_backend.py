@@ -22,7 +22,6 @@ from ...timestamps import parse_rfc3339, rfc3339
 from . import records
 from .errors import (
     StoreUnavailable,
-    bot_id_in_use,
     job_finished,
     job_not_retryable,
     not_lease_owner,
@@ -339,28 +338,14 @@ class SqliteBackend:
             " AND status <> 'deregistered' AND seen_at > ?",
             (bot_id, at.mono - exclusive_s),
         ).fetchone()
-        if row is None:
-            return
-        if previous_hash is not None:
-            proof = conn.execute(
-                "SELECT 1 FROM sessions WHERE token_hash = ? AND bot_id = ? AND session_id = ?",
-                (previous_hash, bot_id, row[0]),
-            ).fetchone()
-            if proof is not None:
-                return
-        holder = models.SessionHolder(hostname=row[1], pid=row[2], since=rfc3339(row[3]))
-        raise bot_id_in_use(bot_id, holder)
+        if row is not None:
+            records.refuse_unless_continued(
+                conn.execute, bot_id, row, previous_hash, mark="?", when=rfc3339
+            )
 
     def session_of(self, token_hash: str) -> tuple[str, str] | None:
         """The (bot_id, session_id) whose session token has ``token_hash``, or None."""
-
-        def run(conn: sqlite3.Connection) -> tuple[str, str] | None:
-            row = conn.execute(
-                "SELECT bot_id, session_id FROM sessions WHERE token_hash = ?", (token_hash,)
-            ).fetchone()
-            return None if row is None else (row[0], row[1])
-
-        return self._tx(run)
+        return self._tx(lambda conn: records.session_of(conn.execute, token_hash, mark="?"))
 
     @staticmethod
     def _check_owner(conn: sqlite3.Connection, acks: Sequence[models.Ack], owner: str) -> None:
