@@ -113,6 +113,8 @@ def check_tls(config: ServerConfig) -> None:
                 pass
         except OSError as exc:
             raise ConfigError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+        except ValueError:  # a NUL in the path: no file can have that name
+            raise ConfigError(f"{flag}: {path!r} holds a NUL character; fix the path") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(str(config.tls_cert), str(config.tls_key))

@@ -12,6 +12,7 @@ import trustme
 from botd import tls
 from botd.config import load_config
 from botd.errors import ConfigError, ServerUnavailable, TlsFailure
+from botd.server.config import ServerConfig, check_tls
 from botd.transport_errors import map_transport_errors
 
 
@@ -91,3 +92,8 @@ def test_a_connection_error_without_tls_is_not_explained() -> None:
     with pytest.raises(ServerUnavailable) as caught, map_transport_errors("health"):
         raise httpx.ConnectError("[Errno 111] Connection refused")
     assert not isinstance(caught.value, TlsFailure)
+
+
+def test_the_servers_tls_files_with_a_nul_are_a_problem_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"--tls-cert: .* holds a NUL character"):
+        check_tls(ServerConfig(tls_cert="a\x00b", tls_key="k"))
