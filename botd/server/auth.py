@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 import tomllib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ import attrs
 
 from ..errors import BotdError, HttpError
 from ..models import BotInfo
+from ..token_files import token_problem
 from .store.records import token_hash
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "Tokens",
     "TokensFileError",
     "load_tokens",
-    "loose_permissions",
     "own_session",
     "parse_tokens",
     "shown_to",
@@ -288,8 +287,9 @@ def _entry(item: Any, what: str) -> TokenEntry:
         raise TokensFileError(f"{what}: 'role' must be one of {', '.join(ROLES)}")
     if not isinstance(token, str) or not token.strip():
         raise TokensFileError(f"{what}: 'token' is missing or not a string")
-    if token != token.strip() or any(c.isspace() for c in token):
-        raise TokensFileError(f"{what}: 'token' must not contain whitespace")
+    problem = token_problem(token)
+    if problem is not None:
+        raise TokensFileError(f"{what}: 'token' is no token ({problem})")
     if not MIN_TOKEN_LEN <= len(token) <= _MAX_TOKEN_LEN:
         raise TokensFileError(
             f"{what}: 'token' must be {MIN_TOKEN_LEN} to {_MAX_TOKEN_LEN} characters"
@@ -311,17 +311,3 @@ def load_tokens(path: str | os.PathLike[str]) -> list[TokenEntry]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise TokensFileError(f"{where}: cannot read it: {reason}") from None
     return parse_tokens(text, where)
-
-
-def loose_permissions(path: str | os.PathLike[str]) -> str | None:
-    """Why the file at ``path`` is readable by more than its owner, or None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (
-            f"{path} is accessible by its group or others (mode {stat.filemode(mode)}):"
-            f" run chmod 600 {path}"
-        )
-    return None

@@ -30,9 +30,9 @@ from .. import logs
 from ..errors import ConfigError, leaf_exceptions
 from ..events import Event
 from ..exit_codes import ExitCode
-from ..token_files import token_flag_warning
+from ..token_files import loose_permissions, token_flag_warning
 from .app import core_of, create_app, gate_of
-from .auth import Tokens, TokensFileError, load_tokens, loose_permissions
+from .auth import Tokens, TokensFileError, load_tokens
 from .core import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_TTL_S
 from .store import (
     Store,
@@ -299,10 +299,10 @@ def load_server_tokens(config: ServerConfig) -> Tokens:
     entries = []
     if config.tokens_file is not None:
         entries = load_tokens(config.tokens_file)
-        loose = loose_permissions(config.tokens_file)
+        loose = loose_permissions(config.tokens_file, "--tokens-file")
         if loose is not None:
             logger.bind(event=Event.TOKENS_FILE_READABLE, path=config.tokens_file).warning(
-                "the tokens file is readable by others: {}", loose
+                "{}", loose
             )
     tokens = Tokens.of(config.token, entries)
     setup = logs.LogSetup.installed()

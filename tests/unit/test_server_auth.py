@@ -1,22 +1,15 @@
 """The server's tokens file and token table (botd.server.auth): parsing, errors that name
-the entry and never a token, permissions, and matching."""
+the entry and never a token, and matching. (Its permissions: tests/unit/test_secret_files.py.)"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from botd.server.auth import (
-    Tokens,
-    TokensFileError,
-    load_tokens,
-    loose_permissions,
-    parse_tokens,
-)
+from botd.server.auth import Tokens, TokensFileError, load_tokens, parse_tokens
 
 GOOD = """
 # the fleet's tokens
@@ -50,7 +43,9 @@ SECRET = "the-secret-token-value-1234"
         ('[[tokens]]\nrole = "admin"\n', "'token' is missing"),
         (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET}"\n[[tokens]]\nrole = "worker"\n'
          f'token = "{SECRET}"\n', "repeats an earlier token"),
-        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET} x"\n', "whitespace"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET} x"\n', "a space at position 28"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET}\u00e9"\n', "a non-ASCII character"),
+        (f'[[tokens]]\nrole = "admin"\ntoken = "{SECRET}\\u0007"\n', "a control character"),
         (f'[[tokens]]\nrole = "admin"\ntoken = {SECRET}\n', "not valid TOML"),
         (f'token = "{SECRET}"\n', "unknown key 'token'"),
     ],
@@ -72,16 +67,6 @@ def test_a_missing_or_unreadable_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(TokensFileError, match="cannot read it") as caught:
         load_tokens(binary)
     assert SECRET not in str(caught.value)
-
-
-def test_loose_permissions_are_reported(tmp_path: Path) -> None:
-    path = tmp_path / "tokens.toml"
-    path.write_text(GOOD)
-    os.chmod(path, 0o600)
-    assert loose_permissions(path) is None
-    os.chmod(path, 0o644)
-    why = loose_permissions(path)
-    assert why is not None and "chmod 600" in why and "-rw-r--r--" in why
 
 
 def test_the_single_token_is_admin_and_no_token_is_dev_mode() -> None:
