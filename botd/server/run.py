@@ -113,7 +113,7 @@ class ServerConfig:
     port: int = attrs.field(default=3001, validator=[attrs.validators.ge(0)])
     db: str = attrs.field(default=DEFAULT_DB, repr=False)
     token: str | None = attrs.field(default=None, repr=False)
-    #: A TOML file of tokens with roles (botd.server.auth), re-read on SIGHUP.
+    #: A file of tokens with roles, one a line or TOML (botd.server.auth), re-read on SIGHUP.
     tokens_file: str | None = None
     lease_ttl: float = attrs.field(default=DEFAULT_LEASE_TTL_S, validator=_positive)
     heartbeat_interval: float = attrs.field(
@@ -394,8 +394,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokens-file",
         default=os.environ.get(TOKENS_FILE_ENV) or None,
         metavar="FILE",
-        help="a TOML file of [[tokens]] with role (worker, producer, admin), token and an"
-        " optional name; re-read on SIGHUP; keep it mode 600"
+        help="the server's tokens, one a line (ROLE:TOKEN, role worker, producer or admin;"
+        " a bare TOKEN is admin; # comments), or TOML [[tokens]] tables with role, token"
+        " and an optional name; re-read on SIGHUP; keep it mode 600"
         f" (default: env {TOKENS_FILE_ENV})",
     )
     parser.add_argument(
