@@ -27,7 +27,7 @@ import attrs
 from . import codec
 from .errors import StateDirError
 from .models import Ack
-from .state_files import check_state_dir, make_private_dir, open_private
+from .state_files import check_state_dir, make_private_dir, open_private, refuse_symlink
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "OutboxEntry", "OutboxFile"]
 
@@ -159,7 +159,10 @@ class OutboxFile:
         )
         try:
             # Created 0600 before SQLite opens it (its -wal and -shm files take its mode),
-            # and never through a symlink.
+            # and never through a symlink. SQLite follows links: a -wal or -shm planted as
+            # one is refused before it opens them.
+            for suffix in ("-wal", "-shm"):
+                refuse_symlink(self.db_path.with_name(DB_NAME + suffix))
             os.close(open_private(self.db_path))
         except OSError as exc:
             raise _fail(

@@ -10,7 +10,9 @@ shared place like ``/tmp``).
 
 - :func:`open_private`: ``os.open`` with ``O_NOFOLLOW | O_CLOEXEC`` and mode 0600;
 - :func:`write_private` / :func:`read_private`: a whole small file, through it;
-- :func:`make_private_dir`: ``mkdir -p`` with mode 0700 (an existing directory is kept as is).
+- :func:`make_private_dir`: ``mkdir -p`` with mode 0700 (an existing directory is kept as is);
+- :func:`refuse_symlink`: for a path another library opens and would follow (SQLite's
+  ``-wal`` and ``-shm`` files).
 
 Synchronous: call it from a worker thread in a Trio run.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "make_private_dir",
     "open_private",
     "read_private",
+    "refuse_symlink",
     "write_private",
 ]
 
@@ -61,6 +64,16 @@ def read_private(path: Path | str, limit: int = 1 << 16) -> bytes:
         return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def refuse_symlink(path: Path) -> None:
+    """Raise StateDirError if ``path`` is a symlink (its target is left untouched); a
+    missing path or any other file passes."""
+    if path.is_symlink():
+        raise StateDirError(
+            f"state dir {path.parent}: {path.name} is a symlink (to {os.readlink(path)!r}), not"
+            f" a file of botd's; it was left untouched: remove the link ({path}) and start again"
+        )
 
 
 def make_private_dir(path: Path) -> None:

@@ -4,13 +4,17 @@
   (naming the file and the setting, never echoing its content) when it cannot be read, is
   empty, or holds what cannot go into an ``Authorization`` header (several lines, spaces,
   control or non-ASCII characters: a file of garbage);
-- :func:`loose_permissions`: the warning for a token file that its group or others may read
-  (and its fix, ``chmod 600``), or None;
+- :func:`token_problem`: why a text cannot be a bearer token (visible ASCII only), naming
+  the position of the first bad character, never the text;
+- :func:`loose_permissions`: the warning for a token file that users other than its owner
+  may read or change (and its fix, ``chmod 600``), or None. A file of another owner that
+  this user reads through its group (a Kubernetes secret mounted ``0440`` with the pod's
+  ``fsGroup``) is no warning: the group is how it is shared;
 - :func:`token_flag_warning`: the warning for a token given on the command line, which every
   user of the machine sees in ``ps``.
 
 Shared: ``botd run`` (:mod:`botd.config`), the producer commands (:mod:`botd.admin_client`),
-``botd conformance`` and ``botd server`` use it alike.
+``botd conformance`` and ``botd server`` (its ``--tokens-file`` too) use it alike.
 """
 
 from __future__ import annotations
@@ -21,10 +25,21 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["loose_permissions", "read_token_file", "token_flag_warning"]
+__all__ = ["loose_permissions", "read_token_file", "token_flag_warning", "token_problem"]
 
-#: What a bearer token may hold: visible ASCII (RFC 6750's b64token and then some).
-_PRINTABLE = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent as ``Authorization: Bearer <token>``, or None: a token is
+    visible ASCII (RFC 6750's b64token and then some). Names the first bad character's kind
+    and position, never the token."""
+    if not token:
+        return "it is empty"
+    for index, char in enumerate(token):
+        if not "!" <= char <= "~":
+            kind = "a space" if char == " " else "a line break" if char in "\r\n" else None
+            what = kind or ("a control character" if char.isascii() else "a non-ASCII character")
+            return f"it holds {what} at position {index + 1}: a token is visible ASCII only"
+    return None
 
 
 def read_token_file(path: Path, where: str) -> str:
@@ -45,27 +60,37 @@ def read_token_file(path: Path, where: str) -> str:
         raise ConfigError(
             f"{where}: the token file {str(path)!r} is empty; write the token into it"
         )
-    if not set(text) <= _PRINTABLE:
+    problem = token_problem(text)
+    if problem is not None:
         lines = len(text.splitlines())
-        what = f"{lines} lines" if lines > 1 else "spaces, control or non-ASCII characters"
+        what = f"{lines} lines" if lines > 1 else "what no token holds"
         raise ConfigError(
-            f"{where}: the token file {str(path)!r} holds {what}, which no token has (its"
-            " content is not shown); write only the token into it, on one line"
+            f"{where}: the token file {str(path)!r} holds {what} ({problem}; its content is"
+            " not shown); write only the token into it, on one line"
         )
     return text
 
 
-def loose_permissions(path: Path, where: str) -> str | None:
-    """A warning if the group or others may read the token file ``path``, else None."""
+def loose_permissions(path: Path | str, where: str) -> str | None:
+    """A warning if users other than the owner of the token file ``path`` may read or change
+    it, else None (also when it cannot be stat'ed: reading it says so). ``where`` names the
+    setting. Its group counts only while this user owns the file: a file of another owner
+    that this user reads through its group (Kubernetes' ``fsGroup``) is shared that way."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except OSError:
-        return None  # reading it reports the problem
-    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
         return None
+    mode = stat.S_IMODE(st.st_mode)
+    ours = st.st_uid == os.geteuid()
+    group = mode & (stat.S_IRGRP | stat.S_IWGRP) if ours else 0
+    others = mode & (stat.S_IROTH | stat.S_IWOTH)
+    if not group and not others:
+        return None
+    who = " and ".join(name for name, bits in (("its group", group), ("others", others)) if bits)
+    how = "read or changed" if mode & (stat.S_IWGRP | stat.S_IWOTH) & (group | others) else "read"
     return (
-        f"{where}: the token file {str(path)!r} may be read by other users (mode"
-        f" {stat.S_IMODE(mode):o}): chmod 600 {path}"
+        f"{where}: the token file {str(path)!r} may be {how} by {who} (mode {mode:o}):"
+        f" chmod 600 {path}"
     )
 
 

@@ -10,8 +10,9 @@ The server knows three roles (docs/protocol.md, "Auth"):
   body or the query), as protocol v1's own clients and checks make them.
 
 Tokens come from ``--token`` (one ``admin`` token) and a tokens file (:func:`load_tokens`):
-TOML ``[[tokens]]`` tables with ``role``, ``token`` and an optional ``name``. With no token
-at all every caller is ``admin`` (dev mode). Given tokens are compared in constant time
+TOML ``[[tokens]]`` tables with ``role``, ``token`` and an optional ``name``, or one token
+a line (``ROLE:TOKEN``, or a bare ``TOKEN``: admin, as ``--token``). With no token at all
+every caller is ``admin`` (dev mode). Given tokens are compared in constant time
 (their SHA-256 against every known token's, :meth:`Tokens.match`); a token is never logged,
 and an error about the file names its entry, never its token.
 """
@@ -21,16 +22,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 import tomllib
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import attrs
 
 from ..errors import BotdError, HttpError
 from ..models import BotInfo
+from ..token_files import token_problem
 from .store.records import token_hash
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "Tokens",
     "TokensFileError",
     "load_tokens",
-    "loose_permissions",
     "own_session",
     "parse_tokens",
     "shown_to",
@@ -243,15 +243,38 @@ def shown_to(caller: Caller, bot: BotInfo) -> BotInfo:
 
 
 def parse_tokens(text: str, where: str) -> list[TokenEntry]:
-    """The entries of a tokens file's TOML ``text`` (``where`` names it in errors)::
+    """The entries of a tokens file's ``text`` (``where`` names it in errors), in one of
+    two forms. TOML, when its first line that is neither blank nor a ``#`` comment starts
+    with ``[``::
 
         [[tokens]]
         role = "worker"            # worker, producer or admin
         name = "fleet-a"           # optional: shown in logs instead of the token
-        token = "..."              # at least 16 characters
+        token = "..."              # 16 to 512 visible ASCII characters
 
-    Raises TokensFileError naming the entry (and the TOML error's line), never a token.
+    else one token a line, ``ROLE:TOKEN`` or a bare ``TOKEN`` (an ``admin`` token, as
+    ``--token`` gives), blank lines and whole-line ``#`` comments allowed; a token that
+    holds ``:`` is written ``admin:TOKEN``. A line's entry is named ``line N`` in the logs.
+
+    Raises TokensFileError naming the entry or the line, never a token; a file with no
+    token at all is refused too (it would leave the server open to every caller).
     """
+    first = next((ln.strip() for ln in text.splitlines() if _meaningful(ln)), "")
+    entries = _parse_toml(text, where) if first.startswith("[") else _parse_lines(text, where)
+    if not entries:
+        raise TokensFileError(
+            f"{where}: holds no token; a server with no token admits every caller as admin:"
+            " write at least one (ROLE:TOKEN a line, or [[tokens]] tables)"
+        )
+    return entries
+
+
+def _meaningful(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _parse_toml(text: str, where: str) -> list[TokenEntry]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -277,6 +300,48 @@ def parse_tokens(text: str, where: str) -> list[TokenEntry]:
     return entries
 
 
+_LINE_HINT = (
+    "; write one token a line, ROLE:TOKEN or TOKEN (a TOML tokens file starts with [[tokens]])"
+)
+
+
+def _parse_lines(text: str, where: str) -> list[TokenEntry]:
+    entries: list[TokenEntry] = []
+    seen: dict[bytes, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not _meaningful(line):
+            continue
+        what = f"{where}: line {number}"
+        role, colon, token = (part.strip() for part in line.partition(":"))
+        if not colon:
+            role, token = "admin", role
+        elif role not in ROLES:
+            raise TokensFileError(
+                f"{what}: what comes before the first ':' is not a role ({', '.join(ROLES)});"
+                " write ROLE:TOKEN, or admin:TOKEN for an admin token that holds ':'"
+            )
+        _check_token(token, what, "the token", _LINE_HINT)
+        entry = TokenEntry(cast(Role, role), token, f"line {number}")
+        if entry.digest in seen:
+            raise TokensFileError(f"{what}: repeats the token of line {seen[entry.digest]}")
+        seen[entry.digest] = number
+        entries.append(entry)
+    return entries
+
+
+def _check_token(token: str, what: str, subject: str, hint: str = "") -> None:
+    """TokensFileError unless ``token`` is 16 to 512 visible ASCII characters; ``subject``
+    names it (``'token'``, ``the token``), ``hint`` ends the message; never the token."""
+    problem = token_problem(token)
+    if problem is not None:
+        raise TokensFileError(f"{what}: {subject} cannot be a bearer token ({problem}){hint}")
+    if not MIN_TOKEN_LEN <= len(token) <= _MAX_TOKEN_LEN:
+        raise TokensFileError(
+            f"{what}: {subject} must be {MIN_TOKEN_LEN} to {_MAX_TOKEN_LEN} characters"
+            " (make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
 def _entry(item: Any, what: str) -> TokenEntry:
     if not isinstance(item, dict):
         raise TokensFileError(f"{what}: must be a table with role and token")
@@ -288,13 +353,7 @@ def _entry(item: Any, what: str) -> TokenEntry:
         raise TokensFileError(f"{what}: 'role' must be one of {', '.join(ROLES)}")
     if not isinstance(token, str) or not token.strip():
         raise TokensFileError(f"{what}: 'token' is missing or not a string")
-    if token != token.strip() or any(c.isspace() for c in token):
-        raise TokensFileError(f"{what}: 'token' must not contain whitespace")
-    if not MIN_TOKEN_LEN <= len(token) <= _MAX_TOKEN_LEN:
-        raise TokensFileError(
-            f"{what}: 'token' must be {MIN_TOKEN_LEN} to {_MAX_TOKEN_LEN} characters"
-            " (make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
+    _check_token(token, what, "'token'")
     if not isinstance(name, str):
         raise TokensFileError(f"{what}: 'name' must be a string")
     return TokenEntry(role, token, name)
@@ -311,17 +370,3 @@ def load_tokens(path: str | os.PathLike[str]) -> list[TokenEntry]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise TokensFileError(f"{where}: cannot read it: {reason}") from None
     return parse_tokens(text, where)
-
-
-def loose_permissions(path: str | os.PathLike[str]) -> str | None:
-    """Why the file at ``path`` is readable by more than its owner, or None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (
-            f"{path} is accessible by its group or others (mode {stat.filemode(mode)}):"
-            f" run chmod 600 {path}"
-        )
-    return None

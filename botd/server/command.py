@@ -121,8 +121,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--tokens-file",
         TOKENS_FILE_ENV,
-        "a TOML file of [[tokens]] with role (worker, producer, admin), token and an"
-        " optional name; re-read on SIGHUP; keep it mode 600",
+        "the server's tokens, one a line (ROLE:TOKEN, role worker, producer or admin;"
+        " a bare TOKEN is admin; # comments), or TOML [[tokens]] tables with role, token"
+        " and an optional name; re-read on SIGHUP; keep it mode 600",
     )
     _add_file_flag(
         parser,

@@ -70,7 +70,7 @@ class ServerConfig:
     port: int = attrs.field(default=3001, validator=[attrs.validators.ge(0)])
     db: str = attrs.field(default=DEFAULT_DB, repr=False)
     token: str | None = attrs.field(default=None, repr=False)
-    #: A TOML file of tokens with roles (botd.server.auth), re-read on SIGHUP.
+    #: A file of tokens with roles, one a line or TOML (botd.server.auth), re-read on SIGHUP.
     tokens_file: str | None = None
     lease_ttl: float = attrs.field(default=DEFAULT_LEASE_TTL_S, validator=_positive)
     heartbeat_interval: float = attrs.field(

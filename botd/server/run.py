@@ -21,8 +21,9 @@ from loguru import logger
 
 from .. import logs
 from ..events import Event
+from ..token_files import loose_permissions
 from .app import core_of, create_app, gate_of
-from .auth import Tokens, TokensFileError, load_tokens, loose_permissions
+from .auth import Tokens, TokensFileError, load_tokens
 from .config import TOKEN_ENV, ServerConfig
 from .store import Store, StoreIncompatible, StoreUnavailable
 
@@ -169,10 +170,10 @@ def load_server_tokens(config: ServerConfig) -> Tokens:
     entries = []
     if config.tokens_file is not None:
         entries = load_tokens(config.tokens_file)
-        loose = loose_permissions(config.tokens_file)
+        loose = loose_permissions(config.tokens_file, "--tokens-file")
         if loose is not None:
             logger.bind(event=Event.TOKENS_FILE_READABLE, path=config.tokens_file).warning(
-                "the tokens file is readable by others: {}", loose
+                "{}", loose
             )
     tokens = Tokens.of(config.token, entries)
     setup = logs.LogSetup.installed()

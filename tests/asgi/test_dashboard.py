@@ -36,9 +36,7 @@ from tests.support.procs import (
     Proc,
     Procs,
     bot_env,
-    clean_env,
     free_ports,
-    server_args,
     server_up,
     wait_for,
 )
@@ -165,8 +163,9 @@ def test_dashboard_in_chromium_during_a_run(procs: Procs, tmp_path: Path) -> Non
     assert chromium, "Debian's chromium is needed (nox's tests session installs it)"
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
-    args = server_args(port, tmp_path / "jobs.db", lease_ttl=LEASE_TTL_S, heartbeat=0.3)
-    server = procs.spawn("server", [*args, "--token", TOKEN], clean_env({}))
+    # The token through env BOTD_SERVER_TOKEN (procs.server): --token warns that ps shows it.
+    server = procs.server("server", port, tmp_path / "jobs.db", lease_ttl=LEASE_TTL_S,
+                          heartbeat=0.3, token=TOKEN)  # fmt: skip
     wait_for("the server to answer", lambda: server_up(url), (server,))
 
     def bot(name: str, kinds: str, **extra: str) -> Proc:

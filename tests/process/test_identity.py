@@ -5,7 +5,9 @@ admin tokens, real ``botd run`` bots, SIGHUP. Real time, short intervals, genero
   once, keeps trying and takes nothing; A, SIGKILLed and restarted with its state dir,
   registers again at once (it proves continuity with the token in ``<state>/session``);
 - SIGHUP re-reads the tokens file: a token added works, a token removed is refused, a bad
-  file keeps the tokens in force; a bad file at start is exit 78.
+  file keeps the tokens in force; a bad file at start is exit 78;
+- the same with one token a line (``ROLE:TOKEN``, a bare ``TOKEN`` is admin): a bot with
+  its worker token runs jobs, SIGHUP adds a token, a bad line is named, never shown.
 """
 
 from __future__ import annotations
@@ -145,6 +147,48 @@ def test_sighup_rereads_the_tokens_file(procs: Procs, tmp_path: Path) -> None:
     assert PRODUCER not in logged and ADMIN not in logged
 
 
+def test_a_tokens_file_of_one_token_a_line(procs: Procs, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# the fleet\nworker:{WORKER_A}\n\nproducer:{PRODUCER}\n")
+    os.chmod(tokens, 0o640)
+    url = start_server(procs, tmp_path, tokens, lease_ttl=5.0)
+    [server] = procs.all
+    [loose] = server.events("tokens_file_readable")
+    assert loose["level"] == "WARNING" and "--tokens-file" in loose["msg"]
+    assert "chmod 600" in loose["msg"]
+    bot = procs.bot("a", bot_env("liner", url, None, None, BOT_TOKEN=WORKER_A))
+    run_job(url, (bot, server))
+    submitted = httpx.post(f"{url}/v1/jobs", json={"kind": "k"}, headers=as_(WORKER_A))
+    assert submitted.status_code == 403  # a worker token cannot submit
+
+    def stats(token: str) -> int:
+        return httpx.get(f"{url}/v1/stats", headers=as_(token)).status_code
+
+    def hangup(count: int) -> dict[str, Any]:
+        server.signal(signal.SIGHUP)
+        done = ("tokens_reloaded", "tokens_reload_failed")
+        reloads = wait_for(
+            f"reload {count}",
+            lambda: [r for r in server.logs() if r.get("event") in done][count - 1 :] or None,
+            (server,),
+        )
+        return reloads[0]
+
+    assert stats(ADMIN) == 401
+    tokens.write_text(tokens.read_text() + f"{ADMIN}\n")  # a bare token: admin
+    reloaded = hangup(1)
+    assert reloaded["event"] == "tokens_reloaded"
+    assert reloaded["roles"] == {"worker": 1, "producer": 1, "admin": 1}
+    assert stats(ADMIN) == 200
+    tokens.write_text(f"worker:{WORKER_A}\nboss:{WORKER_B}\n")
+    failed = hangup(2)
+    assert failed["event"] == "tokens_reload_failed" and "line 2" in failed["error"]
+    assert (stats(ADMIN), stats(PRODUCER)) == (200, 200)  # the tokens in force stay
+    run_job(url, (bot, server))
+    logged = server.out() + server.err() + bot.out() + bot.err()
+    assert not any(token in logged for token in (WORKER_A, WORKER_B, PRODUCER, ADMIN))
+
+
 def test_a_bad_tokens_file_at_start_is_exit_78(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(f'[[tokens]]\nrole = "admin"\ntoken = "{ADMIN}"\n\n[[tokens]]\nrole = 1\n')
@@ -153,3 +197,9 @@ def test_a_bad_tokens_file_at_start_is_exit_78(tmp_path: Path) -> None:
                 clean_env({}))  # fmt: skip
     assert done.returncode == 78, done.stderr
     assert "entry 2, line 5" in done.stderr and ADMIN not in done.stderr + done.stdout
+    tokens.write_text(f"{ADMIN}\n# then\nworker {WORKER_A}\n")
+    done = botd(["server", "--port", str(port), "--db", ":memory:", "--tokens-file", str(tokens)],
+                clean_env({}))  # fmt: skip
+    assert done.returncode == 78, done.stderr
+    assert "line 3" in done.stderr and "ROLE:TOKEN" in done.stderr
+    assert not any(token in done.stderr + done.stdout for token in (ADMIN, WORKER_A))

@@ -236,6 +236,32 @@ async def test_two_openers_conflict(tmp_path: Path) -> None:
     await second.close()
 
 
+async def test_the_database_and_its_wal_and_shm_are_0600(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    async with await Outbox.open(state) as outbox:
+        await outbox.put("job-1", ack(1))
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+            assert (state / name).stat().st_mode & 0o777 == 0o600, name
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+async def test_a_symlinked_wal_or_shm_is_refused_and_its_target_untouched(
+    tmp_path: Path, suffix: str
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    target = tmp_path / "target"
+    target.write_text("keep")
+    (state / (DB_NAME + suffix)).symlink_to(target)
+    with pytest.raises(StateDirError, match=f"{DB_NAME}{suffix} is a symlink") as info:
+        await Outbox.open(state)
+    assert "remove the link" in str(info.value)
+    assert target.read_text() == "keep"
+    (state / (DB_NAME + suffix)).unlink()
+    async with await Outbox.open(state):  # the lock went with the refused open
+        pass
+
+
 async def test_write_into_a_removed_dir_raises(tmp_path: Path) -> None:
     state = tmp_path / "state"
     outbox = await Outbox.open(state)

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from botd.errors import ConfigError, StateDirError
 from botd.redaction import without_tokens
 from botd.state_files import check_state_dir, make_private_dir, open_private, write_private
-from botd.token_files import loose_permissions, read_token_file, token_flag_warning
+from botd.token_files import (
+    loose_permissions,
+    read_token_file,
+    token_flag_warning,
+    token_problem,
+)
 
 
 def test_open_private_creates_0600_and_never_follows_a_symlink(tmp_path: Path) -> None:
@@ -70,7 +75,37 @@ def test_a_token_file_readable_by_others_gets_a_warning_with_the_fix(tmp_path: P
     path.chmod(0o640)
     warning = loose_permissions(path, "BOT_TOKEN_FILE")
     assert warning is not None and f"chmod 600 {path}" in warning and "640" in warning
+    assert warning.startswith("BOT_TOKEN_FILE: ") and "read by its group (" in warning
+    path.chmod(0o606)
+    warning = loose_permissions(path, "--tokens-file")
+    assert warning is not None and "read or changed by others" in warning
     assert "shows in `ps`" in token_flag_warning("--token", "BOTD_TOKEN")
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o440, False), (0o400, False), (0o640, False),
+                                              (0o444, True), (0o604, True)])  # fmt: skip
+def test_a_file_of_another_owner_read_through_its_group_is_no_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, warned: bool
+) -> None:
+    """A Kubernetes secret mounted 0440 with the pod's fsGroup: root owns it, the bot reads
+    it through the group. Others reading it is still a warning."""
+    path = tmp_path / "token"
+    path.write_text("t")
+    path.chmod(mode)
+    monkeypatch.setattr("botd.token_files.os.geteuid", lambda: path.stat().st_uid + 1)
+    warning = loose_permissions(path, "BOT_TOKEN_FILE")
+    assert (warning is not None) is warned
+    if warning is not None:
+        assert "by others" in warning and "its group" not in warning
+
+
+@given(st.text(max_size=40))
+def test_token_problem_accepts_exactly_visible_ascii_and_never_quotes(text: str) -> None:
+    problem = token_problem("tok-" + text)
+    visible = all("!" <= c <= "~" for c in text)
+    assert (problem is None) is visible
+    if problem is not None:
+        assert "tok-" not in problem and "position" in problem
 
 
 @given(st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True), st.text()))

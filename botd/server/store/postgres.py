@@ -64,6 +64,10 @@ __all__ = [
     "redact_dsn",
 ]
 
+#: The first key of the advisory lock that serialises the registers of one bot id (the
+#: second is the id's ``hashtext``): "botd" in ASCII, so no other user of the database's
+#: two-key advisory locks is likely to share it.
+_REGISTER_LOCK = 0x626F7464
 #: How many leases one expiry pass takes (the next pass, at most a second later, goes on).
 EXPIRE_BATCH = 1000
 
@@ -316,8 +320,13 @@ class PostgresStore(PostgresDatabase):
 
     @staticmethod
     def _check_free(conn: Conn, bot_id: str, exclusive_s: float, previous_hash: str | None) -> None:
-        """Refuse (409 bot_id_in_use) a bot id whose session is alive and not proven ours
-        (the bot's row locked, so two registers of one id take turns)."""
+        """Refuse (409 bot_id_in_use) a bot id whose session is alive and not proven ours.
+
+        Two registers of one id take turns: a transaction-level advisory lock on the id's
+        hash comes first, so a brand-new id (no row yet for ``FOR UPDATE`` to lock) is
+        serialised too; the second then sees the first's committed row and gets the 409.
+        """
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_REGISTER_LOCK, bot_id))
         row = conn.execute(
             "SELECT session_id, hostname, pid, registered_at,"
             " status <> 'deregistered' AND last_seen > now() - %s * interval '1 second'"
