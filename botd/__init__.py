@@ -1,5 +1,7 @@
 """botd: a worker daemon on Trio that registers, heartbeats, claims jobs and never loses one."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .errors import (
     BotdError,
@@ -18,8 +20,6 @@ from .errors import (
     Unrecoverable,
     WaitTimeout,
 )
-from typing import TYPE_CHECKING, Any
-
 from .models import JobSubmit, JobView
 
 if TYPE_CHECKING:
