@@ -149,20 +149,22 @@ class JobRunner:
         size = 0
         crash: Exception | None = None
         try:
-            with running.scope:
-                try:
-                    result = await run_job(
-                        self.handler,
-                        job,
-                        timeout=self.job_timeout,
-                        result_max_bytes=self.result_max_bytes,
-                    )
+            try:
+                # The job's scope is also its timeout's (run_job sets its deadline).
+                result = await run_job(
+                    self.handler,
+                    job,
+                    timeout=self.job_timeout,
+                    result_max_bytes=self.result_max_bytes,
+                    scope=running.scope,
+                )
+                if not (running.scope.cancelled_caught and running.reason is not None):
                     ack, size = result.to_ack(), result.result_bytes
                     outcome = result.outcome
                     if result.error is not None and result.error.type == TIMEOUT:
                         outcome = TIMEOUT
-                except Exception as exc:  # one bad job must not crash the bot
-                    crash, ack, outcome = exc, _bot_error_ack(job, exc), FAILED
+            except Exception as exc:  # one bad job must not crash the bot
+                crash, ack, outcome = exc, _bot_error_ack(job, exc), FAILED
             if ack is None and crash is None:  # our scope was cancelled
                 ack, outcome = self._cancelled_ack(running)
             duration = trio.current_time() - running.started_at

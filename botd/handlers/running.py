@@ -15,6 +15,7 @@ A job whose ``timeout_s`` is not a finite number > 0 (what a broken server may h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any, Literal, Protocol
@@ -139,6 +140,7 @@ async def run_job(
     *,
     timeout: float,  # noqa: ASYNC109 -- the default limit; applied as a cancel scope inside
     result_max_bytes: int | None = None,
+    scope: trio.CancelScope | None = None,
 ) -> JobOutcome:
     """Run ``handler(job)`` under the job's timeout and return its outcome.
 
@@ -149,10 +151,17 @@ async def run_job(
     ``timeout_s`` that is not a finite number > 0 (``invalid_job``, the handler not called).
     An outer cancellation (shutdown, server cancel) is NOT caught: trio.Cancelled propagates
     and the caller decides how to ack the job.
+
+    ``scope``: the caller's own cancel scope for this job, not yet entered (one scope per
+    job instead of two: the runner's). run_job enters it around the handler and gives it the
+    job's deadline. A cancel of it by the caller is then caught in it: run_job returns, and
+    ``scope.cancelled_caught`` tells the caller that its cancel, not the handler, ended
+    the job (the outcome returned is then not the job's: the caller acks as it decided).
     """
     problem = timeout_problem(job)
     if problem is not None:
-        await trio.lowlevel.checkpoint()
+        with scope if scope is not None else contextlib.nullcontext():
+            await trio.lowlevel.checkpoint()
         failure = FailureInfo(type=INVALID_JOB, message=problem, retryable=False)
         return JobOutcome.failed(job, failure)
     limit = effective_timeout(job, timeout)
@@ -160,7 +169,11 @@ async def run_job(
     result: Any = None
     error: FailureInfo | None = None
     size = 0
-    with trio.move_on_after(limit) as scope:
+    if scope is None:
+        scope = trio.move_on_after(limit)
+    else:
+        scope.deadline = started + limit
+    with scope:
         try:
             raw = await handler(job)
         except Exception as exc:

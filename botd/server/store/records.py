@@ -73,10 +73,16 @@ def _no_constant(_name: str) -> None:
     return None
 
 
+#: One decoder for every stored text: ``json.loads`` with an argument builds one per call.
+_STORED = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def stored_json(text: str) -> Any:
     """A stored JSON text; a NaN or Infinity that a row from before the border's bounds
     holds reads as null, so that every answer stays valid JSON."""
-    return json.loads(text, parse_constant=_no_constant)
+    if isinstance(text, str):
+        return _STORED.decode(text)
+    return json.loads(text, parse_constant=_no_constant)  # bytes: json.loads finds the encoding
 
 
 def json_or_none(text: str | None) -> Any:

@@ -206,6 +206,8 @@ class SqliteBackend:
             "SELECT session_id, status, hostname, pid, registered_at FROM bots WHERE bot_id = ?",
             (bot_id,),
         ).fetchone()
+        if row is not None and row[0] == session_id and row[1] != "deregistered":
+            return  # the session holds its bot id: the hot path, no timestamp to format
         found = None if row is None else (row[0], row[1], row[2], row[3], rfc3339(row[4]))
         problem = session_problem(bot_id, session_id, found)
         if problem is not None:
