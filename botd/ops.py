@@ -22,8 +22,10 @@ our log sink (:func:`botd.logs.hypercorn_config_loggers`): hypercorn writes noth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 DEFAULT_OPS_ADDR = "127.0.0.1:9317"
-#: ``/healthz`` fails once the event-loop canary has not ticked for this long.
+#: ``/healthz`` fails once a turn of the event loop has run this long (:class:`Canary`).
 DEFAULT_LAG_THRESHOLD_S = 5.0
 READY_STATES = frozenset({State.READY.value, State.PROCESSING.value})
 DEFAULT_RECENT_TRANSITIONS = 20
@@ -190,14 +192,19 @@ def build_status_document(
 # --- the canary -------------------------------------------------------------------------
 
 
-class Canary:
-    """A task that ticks on Trio's clock so that ``/healthz`` can tell a stuck event loop.
+class Canary(trio.abc.Instrument):
+    """Watches the event loop's turns so that ``/healthz`` can tell a stuck event loop.
 
-    :meth:`run` sleeps ``interval`` seconds in a loop and records each tick; when a tick comes
-    more than ``warn_after`` seconds late it logs "Event loop blocked or overloaded: delay=..."
-    (event ``event_loop_blocked``), so a block of ``interval + warn_after`` seconds or more is
-    always reported. An idle bot wakes up once per ``interval`` for it. Never returns unless
-    cancelled; raises nothing.
+    A Trio instrument, not a task that ticks: the loop marks the start of each turn (it comes
+    back from waiting for I/O and timers) and its end (it waits again), so an idle bot does not
+    wake up for it. A turn that runs longer than ``interval + warn_after`` seconds (a task that
+    blocks the loop, or more runnable work than the loop gets through in that time) is logged
+    as "Event loop blocked or overloaded: delay=..." (event ``event_loop_blocked``) when it
+    ends: every block of ``interval + warn_after`` seconds or more is reported, as when a tick
+    of ``interval`` came ``warn_after`` seconds late. :meth:`loop_lag` is how long the current
+    turn has run. Turns are timed on the monotonic clock, not Trio's: a mock clock's jump is
+    not a block. :meth:`run` installs the instrument and removes it when cancelled; it never
+    returns otherwise and raises nothing.
     """
 
     def __init__(self, *, interval: float = 1.0, warn_after: float = 1.0) -> None:
@@ -205,28 +212,37 @@ class Canary:
             raise ValueError("canary interval must be > 0 and warn_after >= 0")
         self.interval = interval
         self.warn_after = warn_after
-        self._last_tick: float | None = None
+        self._turn_started: float | None = None
 
     def loop_lag(self) -> float:
-        """Seconds since the last tick (0 before :meth:`run` started). Call it inside Trio."""
-        if self._last_tick is None:
+        """Seconds the current turn of the loop has run (0 before :meth:`run` started)."""
+        if self._turn_started is None:
             return 0.0
-        return max(0.0, trio.current_time() - self._last_tick)
+        return max(0.0, time.monotonic() - self._turn_started)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Tick every ``interval`` seconds until cancelled; see the class docstring."""
-        self._last_tick = trio.current_time()
-        task_status.started()
-        while True:
-            start = trio.current_time()
-            await trio.sleep(self.interval)
-            now = trio.current_time()
-            self._last_tick = now
-            delay = now - start - self.interval
-            if delay > self.warn_after:
-                logger.bind(event=Event.EVENT_LOOP_BLOCKED, delay_s=round(delay, 3)).warning(
-                    f"Event loop blocked or overloaded: delay={delay:.3f}s"
-                )
+        """Watch the loop's turns until cancelled; see the class docstring."""
+        self._turn_started = time.monotonic()
+        trio.lowlevel.add_instrument(self)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with contextlib.suppress(KeyError):  # Trio drops an instrument whose hook raised
+                trio.lowlevel.remove_instrument(self)
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._turn_started = time.monotonic()
+
+    def before_io_wait(self, timeout: float) -> None:
+        started = self._turn_started
+        if started is None:
+            return
+        took = time.monotonic() - started
+        if took > self.interval + self.warn_after:
+            logger.bind(event=Event.EVENT_LOOP_BLOCKED, delay_s=round(took, 3)).warning(
+                f"Event loop blocked or overloaded: delay={took:.3f}s"
+            )
 
 
 # --- the app ----------------------------------------------------------------------------

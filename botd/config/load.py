@@ -5,9 +5,7 @@ file < environment < overrides (CLI flags), collecting every problem before it r
 
 from __future__ import annotations
 
-import difflib
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,15 @@ __all__ = ["load_config", "unknown_variables"]
 _CONVERTER = config_converter()
 
 
+def _close_matches(word: str, possibilities: list[str], n: int) -> list[str]:
+    import difflib  # only for an unknown name: difflib and heapq are not on the start path
+
+    return difflib.get_close_matches(word, possibilities, n=n)
+
+
 def _read_toml(file: Path, problems: list[str]) -> dict[str, tuple[Any, str]]:
+    import tomllib  # only with a config file: not on every start
+
     try:
         with open(file, "rb") as fh:
             data = tomllib.load(fh)
@@ -39,7 +45,7 @@ def _read_toml(file: Path, problems: list[str]) -> dict[str, tuple[Any, str]]:
     for key, value in data.items():
         where = f"{key} (in {file})"
         if key not in SETTINGS:
-            near = difflib.get_close_matches(key.lower(), list(SETTINGS), n=1)
+            near = _close_matches(key.lower(), list(SETTINGS), n=1)
             hint = f"; did you mean {near[0]}?" if near else ""
             problems.append(f"{where}: unknown setting{hint}")
             continue
@@ -58,7 +64,7 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     found: list[tuple[str, str | None]] = []
     for name in sorted(env):
         if name.startswith("BOT_") and name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
+            near = _close_matches(name, known, n=1)
             found.append((name, near[0] if near else None))
     return found
 
