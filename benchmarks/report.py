@@ -67,10 +67,17 @@ def at_most(measure: str, value: float, bound: float, digits: int = 2) -> Goal:
     return Goal(measure, fmt(value, digits), f"<= {bound:g}", value <= bound)
 
 
+def reported(measure: str, value: float, digits: int = 2) -> Goal:
+    """A ratio shown beside the goals but not judged (``met`` None): context for one."""
+    return Goal(measure, fmt(value, digits), "reported, not judged", None)
+
+
 def judged(goals: Sequence[Goal]) -> tuple[str, bool | None]:
-    """A figure's ``goal`` text and ``met`` from its goals: met when every one is."""
-    text = "; ".join(f"{g.measure} {g.target}" for g in goals)
-    return text, all(g.met for g in goals) if goals else None
+    """A figure's ``goal`` text and ``met`` from its goals: met when every judged one is
+    (a :func:`reported` one is neither)."""
+    scored = [g for g in goals if g.met is not None]
+    text = "; ".join(f"{g.measure} {g.target}" for g in scored)
+    return text, all(g.met for g in scored) if scored else None
 
 
 def _cpu_model() -> str:

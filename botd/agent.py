@@ -216,6 +216,7 @@ class Agent:
         for name, breaker in self.breakers.items():
             doc["circuit_breakers"][name] = breaker.snapshot()
         doc["server_healthy"] = self.health.healthy.value
+        doc["jobs_prefetched"] = len(self.runner.held)  # held for a slot (BOT_PREFETCH)
         doc["server_error"] = self.health.last_error
         doc["time_in_state_s"] = round(self.lifecycle.time_in_state(), 3)
         return doc

@@ -20,7 +20,7 @@ from .call_policy import CallPolicy
 from .client import ServerClient
 from .errors import RequestRejected
 from .events import Event
-from .models import ClaimedJob, ClaimRequest
+from .models import MAX_CLAIM_JOBS, ClaimedJob, ClaimRequest
 from .results import ResultReporter
 from .session import Session
 from .workers import JobRunner
@@ -35,8 +35,9 @@ BATCH_WINDOW_S = 0.005
 class Claimer:
     """Claims jobs for one session and hands them to the runner.
 
-    A claim asks for at most the runner's free slots, and only while the server is healthy and
-    the outbox has room. Jobs that a claim brings back after the drain began are released at
+    A claim asks for at most the runner's :attr:`~botd.workers.JobRunner.room` (its free
+    slots, plus room to hold up to BOT_PREFETCH more), and only while the server is healthy
+    and the outbox has room. Jobs that a claim brings back after the drain began are released at
     once (``on_orphans``), so a long poll never orphans them.
     """
 
@@ -65,12 +66,13 @@ class Claimer:
             await self.healthy.wait_value(True)
             # A free slot: within the concurrency and, with BOT_ONCE, within the runner's
             # limit (a spent runner never has one again, so no claim goes out any more).
-            await self.runner.in_flight.wait_value(lambda _: self.runner.free_slots > 0)
-            if self.runner.in_flight.value > 0:
+            # With BOT_PREFETCH, room to hold more jobs counts too.
+            await self.runner.load.wait_value(lambda _: self.runner.room > 0)
+            if self.runner.load.value > 0:
                 # Busy: give a few more slots the chance to free up, so that one round trip
                 # carries a batch instead of one job at a time. An idle bot claims at once.
                 with trio.move_on_after(BATCH_WINDOW_S):
-                    await self.runner.in_flight.wait_value(self._half_free)
+                    await self.runner.load.wait_value(self._half_free)
             if self.outbox_full():
                 logger.bind(event=Event.OUTBOX_FULL).warning("outbox full: claiming paused")
                 await self.outbox_not_full()
@@ -82,7 +84,7 @@ class Claimer:
                 request = ClaimRequest(
                     bot_id=session.bot_id,
                     session_id=session.session_id,
-                    max_jobs=self.runner.free_slots,
+                    max_jobs=min(self.runner.room, MAX_CLAIM_JOBS),
                     wait_s=self.wait_s,
                     kinds=list(self.kinds) if self.kinds else None,
                     acks=acks,
@@ -101,17 +103,17 @@ class Claimer:
             self._dispatch(answer.jobs)
             await self.reporter.settle(answer.acks)
 
-    def _half_free(self, in_flight: int) -> bool:
-        return in_flight <= self.runner.concurrency // 2
+    def _half_free(self, load: int) -> bool:
+        return load <= self.runner.capacity // 2
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
-        """Start what fits; release the rest.
+        """Start what fits, hold what the prefetch has room for; release the rest.
 
         Synchronous: there is no checkpoint between the answer and the start of its jobs.
         """
         extra: list[ClaimedJob] = []
         for job in jobs:
-            if self.draining() or self.runner.free_slots == 0 or not self.runner.start(job):
+            if self.draining() or not self.runner.offer(job):
                 extra.append(job)
         if extra:
             self.on_orphans(extra)

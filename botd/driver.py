@@ -92,12 +92,20 @@ class Driver:
         return self._draining
 
     def begin_drain(self) -> None:
-        """No new session or claim from now on; the claim in flight is cancelled."""
+        """No new session or claim from now on; the claim in flight is cancelled, and the
+        held (prefetched) jobs are released: none of them starts after the drain began."""
         self._draining = True
         self._claim_scope.cancel()
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held = self.runner.take_held()
+        if held:
+            self._release_orphans(held)
 
     def held_leases(self) -> list[str]:
-        """Every lease this bot holds: its running jobs and its unreported results."""
+        """Every lease this bot holds: its running and held (prefetched) jobs and its
+        unreported results."""
         return sorted(set(self.runner.leases()) | set(self._outbox.leases()))
 
     def _transition(self, to: State, reason: str) -> None:
@@ -192,6 +200,8 @@ class Driver:
             first = group.exceptions[0]
             assert isinstance(first, SessionLost)
             lost = first
+        # Held jobs do not outlive their session: they go back to the queue (released).
+        self._release_held()
         if self._draining:
             await trio.sleep_forever()  # the shutdown cancels the driver when it is done
         return lost, heartbeat.beats
@@ -274,6 +284,10 @@ class Driver:
     async def watch_in_flight(self) -> None:
         """READY <-> PROCESSING follows the number of running jobs.
 
+        Held (prefetched) jobs count too, but need no watch of their own: a job is held only
+        while every slot is taken, and starts the moment one frees, so running + held > 0
+        exactly when running > 0.
+
         Back to READY only once no job has run for IDLE_GRACE_S, so a busy bot does not
         flap between the two states between one job and the next.
         """
@@ -285,7 +299,7 @@ class Driver:
             self.sync_processing()
 
     def sync_processing(self) -> None:
-        busy = bool(self.runner.running)
+        busy = bool(self.runner.running or self.runner.held)
         if busy and self.state is State.READY:
             self._transition(State.PROCESSING, "job started")
         elif not busy and self.state is State.PROCESSING:

@@ -141,6 +141,7 @@ async def open_agent(
                 job_timeout=config.job_timeout,
                 on_finished=telemetry.on_job_finished,
                 limit=1 if config.once else None,
+                prefetch=config.prefetch,
                 result_max_bytes=config.result_max_bytes,
             )
             reporter = ResultReporter(

@@ -10,6 +10,13 @@ cancel of *its* scope with a reason, so the outcome can be told apart:
 
 Every outcome is written durably to the outbox *before* the job counts as finished.
 
+Prefetch (``BOT_PREFETCH``, :attr:`JobRunner.prefetch`): a claim may bring up to ``prefetch``
+jobs more than the free slots; they wait in ``held`` (FIFO) and start synchronously the moment a
+slot frees (so ``held`` is never non-empty while a slot is free). A held job's lease is in
+:meth:`JobRunner.leases` (heartbeated); cancelling a held job never runs it: it ends at once
+with the same outcome as a running job cancelled for that reason. The drain takes the held jobs
+back with :meth:`JobRunner.take_held` (released, no attempt spent).
+
 One bad job never crashes the bot: any exception while one job is prepared or run (a bug, or a
 job a broken server handed out that the checks did not foresee) fails that job (type
 ``bot_error``, logged as an ERROR with the traceback) and the bot goes on.
@@ -77,6 +84,12 @@ class JobRunner:
     result_max_bytes: int | None = None
     running: dict[str, RunningJob] = attrs.field(factory=dict)
     in_flight: AsyncValue[int] = attrs.field(factory=lambda: AsyncValue(0))
+    #: BOT_PREFETCH: most jobs held beyond the free slots (0 in effect with a ``limit``).
+    prefetch: int = 0
+    #: Claimed jobs waiting for a slot, by lease id, oldest first.
+    held: dict[str, ClaimedJob] = attrs.field(factory=dict)
+    #: Running + held jobs: what the claimer waits on for :attr:`room`.
+    load: AsyncValue[int] = attrs.field(factory=lambda: AsyncValue(0))
     total_processed: int = 0
     started: int = 0
     _nursery: trio.Nursery | None = None
@@ -90,6 +103,21 @@ class JobRunner:
         return max(0, free)
 
     @property
+    def hold_limit(self) -> int:
+        """How many jobs may be held: ``prefetch``, 0 with a ``limit`` (BOT_ONCE)."""
+        return 0 if self.limit is not None else self.prefetch
+
+    @property
+    def capacity(self) -> int:
+        """The most jobs running and held at once."""
+        return self.concurrency + self.hold_limit
+
+    @property
+    def room(self) -> int:
+        """How many jobs a claim may ask for now: the free slots and the room to hold."""
+        return self.free_slots + max(0, self.hold_limit - len(self.held))
+
+    @property
     def spent(self) -> bool:
         """True once the runner started its ``limit`` of jobs: it starts no more."""
         return self.limit is not None and self.started >= self.limit
@@ -100,7 +128,8 @@ class JobRunner:
         await self.in_flight.wait_value(lambda n: n == 0 and self.spent)
 
     def leases(self) -> list[str]:
-        return list(self.running)
+        """The leases of the running and the held jobs."""
+        return [*self.running, *self.held]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the jobs nursery. Ends when cancelled, after every job in it has ended."""
@@ -109,20 +138,56 @@ class JobRunner:
             task_status.started()
             await trio.sleep_forever()
 
-    def start(self, job: ClaimedJob) -> bool:
+    def offer(self, job: ClaimedJob) -> bool:
+        """Start ``job`` if a slot is free, else hold it if there is room (synchronously).
+        False if it will not run here (already known, spent, or no room)."""
+        if job.lease_id in self.running or job.lease_id in self.held:
+            return False
+        if self.free_slots > 0:
+            return self.start(job)
+        if len(self.held) >= self.hold_limit:
+            return False
+        self.held[job.lease_id] = job
+        self._counted()
+        return True
+
+    def take_held(self) -> list[ClaimedJob]:
+        """Remove and return every held job, oldest first (the drain releases them)."""
+        jobs = list(self.held.values())
+        self.held.clear()
+        self._counted()
+        return jobs
+
+    def start(self, job: ClaimedJob, reason: CancelReason | None = None) -> bool:
         """Start ``job`` now (synchronously registered). False if it is already running or
-        the runner is :attr:`spent`."""
+        the runner is :attr:`spent`. With a ``reason`` it is cancelled before it runs: it
+        ends with that reason's outcome and its handler is never called."""
         assert self._nursery is not None, "JobRunner.run() must be started first"
         if job.lease_id in self.running or self.spent:
             return False
         self.started += 1
         running = RunningJob(job=job, scope=trio.CancelScope(), started_at=trio.current_time())
+        running.reason = reason
         self.running[job.lease_id] = running
-        self.in_flight.value = len(self.running)
+        self._counted()
         self._nursery.start_soon(self._run_one, running, name=f"job {job.job_id}")
         return True
 
+    def _counted(self) -> None:
+        self.in_flight.value = len(self.running)
+        self.load.value = len(self.running) + len(self.held)
+
+    def _start_held(self) -> None:
+        """Start held jobs, oldest first, while a slot is free (no checkpoint in between)."""
+        while self.held and self.free_slots > 0:
+            lease_id = next(iter(self.held))
+            self.start(self.held.pop(lease_id))
+
     def cancel(self, lease_id: str, reason: CancelReason) -> bool:
+        held = self.held.pop(lease_id, None)
+        if held is not None:  # never runs: ends at once with the reason's outcome
+            self.start(held, reason)
+            return True
         running = self.running.get(lease_id)
         if running is None:
             return False
@@ -140,7 +205,9 @@ class JobRunner:
     async def _run_one(self, running: RunningJob) -> None:
         job = running.job
         ids = {"job_id": job.job_id, "lease_id": job.lease_id, "attempt": job.attempt}
-        if logs.enabled("INFO"):  # the record is not even built when no sink takes it
+        if running.reason is not None:  # a held job cancelled: it never runs
+            running.scope.cancel()
+        elif logs.enabled("INFO"):  # the record is not even built when no sink takes it
             logger.bind(**ids, event=Event.JOB_STARTED, kind=job.kind).info(
                 "job {} started", job.job_id
             )
@@ -150,6 +217,8 @@ class JobRunner:
         crash: Exception | None = None
         try:
             try:
+                if running.reason is not None:
+                    raise _NotRun
                 # The job's scope is also its timeout's (run_job sets its deadline).
                 result = await run_job(
                     self.handler,
@@ -163,6 +232,8 @@ class JobRunner:
                     outcome = result.outcome
                     if result.error is not None and result.error.type == TIMEOUT:
                         outcome = TIMEOUT
+            except _NotRun:
+                pass
             except Exception as exc:  # one bad job must not crash the bot
                 crash, ack, outcome = exc, _bot_error_ack(job, exc), FAILED
             if ack is None and crash is None:  # our scope was cancelled
@@ -190,7 +261,8 @@ class JobRunner:
                 log.log(level, "job {} {}", job.job_id, outcome)
         finally:
             self.running.pop(job.lease_id, None)
-            self.in_flight.value = len(self.running)
+            self._start_held()
+            self._counted()
 
     @staticmethod
     def _cancelled_ack(running: RunningJob) -> tuple[Ack | None, str]:
@@ -200,6 +272,10 @@ class JobRunner:
         if running.reason == "lost":
             return None, LEASE_LOST
         return Ack(lease_id=lease, outcome=RELEASED), RELEASED
+
+
+class _NotRun(Exception):
+    """A held job cancelled before it started: its handler is not called."""
 
 
 def _bot_error_ack(job: ClaimedJob, exc: Exception) -> Ack | None:

@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_MAX_STARTUP_ATTEMPTS",
     "DEFAULT_OPS_ADDR",
     "DEFAULT_OUTBOX_MAX",
+    "DEFAULT_PREFETCH",
     "DEFAULT_PROCESSING_DURATION_MS",
     "DEFAULT_REGISTER_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
@@ -104,6 +105,7 @@ DEFAULT_RETRY_BASE_DELAY = 1.0
 DEFAULT_RETRY_MAX_DELAY = 60.0
 DEFAULT_CONCURRENCY = 1
 MAX_CONCURRENCY = 1000
+DEFAULT_PREFETCH = 0
 DEFAULT_HANDLER: HandlerName = "simulate"
 DEFAULT_EXEC_KILL_GRACE = 5.0
 DEFAULT_JOB_TIMEOUT = 300.0
@@ -141,6 +143,7 @@ def _frozen_labels(value: Mapping[str, str]) -> Mapping[str, str]:
 # What some settings accept, named to keep their fields short (the others say it inline).
 _BOOL = Accepted("true or false (1/0, yes/no)")
 _CONCURRENCY = Accepted(f"an integer between 1 and {MAX_CONCURRENCY}", between(1, MAX_CONCURRENCY))
+_PREFETCH = Accepted(f"an integer between 0 and {MAX_CONCURRENCY}", between(0, MAX_CONCURRENCY))
 _CLAIM_WAIT = Accepted(
     f"a number of seconds between 0 and {MAX_CLAIM_WAIT:g}", between(0, MAX_CLAIM_WAIT)
 )
@@ -262,6 +265,13 @@ class BotConfig:
         env="BOT_CONCURRENCY",
         help="jobs run at the same time",
         accepts=_CONCURRENCY,
+    )
+    prefetch: int = setting(
+        DEFAULT_PREFETCH,
+        env="BOT_PREFETCH",
+        help="most claimed jobs held waiting for a free slot, leases heartbeated (0: claim only"
+        " for free slots; no effect with BOT_ONCE)",
+        accepts=_PREFETCH,
     )
     handler: HandlerName = setting(  # noqa: RUF009
         DEFAULT_HANDLER,

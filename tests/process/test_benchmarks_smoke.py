@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import median, percentile, ratio
-from benchmarks.report import Figure, at_least, at_most, fmt, judged, machine, render
+from benchmarks.report import (
+    Figure,
+    at_least,
+    at_most,
+    fmt,
+    judged,
+    machine,
+    render,
+    reported,
+)
 from tests.support.paths import REPO
 
 ROOT = REPO
@@ -54,6 +63,14 @@ def test_goals_are_ratios_with_their_verdicts_in_the_summary() -> None:
     text = render([fig], machine({}), command="x", seconds=1.0, findings=[])
     assert "| 2 | Example | a / base | 0.79 | >= 0.8 | **no** |" in text
     assert "| 2 | Example | b / base | 1.2 | <= 1.3 | yes |" in text
+
+
+def test_a_reported_ratio_is_shown_but_not_judged() -> None:
+    goals = [at_least("a / base", 1.1, 1.0), reported("a0 / base", 0.59)]
+    assert judged(goals) == ("a / base >= 1", True)
+    fig = Figure(2, "Example", "how", ["a"], [["1"]], goal="g", met=True, goals=goals)
+    text = render([fig], machine({}), command="x", seconds=1.0, findings=[])
+    assert "| 2 | Example | a0 / base | 0.59 | reported, not judged | - |" in text
 
 
 @pytest.mark.slow

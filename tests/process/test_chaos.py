@@ -1,10 +1,11 @@
 """The chaos test (issue 4): real processes, real sockets, faults on purpose; nothing is lost.
 
 ``botd server`` runs on a SQLite file; three ``botd run`` processes (``BOT_CONCURRENCY=4``,
-the ``exec`` handler) reach it through :class:`tests.chaos_proxy.ChaosProxy`. A thousand jobs
-are submitted while faults are injected: SIGKILLs of random bots (restarted on the same
-``BOT_STATE_DIR``), a SIGKILL of the server (restarted on the same database), a 5 s
-partition, bursts of latency, of connection resets and of truncated responses.
+the ``exec`` handler; the first also ``BOT_PREFETCH=2``, so held jobs face the faults) reach
+it through :class:`tests.chaos_proxy.ChaosProxy`. A thousand jobs are submitted while faults
+are injected: SIGKILLs of random bots (restarted on the same ``BOT_STATE_DIR``), a SIGKILL of
+the server (restarted on the same database), a 5 s partition, bursts of latency, of
+connection resets and of truncated responses.
 
 The exec script appends a line per execution (job, attempt, lease, bot, nonce) to a log, so
 the test knows every execution. At the end it asserts, from the server's database:
@@ -169,6 +170,7 @@ class Rig:
             BOT_EXEC_COMMAND=self.exec_cmd,
             BOT_CONCURRENCY=str(CONCURRENCY),
             BOT_JOB_TIMEOUT="30",
+            BOT_PREFETCH="2" if index == 0 else "0",
         )
         proc = self.procs.bot(name, env)
         self.ops_ports[proc.pid] = ops_port
