@@ -244,7 +244,11 @@ class BotInfo:
 
 @attrs.frozen
 class BotList:
+    """A page of ``GET /v1/bots``, in bot_id order. ``next_cursor`` (an extension) is the
+    ``cursor`` of the next page, null on the last one; a server without pages sends none."""
+
     bots: list[BotInfo]
+    next_cursor: str | None = None
 
 
 @attrs.frozen
@@ -353,7 +357,11 @@ class JobBatchResult:
 
 @attrs.frozen
 class JobList:
+    """A page of ``GET /v1/jobs``, newest first. ``next_cursor`` (an extension) is the
+    ``cursor`` of the next page, null on the last one; a server without pages sends none."""
+
     jobs: list[JobView]
+    next_cursor: str | None = None
 
 
 @attrs.frozen

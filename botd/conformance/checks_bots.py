@@ -172,13 +172,53 @@ async def deregister(b: Bench) -> None:
 )
 async def list_bots(b: Bench) -> None:
     ids = [(await b.register(f"{b.kind}-{name}")).bot_id for name in ("c", "a", "b")]
-    answer = await b.send("GET", "/v1/bots")
-    bots = [bot.bot_id for bot in answer.decode(BotList).bots]
+    answer, bots = await _bot_pages(b, {}, until=max(ids))
     ours = [bot_id for bot_id in bots if bot_id in ids]
     if ours != sorted(ids):
         raise answer.fail(f"{sorted(ids)} in this order", f"{ours}")
     if bots != sorted(bots):
         raise answer.fail("every bot in bot_id order", "another order")
+
+
+@check(
+    "bots.pages",
+    "GET /v1/bots?limit=2 pages through the bots in bot_id order: next_cursor leads to the"
+    " next page, each bot once; a bad cursor is 400 naming it",
+    extension=True,
+)
+async def bot_pages(b: Bench) -> None:
+    ids = [(await b.register(f"{b.kind}-page-{name}")).bot_id for name in ("c", "a", "b")]
+    first = await b.send("GET", "/v1/bots", params={"limit": 2})
+    if len(first.decode(BotList).bots) > 2:
+        raise first.fail("at most 2 bots with limit=2")
+    if "next_cursor" not in first.json():
+        raise CheckSkipped("the server sends no next_cursor: it has no pages (an extension)")
+    answer, bots = await _bot_pages(b, {"limit": 2}, until=max(ids))
+    if [bot_id for bot_id in bots if bot_id in ids] != sorted(ids):
+        raise answer.fail(f"{sorted(ids)} once each, in this order", f"{bots}")
+    if bots != sorted(set(bots)):
+        raise answer.fail("every bot once, in bot_id order", "another order or a repeat")
+    bad = await b.send("GET", "/v1/bots", params={"cursor": "not-a-cursor"})
+    bad.error(400, "invalid_request", names="cursor")
+
+
+async def _bot_pages(
+    b: Bench, params: dict[str, Any], *, until: str, most: int = 10_000
+) -> tuple[Answer, list[str]]:
+    """The bot ids of ``GET /v1/bots`` from the first page, following next_cursor (an
+    extension: a server without it answers one page), until a page passes bot id
+    ``until``; the last answer with them."""
+    bots: list[str] = []
+    cursor: str | None = None
+    for _ in range(most):
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        answer = await b.send("GET", "/v1/bots", params=query)
+        page = answer.decode(BotList)
+        bots += [bot.bot_id for bot in page.bots]
+        cursor = page.next_cursor
+        if cursor is None or (bots and bots[-1] >= until):
+            return answer, bots
+    raise answer.fail(f"a last page within {most} pages", "more")
 
 
 @check(

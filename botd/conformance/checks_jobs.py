@@ -10,7 +10,7 @@ import trio
 
 from ..models import JobBatchResult, JobList, JobView, Stats
 from .bench import Bench
-from .probe import CheckFailed
+from .probe import CheckFailed, CheckSkipped
 from .registry import check
 
 __all__: list[str] = []
@@ -131,6 +131,33 @@ async def list_jobs(b: Bench) -> None:
     ):
         answer = await b.send("GET", "/v1/jobs", params=params)
         answer.error(400, "invalid_request", names=name)
+
+
+@check(
+    "jobs.pages",
+    "GET /v1/jobs?kind=K&limit=2 pages newest first: next_cursor leads to the next page, each"
+    " job once, null on the last page; a bad cursor is 400 naming it",
+    extension=True,
+)
+async def job_pages(b: Bench) -> None:
+    made = []
+    for _ in range(3):
+        made.append((await b.submit()).job_id)
+        await trio.sleep(0.02)  # created_at has milliseconds: keep the order unambiguous
+    params: dict[str, Any] = {"kind": b.kind, "limit": 2}
+    answer = await b.send("GET", "/v1/jobs", params=params)
+    if "next_cursor" not in answer.json():
+        raise CheckSkipped("the server sends no next_cursor: it has no pages (an extension)")
+    pages = [answer.decode(JobList)]
+    while (cursor := pages[-1].next_cursor) is not None and len(pages) < 3:
+        answer = await b.send("GET", "/v1/jobs", params={**params, "cursor": cursor})
+        pages.append(answer.decode(JobList))
+    got = [[job.job_id for job in page.jobs] for page in pages]
+    want = [made[:0:-1], made[:1]]
+    if got != want or pages[-1].next_cursor is not None:
+        raise answer.fail(f"pages {want}, the last with no next_cursor", f"{got}")
+    bad = await b.send("GET", "/v1/jobs", params={"cursor": "not-a-cursor"})
+    bad.error(400, "invalid_request", names="cursor")
 
 
 @check(

@@ -39,7 +39,6 @@ from ..errors import HttpError
 from ..events import Event
 from ..models import (
     JOB_STATUSES,
-    MAX_CLAIM_JOBS,
     MAX_WAIT_S,
     Ack,
     BotList,
@@ -62,6 +61,10 @@ from .dashboard import dashboard
 from .store import Store, StoreIncompatible, StoreUnavailable
 from .store.records import token_hash
 from .wire import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    cursor,
+    cursor_param,
     decode,
     error_response,
     float_param,
@@ -73,8 +76,6 @@ from .wire import (
 )
 
 __all__ = ["caller_of", "core_of", "create_app", "gate_of"]
-
-DEFAULT_LIST_LIMIT = 100
 
 
 class _RateLimitedLog:
@@ -243,11 +244,12 @@ def create_app(
         )
 
     async def list_bots(request: Request) -> Response:
+        limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        page, last = await store.page_bots(limit=limit, after=cursor_param(request, "bots"))
         # The list never shows a session id or lease ids, whoever asks (lease_count does).
-        bots = [
-            attrs.evolve(bot, session_id=None, active_leases=[]) for bot in await store.list_bots()
-        ]
-        return json_response(BotList(bots=bots))
+        bots = [attrs.evolve(bot, session_id=None, active_leases=[]) for bot in page]
+        next_cursor = None if last is None else cursor("bots", last)
+        return json_response(BotList(bots=bots, next_cursor=next_cursor))
 
     async def get_bot(request: Request) -> Response:
         bot = await store.get_bot(path_param(request, "bot_id"))
@@ -302,17 +304,20 @@ def create_app(
         return json_response(answer, 201 if created else 200)
 
     async def list_jobs(request: Request) -> Response:
-        status = request.query_params.get("status") or None
+        status = request.query_params.get("status")
         if status is not None and status not in JOB_STATUSES:
             raise HttpError(
                 400,
                 "invalid_request",
                 f"query parameter 'status' must be one of {', '.join(JOB_STATUSES)}",
             )
-        limit = int_param(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_CLAIM_JOBS)
+        limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         kind = text_param(request, "kind")
-        jobs = await store.list_jobs(status=status, limit=limit, kind=kind)
-        return json_response(JobList(jobs=jobs))
+        position = cursor_param(request, "jobs", number=True)
+        before = None if position is None else int(position)
+        jobs, last = await store.page_jobs(status=status, limit=limit, kind=kind, before=before)
+        next_cursor = None if last is None else cursor("jobs", str(last))
+        return json_response(JobList(jobs=jobs, next_cursor=next_cursor))
 
     async def get_job(request: Request) -> Response:
         job_id = path_param(request, "job_id")

@@ -2,7 +2,8 @@
 
 The page (``dashboard.html`` beside this module, shipped in the wheel as package data) has
 its CSS and JS inline: no build step, nothing from a CDN, no request to any other origin.
-Every second it polls ``/v1/stats``, ``/v1/bots`` and ``/v1/jobs?status=dead|failed|queued``
+Every second it polls ``/v1/stats``, ``/v1/bots`` (its first page of 1000, saying so when
+there are more) and ``/v1/jobs?status=dead|failed|queued``
 and shows the bots (status, state, last seen, active leases), the queue depth by status and
 how many queued jobs are not yet due (``scheduled``), a jobs-per-second sparkline (the
 change in finished jobs between polls), the dead and failed jobs with their errors, each

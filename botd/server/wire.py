@@ -7,8 +7,11 @@ The helpers raise :class:`~botd.errors.HttpError`, which the routes answer as it
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,7 +24,13 @@ from ..errors import EncodeError, HttpError
 from ..models import MAX_TEXT, SessionHolder
 
 __all__ = [
+    "CURSOR_PATTERN",
+    "DEFAULT_PAGE",
     "MAX_BODY_BYTES",
+    "MAX_CURSOR_LEN",
+    "MAX_PAGE",
+    "cursor",
+    "cursor_param",
     "decode",
     "decode_body",
     "error_response",
@@ -37,6 +46,16 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 1024 * 1024
+#: A page of ``GET /v1/bots`` or ``GET /v1/jobs``: this many without ``limit``, at most
+#: MAX_PAGE with it (docs/protocol.md, Pages).
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+#: The longest ``cursor`` query parameter: the cursor of a bot id of MAX_TEXT characters,
+#: each of them four UTF-8 bytes, is 1,074 characters.
+MAX_CURSOR_LEN = 1100
+#: What a cursor is made of: the base64url alphabet (the OpenAPI document's pattern).
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
+_CURSOR_TEXT = re.compile(CURSOR_PATTERN)
 
 
 class _InvalidRequest(HttpError):
@@ -151,12 +170,14 @@ def text_param(request: Request, name: str, *, required: bool = False) -> str | 
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    """Query parameter ``name`` as an integer in ``lo..hi`` (``default`` when absent)."""
+    """Query parameter ``name`` as an integer in ``lo..hi``, ``default`` when absent (an
+    empty one is no integer: 400 naming it)."""
     return int(_number_param(request, name, default, lo, hi, int, "an integer"))
 
 
 def float_param(request: Request, name: str, default: float, lo: float, hi: float) -> float:
-    """Query parameter ``name`` as a number in ``lo..hi`` (``default`` when absent)."""
+    """Query parameter ``name`` as a number in ``lo..hi``, ``default`` when absent (an empty
+    one is no number: 400 naming it)."""
     return _number_param(request, name, default, lo, hi, float, "a number")
 
 
@@ -170,7 +191,7 @@ def _number_param(
     what: str,
 ) -> float:
     text = request.query_params.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     try:
         value = parse(text)
@@ -181,6 +202,44 @@ def _number_param(
             400, "invalid_request", f"query parameter {name!r} must be {what} {lo:g}..{hi:g}"
         )
     return value
+
+
+def cursor(list_name: str, position: str) -> str:
+    """The opaque cursor of ``position`` in the list ``list_name`` (a ``next_cursor``):
+    base64url, without padding, of ``list_name:position``."""
+    raw = f"{list_name}:{position}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def cursor_param(request: Request, list_name: str, *, number: bool = False) -> str | None:
+    """The position in ``list_name`` that query parameter ``cursor`` names (None: absent or
+    empty; ``number``: the position is a non-negative integer below 10**18); 400 naming
+    ``cursor`` for anything no :func:`cursor` of this list made."""
+    text = request.query_params.get("cursor") or None
+    if text is None:
+        return None
+    position = _position(text, list_name)
+    if position is None or (number and not (position.isdigit() and len(position) < 19)):
+        raise HttpError(
+            400,
+            "invalid_request",
+            f"query parameter 'cursor' is not a cursor of {list_name}; send the next_cursor"
+            " of the previous page, or none for the first page",
+        )
+    return position
+
+
+def _position(text: str, list_name: str) -> str | None:
+    if len(text) > MAX_CURSOR_LEN or not _CURSOR_TEXT.fullmatch(text):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        prefix, _, position = raw.decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        return None
+    if prefix != list_name or _bad_text(position, MAX_TEXT):
+        return None
+    return position
 
 
 async def watch_disconnect(request: Request, gone: trio.Event) -> None:

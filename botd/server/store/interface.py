@@ -115,6 +115,10 @@ class Store(Protocol):
     async def list_bots(self) -> list[BotInfo]:
         """Every bot the store knows, in bot_id order."""
 
+    async def page_bots(self, *, limit: int, after: str | None) -> tuple[list[BotInfo], str | None]:
+        """Up to ``limit`` bots in bot_id order, those after ``after`` (None: from the first),
+        and the bot_id the next page starts after (None: this is the last page)."""
+
     async def heartbeat(
         self, bot_id: str, req: HeartbeatRequest, *, lease_ttl_s: float
     ) -> tuple[HeartbeatResponse, int]:
@@ -141,6 +145,14 @@ class Store(Protocol):
         self, *, status: str | None, limit: int, kind: str | None = None
     ) -> list[JobView]:
         """The newest ``limit`` jobs, optionally of one status and of one kind."""
+
+    async def page_jobs(
+        self, *, status: str | None, limit: int, kind: str | None, before: int | None
+    ) -> tuple[list[JobView], int | None]:
+        """The newest ``limit`` jobs (of ``status`` and ``kind``, None: any) submitted before
+        the job at position ``before`` (None: from the newest), and the position the next
+        page starts before (None: this is the last page). A position is the store's own
+        order of submits (its ``seq``), opaque to everyone else."""
 
     async def final_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` that ended (succeeded, failed, dead, cancelled) or that no

@@ -379,6 +379,17 @@ class PostgresStore(PostgresDatabase):
         """See :meth:`Store.list_bots`."""
         return await self._run(lambda conn: self._bots(conn, None))
 
+    async def page_bots(
+        self, *, limit: int, after: str | None
+    ) -> tuple[list[models.BotInfo], str | None]:
+        """See :meth:`Store.page_bots`."""
+        leases = "SELECT bot_id, lease_id FROM jobs WHERE lease_state = 'active'{bot} ORDER BY seq"
+        return await self._run(
+            lambda conn: records.read_bot_page(
+                conn.execute, after, limit, mark="%s", active_leases=leases, when=rfc3339_of
+            )
+        )
+
     async def heartbeat(
         self, bot_id: str, req: models.HeartbeatRequest, *, lease_ttl_s: float
     ) -> tuple[models.HeartbeatResponse, int]:
@@ -540,14 +551,21 @@ class PostgresStore(PostgresDatabase):
         self, *, status: str | None, limit: int, kind: str | None = None
     ) -> list[models.JobView]:
         """See :meth:`Store.list_jobs`."""
+        jobs, _ = await self.page_jobs(status=status, limit=limit, kind=kind, before=None)
+        return jobs
 
-        def run(conn: Conn) -> list[models.JobView]:
-            where, args = records.job_filter(status=status, kind=kind, mark="%s")
+    async def page_jobs(
+        self, *, status: str | None, limit: int, kind: str | None, before: int | None
+    ) -> tuple[list[models.JobView], int | None]:
+        """See :meth:`Store.page_jobs`."""
+
+        def run(conn: Conn) -> tuple[list[models.JobView], int | None]:
+            where, args = records.job_filter(status=status, kind=kind, mark="%s", before=before)
             cur = conn.execute(
-                f"SELECT {records.JOB_COLUMNS} FROM jobs{where} ORDER BY seq DESC LIMIT %s",
-                (*args, limit),
+                f"SELECT seq, {records.JOB_COLUMNS} FROM jobs{where} ORDER BY seq DESC LIMIT %s",
+                (*args, limit + 1),
             )
-            return [records.job_view(row, rfc3339_of) for row in cur.fetchall()]
+            return records.job_page(cur.fetchall(), limit, rfc3339_of)
 
         return await self._run(run)
 

@@ -46,9 +46,11 @@ __all__ = [
     "failure_of",
     "invariant_problems",
     "job_filter",
+    "job_page",
     "job_view",
     "json_or_none",
     "new_id",
+    "read_bot_page",
     "read_bots",
     "refuse_unless_continued",
     "registration",
@@ -122,7 +124,7 @@ BOT_COLUMNS = ", ".join((*_BOT_FIELDS, "labels", "last_seen"))
 #: datetime) as RFC 3339.
 When = Callable[[Any], str]
 #: A connection's ``execute(sql, params)``: sqlite3's or psycopg's; it returns a cursor.
-Execute = Callable[[str, tuple[str, ...]], Any]
+Execute = Callable[[str, tuple[Any, ...]], Any]
 
 
 def job_view(row: Sequence[Any], when: When) -> JobView:
@@ -140,15 +142,18 @@ def job_view(row: Sequence[Any], when: When) -> JobView:
     return JobView(**job)
 
 
-def job_filter(*, status: str | None, kind: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
+def job_filter(
+    *, status: str | None, kind: str | None, mark: str, before: int | None = None
+) -> tuple[str, tuple[str | int, ...]]:
     """The WHERE clause (empty, or starting with a space) and its arguments that select the
-    jobs of ``status`` and ``kind`` (None: any). ``mark`` is the store's placeholder.
+    jobs of ``status`` and ``kind`` (None: any), and (``before``) with a seq below it.
+    ``mark`` is the store's placeholder.
 
     The status goes in as a literal (it must be one of JOB_STATUSES), so that a prepared
     statement's plan can use a partial index on it (PostgreSQL's jobs_status).
     """
     conditions: list[str] = []
-    args: tuple[str, ...] = ()
+    args: tuple[str | int, ...] = ()
     if status is not None:
         if status not in JOB_STATUSES:
             raise ValueError(f"unknown job status {status!r}")
@@ -156,7 +161,20 @@ def job_filter(*, status: str | None, kind: str | None, mark: str) -> tuple[str,
     if kind is not None:
         conditions.append(f"kind = {mark}")
         args = (kind,)
+    if before is not None:
+        conditions.append(f"seq < {mark}")
+        args = (*args, before)
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), args
+
+
+def job_page(
+    rows: Sequence[Sequence[Any]], limit: int, when: When
+) -> tuple[list[JobView], int | None]:
+    """A page of jobs from up to ``limit + 1`` rows of ``seq, JOB_COLUMNS`` (newest first),
+    and the seq the next page starts below (None: this is the last page)."""
+    page = [job_view(row[1:], when) for row in rows[:limit]]
+    more = len(rows) > limit > 0
+    return page, (int(rows[limit - 1][0]) if more else None)
 
 
 def bot_infos(
@@ -193,6 +211,31 @@ def read_bots(
     one = f" AND bot_id = {mark}" if bot_id is not None else ""
     lease_rows = execute(active_leases.format(bot=one), args).fetchall()
     return bot_infos(rows, lease_rows, when)
+
+
+def read_bot_page(
+    execute: Execute,
+    after: str | None,
+    limit: int,
+    *,
+    mark: str,
+    active_leases: str,
+    when: When,
+) -> tuple[list[BotInfo], str | None]:
+    """Up to ``limit`` bots with a bot_id after ``after`` (None: from the first), in bot_id
+    order, with their active leases, and the bot_id the next page starts after (None: this
+    is the last page). ``mark`` and ``active_leases`` are as for :func:`read_bots`."""
+    where, args = (f"WHERE bot_id > {mark}", (after,)) if after is not None else ("", ())
+    rows = execute(
+        f"SELECT {BOT_COLUMNS} FROM bots {where} ORDER BY bot_id LIMIT {mark}", (*args, limit + 1)
+    ).fetchall()
+    rows, more = rows[:limit], len(rows) > limit
+    if not rows:
+        return [], None
+    first, last = rows[0][0], rows[-1][0]
+    span = f" AND bot_id >= {mark} AND bot_id <= {mark}"
+    lease_rows = execute(active_leases.format(bot=span), (first, last)).fetchall()
+    return bot_infos(rows, lease_rows, when), (str(last) if more else None)
 
 
 def registration(req: RegisterRequest, session_id: str) -> tuple[Any, ...]:

@@ -131,6 +131,12 @@ class SqliteStore:
         """See :meth:`Store.list_bots`."""
         return await self._run(self.backend.list_bots)
 
+    async def page_bots(
+        self, *, limit: int, after: str | None
+    ) -> tuple[list[models.BotInfo], str | None]:
+        """See :meth:`Store.page_bots`."""
+        return await self._run(lambda: self.backend.page_bots(limit, after))
+
     async def heartbeat(
         self, bot_id: str, req: models.HeartbeatRequest, *, lease_ttl_s: float
     ) -> tuple[models.HeartbeatResponse, int]:
@@ -164,6 +170,12 @@ class SqliteStore:
     ) -> list[models.JobView]:
         """See :meth:`Store.list_jobs`."""
         return await self._run(lambda: self.backend.list_jobs(status, limit, kind))
+
+    async def page_jobs(
+        self, *, status: str | None, limit: int, kind: str | None, before: int | None
+    ) -> tuple[list[models.JobView], int | None]:
+        """See :meth:`Store.page_jobs`."""
+        return await self._run(lambda: self.backend.page_jobs(status, limit, kind, before))
 
     async def final_jobs(self, job_ids: Sequence[str]) -> set[str]:
         """See :meth:`Store.final_jobs`."""

@@ -381,6 +381,15 @@ class SqliteBackend:
         """Every bot, in bot_id order."""
         return self._tx(lambda conn: self._bots(conn, None))
 
+    def page_bots(self, limit: int, after: str | None) -> tuple[list[models.BotInfo], str | None]:
+        """Up to ``limit`` bots after bot_id ``after``, and the bot_id to continue after."""
+        leases = "SELECT bot_id, lease_id FROM leases WHERE state = 'active'{bot} ORDER BY rowid"
+        return self._tx(
+            lambda conn: records.read_bot_page(
+                conn.execute, after, limit, mark="?", active_leases=leases, when=rfc3339
+            )
+        )
+
     def heartbeat(
         self, bot_id: str, req: models.HeartbeatRequest, at: Moment, lease_ttl_s: float
     ) -> tuple[models.HeartbeatResponse, int]:
@@ -507,14 +516,21 @@ class SqliteBackend:
         self, status: str | None, limit: int, kind: str | None = None
     ) -> list[models.JobView]:
         """The newest ``limit`` jobs, optionally of one status and of one kind."""
+        return self.page_jobs(status, limit, kind)[0]
 
-        def run(conn: sqlite3.Connection) -> list[models.JobView]:
-            where, args = records.job_filter(status=status, kind=kind, mark="?")
+    def page_jobs(
+        self, status: str | None, limit: int, kind: str | None = None, before: int | None = None
+    ) -> tuple[list[models.JobView], int | None]:
+        """The newest ``limit`` jobs (of one status, of one kind) with a seq below ``before``,
+        and the seq the next page starts below (None: the last page)."""
+
+        def run(conn: sqlite3.Connection) -> tuple[list[models.JobView], int | None]:
+            where, args = records.job_filter(status=status, kind=kind, mark="?", before=before)
             cur = conn.execute(
-                f"SELECT {records.JOB_COLUMNS} FROM jobs{where} ORDER BY seq DESC LIMIT ?",
-                (*args, limit),
+                f"SELECT seq, {records.JOB_COLUMNS} FROM jobs{where} ORDER BY seq DESC LIMIT ?",
+                (*args, limit + 1),
             )
-            return [records.job_view(row, rfc3339) for row in cur.fetchall()]
+            return records.job_page(cur.fetchall(), limit, rfc3339)
 
         return self._tx(run)
 
