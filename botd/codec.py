@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import cattrs
 import cattrs.errors
+from cattrs.cols import is_mutable_sequence, list_structure_factory
 from cattrs.errors import ForbiddenExtraKeysError
 
 from .errors import BotdError, EncodeError, ProtocolError
@@ -120,6 +121,29 @@ lenient = converter.copy(forbid_extra_keys=True)
 lenient.register_structure_hook(bool, parse_bool)
 lenient.register_structure_hook(int, _from_text(int, _strict_int, "an integer"))
 lenient.register_structure_hook(float, _from_text(float, _strict_float, "a number"))
+
+
+def _strict_list(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], list[Any]]:
+    """A list field takes a JSON array only (cattrs alone makes one of any iterable: the
+    keys of an object, the characters of a text)."""
+    items = list_structure_factory(tp, conv)
+
+    def hook(value: Any, t: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {_json_type(value)}")
+        structured: list[Any] = items(value, t)
+        return structured
+
+    return hook
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "another")
+
+
+# JSON bodies only: the text-minded ``lenient`` (config) keeps cattrs' own list hook.
+converter.register_structure_hook_factory(is_mutable_sequence, _strict_list)
 
 
 def _format(exc: BaseException, _type: Any) -> str:

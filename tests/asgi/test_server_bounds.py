@@ -67,6 +67,11 @@ BAD_BODIES: list[tuple[str, str, str]] = [
         "active_leases",
     ),
     ("/v1/bots/register", '{"bot_id":"b","active_leases":["%s"]}' % ("l" * 201), "active_leases"),
+    # A list is a JSON array: not an object's keys, nor a text's characters.
+    ("/v1/bots/register", '{"bot_id":"b","active_leases":{"l1":1}}', "$.active_leases"),
+    ("/v1/bots/b1/heartbeat", '{"session_id":"{S}","active_leases":"l1"}', "$.active_leases"),
+    ("/v1/jobs/claim", '{"bot_id":"b1","session_id":"{S}","kinds":"kk"}', "$.kinds"),
+    ("/v1/jobs/batch", '{"jobs":{"kind":"k"}}', "$.jobs"),
     ("/v1/bots/b1/heartbeat", '{"session_id":"{S}","stats":{"x":NaN}}', "$.stats.x"),
     ("/v1/bots/b1/heartbeat", '{"session_id":"{S}","stats":%s}' % DEEP, "$.stats"),
     (
@@ -154,6 +159,11 @@ async def test_out_of_bound_bodies_are_400_naming_the_field_and_store_nothing(
         "/v1/jobs?status=%00",
         "/v1/jobs/x?wait_s=inf",
         "/v1/jobs/x?wait_s=1e999",
+        "/v1/jobs/x?wait_s=",
+        "/v1/jobs?limit=",
+        "/v1/jobs?cursor=%00",
+        "/v1/bots?cursor=" + "c" * 5000,
+        "/v1/bots?limit=1001",
     ],
 )
 async def test_odd_path_and_query_parameters_are_4xx_never_500(
