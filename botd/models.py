@@ -109,6 +109,10 @@ MAX_KINDS = 100
 MAX_MESSAGE = 65536
 #: A pid is a non-negative 32-bit integer (what every store keeps).
 MAX_PID = 2**31 - 1
+#: The JSON Schema ``pattern`` of text without NUL (the OpenAPI document's, of every text).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+_NO_NUL = {"pattern": NO_NUL_PATTERN}
+_MOST, _DATE_TIME = {"schema": {"maxLength": 200}}, {"schema": {"format": "date-time"}}
 
 
 def _no_nul(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -120,7 +124,7 @@ def _text(most: int = MAX_TEXT, *, default: Any = "", optional: bool = False) ->
     """A string field of at most ``most`` characters and no NUL, ``default`` by default
     (``optional``: or null, by default); its bounds go into the OpenAPI document."""
     checks: list[Any] = [v.max_len(most), _no_nul]
-    schema: dict[str, Any] = {"maxLength": most}
+    schema: dict[str, Any] = {"maxLength": most, **_NO_NUL}
     if optional:
         return attrs.field(default=None, validator=v.optional(checks), metadata={"schema": schema})
     return attrs.field(default=default, validator=checks, metadata={"schema": schema})
@@ -131,7 +135,7 @@ def _required_text(most: int = MAX_TEXT, *, non_empty: bool = True) -> dict[str,
     checkers see it required), at most ``most`` characters, no NUL, not empty unless
     ``non_empty`` is False; its bounds go into the OpenAPI document."""
     checks: list[Any] = [v.max_len(most), _no_nul]
-    schema: dict[str, Any] = {"maxLength": most}
+    schema: dict[str, Any] = {"maxLength": most, **_NO_NUL}
     if non_empty:
         checks.insert(0, _non_empty)
         schema["minLength"] = 1
@@ -142,7 +146,7 @@ def _text_list(most_items: int, most: int = MAX_TEXT, *, optional: bool = False)
     """A list field of at most ``most_items`` strings of at most ``most`` characters (no NUL),
     empty by default (``optional``: null by default)."""
     item: Any = v.deep_iterable(v.and_(v.max_len(most), _no_nul), v.max_len(most_items))
-    schema = {"maxItems": most_items, "items": {"type": "string", "maxLength": most}}
+    schema = {"maxItems": most_items, "items": {"type": "string", "maxLength": most, **_NO_NUL}}
     if optional:
         return attrs.field(default=None, validator=v.optional(item), metadata={"schema": schema})
     return attrs.field(factory=list, validator=item, metadata={"schema": schema})
@@ -166,8 +170,8 @@ def _labels(_inst: object, attribute: attrs.Attribute[Any], value: dict[str, str
 
 _LABELS_SCHEMA = {
     "maxProperties": MAX_LABELS,
-    "propertyNames": {"minLength": 1, "maxLength": MAX_LABEL_KEY},
-    "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+    "propertyNames": {"minLength": 1, "maxLength": MAX_LABEL_KEY, **_NO_NUL},
+    "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE, **_NO_NUL},
 }
 
 
@@ -207,7 +211,7 @@ class RegisterRequest:
     #: The session token of this bot id's live session, which proves that this register
     #: continues it (an extension: see "Auth" in docs/protocol.md). Kept out of ``repr``.
     previous_session_token: str | None = attrs.field(
-        default=None, repr=False, validator=v.optional(v.max_len(200))
+        default=None, repr=False, validator=v.optional(v.max_len(200)), metadata=_MOST
     )
 
 
@@ -286,7 +290,9 @@ class JobSubmit:
     priority: int = _int_field(0, -(2**31), 2**31 - 1)
     idempotency_key: str | None = _text(optional=True)
     #: When the job becomes due (RFC 3339 with a time zone); not with ``delay_s``.
-    run_at: str | None = attrs.field(default=None, validator=v.optional(_timestamp))
+    run_at: str | None = attrs.field(
+        default=None, validator=v.optional(_timestamp), metadata=_DATE_TIME
+    )
     #: Seconds from the submit until the job becomes due; not with ``run_at``.
     delay_s: float | None = _optional_number(0, MAX_DELAY_S)
     #: The first retry's backoff (then doubled per attempt); null: the server's 0.5 s.

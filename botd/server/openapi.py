@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import attrs
 
-from .. import models
-from ..models import ErrorBody
+from .. import codec, models
+from ..models import NO_NUL_PATTERN, ErrorBody
+from .wire import CURSOR_PATTERN, DEFAULT_PAGE, MAX_BODY_BYTES, MAX_CURSOR_LEN, MAX_PAGE
 
 __all__ = ["ROUTES", "openapi_document", "schema_for"]
 
@@ -30,10 +31,32 @@ _SCALARS: dict[Any, dict[str, Any]] = {
 }
 
 
+#: Any JSON value; the bounds of :func:`botd.codec.check_json` that JSON Schema cannot
+#: state are in its description (and docs/protocol.md, Bounds).
+_JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
+_JSON_VALUE = {
+    "description": "Any JSON value: finite numbers (no NaN or Infinity), integers written"
+    " without a fraction or an exponent within signed 64 bits, text without a lone surrogate,"
+    f" at most {codec.MAX_DEPTH} arrays and objects deep counting from the top of the body.",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        # JSON Schema cannot tell 1e300 (a double: accepted) from 10**300 written out
+        # (refused): both are numbers here, and the description says which integers fit.
+        {"type": "number"},
+        {"type": "string"},
+        {"type": "array", "items": _JSON_VALUE_REF},
+        {"type": "object", "additionalProperties": _JSON_VALUE_REF},
+    ],
+}
+
+
 def schema_for(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON Schema of a type hint; attrs classes go into ``defs`` and are referenced."""
+    """The JSON Schema of a type hint; attrs classes go into ``defs`` and are referenced,
+    and so does ``Any`` (``JsonValue``: every value a body may hold)."""
     if tp is Any:
-        return {}
+        defs.setdefault("JsonValue", _JSON_VALUE)
+        return dict(_JSON_VALUE_REF)
     if tp in _SCALARS:
         return dict(_SCALARS[tp])
     origin = typing.get_origin(tp)
@@ -60,6 +83,8 @@ def schema_for(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
                 props[field.name] = {**schema_for(hints[field.name], defs), **bounds}
                 if field.default is attrs.NOTHING:
                     required.append(field.name)
+            # Fields a message does not know are ignored (JSON Schema's default), but held
+            # to the bounds of JsonValue, as the whole body is (docs/protocol.md, Bounds).
             schema: dict[str, Any] = {"type": "object", "properties": props}
             if required:
                 schema["required"] = required
@@ -84,8 +109,34 @@ class RouteDoc:
     query: tuple[tuple[str, str | dict[str, Any], bool], ...] = ()
 
 
-#: A path parameter (an id), or a text query parameter: what wire.path_param accepts.
-_ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": models.MAX_TEXT}
+#: A path parameter (an id), or a required text query parameter: what wire.path_param
+#: accepts.
+_ID_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": models.MAX_TEXT,
+    "pattern": NO_NUL_PATTERN,
+}
+#: An optional text query parameter (wire.text_param): empty is as absent.
+_TEXT_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": models.MAX_TEXT,
+    "pattern": NO_NUL_PATTERN,
+}
+#: ``limit`` of a list: the size of a page.
+_LIMIT: dict[str, Any] = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_PAGE,
+    "default": DEFAULT_PAGE,
+}
+#: ``cursor`` of a list: the ``next_cursor`` of the previous page (opaque; empty or absent:
+#: the first page); what wire.cursor_param accepts is only a cursor the server made.
+_CURSOR: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_CURSOR_LEN,
+    "pattern": CURSOR_PATTERN,
+}
 
 ROUTES: tuple[RouteDoc, ...] = (
     RouteDoc(
@@ -104,7 +155,14 @@ ROUTES: tuple[RouteDoc, ...] = (
         models.RegisterRequest,
         {200: models.RegisterResponse, 400: ErrorBody, 409: ErrorBody},
     ),
-    RouteDoc("get", "/v1/bots", "List bots", None, {200: models.BotList}),
+    RouteDoc(
+        "get",
+        "/v1/bots",
+        "List bots in bot_id order, a page at a time (limit, cursor: an extension)",
+        None,
+        {200: models.BotList, 400: ErrorBody},
+        query=(("limit", _LIMIT, False), ("cursor", _CURSOR, False)),
+    ),
     RouteDoc("get", "/v1/bots/{bot_id}", "One bot", None, {200: models.BotInfo, 404: ErrorBody}),
     RouteDoc(
         "delete",
@@ -138,13 +196,14 @@ ROUTES: tuple[RouteDoc, ...] = (
     RouteDoc(
         "get",
         "/v1/jobs",
-        "List jobs, newest first",
+        "List jobs, newest first, a page at a time (cursor: an extension)",
         None,
         {200: models.JobList, 400: ErrorBody},
         query=(
             ("status", {"enum": list(models.JOB_STATUSES)}, False),
-            ("kind", _ID_SCHEMA, False),
-            ("limit", {"type": "integer", "minimum": 1, "maximum": models.MAX_CLAIM_JOBS}, False),
+            ("kind", _TEXT_SCHEMA, False),
+            ("limit", _LIMIT, False),
+            ("cursor", _CURSOR, False),
         ),
     ),
     RouteDoc(
@@ -197,10 +256,11 @@ _STATUS_TEXT = {
     200: "OK",
     201: "Created",
     204: "No Content",
-    400: "invalid_request",
+    400: "invalid_request: a body, path or query parameter out of bounds, named in the message",
     401: "unauthorized",
     403: "forbidden (the call is outside the token's role), not_session_owner, not_lease_owner",
     404: "not found (unknown_bot, unknown_job, unknown_lease)",
+    413: f"payload_too_large: a body over {MAX_BODY_BYTES} bytes",
     409: "conflict (session_superseded, bot_id_in_use, conflict, lease_lost, job_finished,"
     " job_not_retryable)",
     503: "degraded / store_unavailable",
@@ -242,6 +302,8 @@ def _document(version: str) -> dict[str, Any]:
                 "required": True,
                 "content": _json_content(schema_for(route.request, defs)),
             }
+            # A body is JSON within bounds (400) of at most MAX_BODY_BYTES (413).
+            route_responses = {400: ErrorBody, 413: ErrorBody, **route_responses}
         for status, model in sorted(route_responses.items()):
             resp: dict[str, Any] = {"description": _STATUS_TEXT.get(status, str(status))}
             if model is not None:
