@@ -8,6 +8,7 @@ call it; it calls the store only. No HTTP and no SQL live here.
 from __future__ import annotations
 
 import collections
+import math
 
 import attrs
 import trio
@@ -33,8 +34,8 @@ class ServerCore:
 
     Args:
         store: the job store.
-        lease_ttl_s: how long a lease lives without a heartbeat (> 0).
-        heartbeat_interval_s: told to bots at registration (> 0).
+        lease_ttl_s: how long a lease lives without a heartbeat (finite, > 0).
+        heartbeat_interval_s: told to bots at registration (finite, > 0).
         gone_after_s: silence after which a bot shows as ``gone`` (default
             ``max(lease_ttl_s, 3 * heartbeat_interval_s)``).
 
@@ -57,8 +58,9 @@ class ServerCore:
     waits: JobWaits = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        if not self.lease_ttl_s > 0 or not self.heartbeat_interval_s > 0:
-            raise ValueError("lease_ttl_s and heartbeat_interval_s must be > 0")
+        # Finite too: a register's answer carries both, and must encode (no Infinity).
+        if not 0 < self.lease_ttl_s < math.inf or not 0 < self.heartbeat_interval_s < math.inf:
+            raise ValueError("lease_ttl_s and heartbeat_interval_s must be finite and > 0")
         self.waits = JobWaits(self.store)
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "bot_infos",
     "claimed_job",
     "failure_of",
+    "finite",
     "invariant_problems",
     "job_filter",
     "job_page",
@@ -79,12 +81,43 @@ def _no_constant(_name: str) -> None:
 _STORED = json.JSONDecoder(parse_constant=_no_constant)
 
 
+def finite(value: float | None) -> float | None:
+    """A stored number as an answer may hold it: NaN and Infinity (which JSON cannot
+    write) read as null."""
+    return value if value is None or math.isfinite(value) else None
+
+
 def stored_json(text: str) -> Any:
-    """A stored JSON text; a NaN or Infinity that a row from before the border's bounds
-    holds reads as null, so that every answer stays valid JSON."""
-    if isinstance(text, str):
-        return _STORED.decode(text)
-    return json.loads(text, parse_constant=_no_constant)  # bytes: json.loads finds the encoding
+    """A stored JSON text, as an answer can always hold it: what a row from before the
+    border's bounds may hold and no answer can (``NaN``, ``Infinity``, as the server wrote
+    them then; nesting deeper than :data:`~botd.codec.MAX_DEPTH`; text that is no JSON)
+    reads as null. So an answer read in a transaction encodes after its commit, never a 500.
+    """
+    try:
+        if isinstance(text, str):
+            value = _STORED.decode(text)
+        else:  # bytes: json.loads finds the encoding
+            value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    # Only a text with that many brackets can nest that deep: most need no walk.
+    raw = text if isinstance(text, str) else text.decode("latin-1")
+    if raw.count("[") + raw.count("{") > codec.MAX_DEPTH and _deeper(value, codec.MAX_DEPTH):
+        return None
+    return value
+
+
+def _deeper(value: Any, most: int) -> bool:
+    """Whether ``value`` nests more than ``most`` arrays and objects (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > most:
+                return True
+            inner = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in inner)
+    return False
 
 
 def json_or_none(text: str | None) -> Any:
@@ -132,6 +165,9 @@ def job_view(row: Sequence[Any], when: When) -> JobView:
     job = dict(zip(_JOB_FIELDS, row, strict=True))
     finished, run_at = job["finished_at"], job["run_at"]
     job.update(
+        timeout_s=finite(job["timeout_s"]),
+        retry_base_s=finite(job["retry_base_s"]),
+        retry_max_s=finite(job["retry_max_s"]),
         payload=stored_json(job["payload"]),
         result=json_or_none(job["result"]),
         error=failure_of(job["error"]),
@@ -303,7 +339,7 @@ def claimed_job(
 ) -> ClaimedJob:
     """A ClaimedJob from its row's values (``payload`` as the JSON text stored)."""
     return ClaimedJob(
-        job_id, lease_id, kind, stored_json(payload), attempt, timeout_s, lease_expires_at
+        job_id, lease_id, kind, stored_json(payload), attempt, finite(timeout_s), lease_expires_at
     )
 
 
