@@ -45,8 +45,8 @@ DEFAULT_STATEMENT_TIMEOUT_S = 5.0
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+    if not 0 < value < float("inf"):  # NaN fails too; an answer cannot carry Infinity
+        raise ValueError(f"{attribute.name} must be > 0 and finite, got {value!r}")
 
 
 def db_password(db: str) -> str | None:

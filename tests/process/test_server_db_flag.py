@@ -90,6 +90,8 @@ def test_a_postgres_password_never_reaches_a_log(
     [
         ("--retention", "7x", "not a duration"),
         ("--retention", "0", "must be > 0"),
+        ("--lease-ttl", "inf", "must be > 0 and finite"),
+        ("--heartbeat-interval", "nan", "must be > 0 and finite"),
     ],
 )
 def test_bad_server_flags_exit_2_and_say_why(flag: str, value: str, message: str) -> None:
