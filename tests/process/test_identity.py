@@ -22,7 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.procs import Procs, bot_env, botd, clean_env, free_ports, server_up, wait_for
+from tests.support.procs import (
+    Proc,
+    Procs,
+    bot_env,
+    botd,
+    clean_env,
+    free_ports,
+    server_up,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +118,19 @@ def test_a_live_bot_id_is_not_taken_and_its_restart_proves_continuity(
         assert kept["session_token"] not in proc.out() + proc.err()
 
 
+def reload_tokens(server: Proc, count: int) -> dict[str, Any]:
+    """SIGHUP ``server`` and return its ``count``-th reload record (done or failed)."""
+    server.signal(signal.SIGHUP)
+    done = ("tokens_reloaded", "tokens_reload_failed")
+    reloads = wait_for(
+        f"reload {count}",
+        lambda: [r for r in server.logs() if r.get("event") in done][count - 1 :] or None,
+        (server,),
+    )
+    first: dict[str, Any] = reloads[0]
+    return first
+
+
 def test_sighup_rereads_the_tokens_file(procs: Procs, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.toml"
     write_tokens(tokens, ("admin", ADMIN), mode=0o644)
@@ -120,25 +142,15 @@ def test_sighup_rereads_the_tokens_file(procs: Procs, tmp_path: Path) -> None:
     def stats(token: str) -> int:
         return httpx.get(f"{url}/v1/stats", headers=as_(token)).status_code
 
-    def hangup(count: int) -> dict[str, Any]:
-        server.signal(signal.SIGHUP)
-        done = ("tokens_reloaded", "tokens_reload_failed")
-        reloads = wait_for(
-            f"reload {count}",
-            lambda: [r for r in server.logs() if r.get("event") in done][count - 1 :] or None,
-            (server,),
-        )
-        return reloads[0]
-
     assert (stats(ADMIN), stats(PRODUCER)) == (200, 401)
     write_tokens(tokens, ("admin", ADMIN), ("producer", PRODUCER))
-    assert hangup(1)["event"] == "tokens_reloaded"
+    assert reload_tokens(server, 1)["event"] == "tokens_reloaded"
     assert (stats(ADMIN), stats(PRODUCER)) == (200, 200)  # added
     write_tokens(tokens, ("producer", PRODUCER))
-    assert hangup(2)["event"] == "tokens_reloaded"
+    assert reload_tokens(server, 2)["event"] == "tokens_reloaded"
     assert (stats(ADMIN), stats(PRODUCER)) == (401, 200)  # removed
     tokens.write_text(tokens_toml(("producer", PRODUCER)) + '[[tokens]]\nrole = "boss"\n')
-    failed = hangup(3)
+    failed = reload_tokens(server, 3)
     assert failed["event"] == "tokens_reload_failed" and failed["level"] == "ERROR"
     assert "entry 2" in failed["error"] and PRODUCER not in failed["error"]
     assert stats(PRODUCER) == 200  # the tokens in force stay
@@ -164,24 +176,14 @@ def test_a_tokens_file_of_one_token_a_line(procs: Procs, tmp_path: Path) -> None
     def stats(token: str) -> int:
         return httpx.get(f"{url}/v1/stats", headers=as_(token)).status_code
 
-    def hangup(count: int) -> dict[str, Any]:
-        server.signal(signal.SIGHUP)
-        done = ("tokens_reloaded", "tokens_reload_failed")
-        reloads = wait_for(
-            f"reload {count}",
-            lambda: [r for r in server.logs() if r.get("event") in done][count - 1 :] or None,
-            (server,),
-        )
-        return reloads[0]
-
     assert stats(ADMIN) == 401
     tokens.write_text(tokens.read_text() + f"{ADMIN}\n")  # a bare token: admin
-    reloaded = hangup(1)
+    reloaded = reload_tokens(server, 1)
     assert reloaded["event"] == "tokens_reloaded"
     assert reloaded["roles"] == {"worker": 1, "producer": 1, "admin": 1}
     assert stats(ADMIN) == 200
     tokens.write_text(f"worker:{WORKER_A}\nboss:{WORKER_B}\n")
-    failed = hangup(2)
+    failed = reload_tokens(server, 2)
     assert failed["event"] == "tokens_reload_failed" and "line 2" in failed["error"]
     assert (stats(ADMIN), stats(PRODUCER)) == (200, 200)  # the tokens in force stay
     run_job(url, (bot, server))
