@@ -101,7 +101,7 @@ class Claimer:
                 continue
             self.reporter.claim_ended(full=0 < request.max_jobs <= len(answer.jobs))
             self._dispatch(answer.jobs)
-            await self.reporter.settle(answer.acks)
+            await self.reporter.settle(answer.acks, defer=bool(answer.jobs))
 
     def _half_free(self, load: int) -> bool:
         return load <= self.runner.capacity // 2

@@ -15,6 +15,7 @@ silently.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -68,6 +69,8 @@ class Outbox:
         self._batch = _Batch()
         self._committing = False
         self._closed = False
+        #: Removed from the mirror, still in the file: the next commit deletes them.
+        self._doomed: list[str] = []
         self.max_pending = max_pending
         self.updated: Any = trio_util.AsyncValue(len(self._entries))
 
@@ -199,12 +202,15 @@ class Outbox:
         store = self._store
         assert store is not None
         entries = list(batch.entries.values())
+        doomed, self._doomed = self._doomed, []
         try:
-            await self._run(lambda: store.put_many(entries))
+            await self._run(lambda: store.put_many(entries, doomed))
         except StateDirError as exc:
             batch.error = exc  # nothing of the batch is in the outbox
+            self._doomed.extend(doomed)  # still in the file
         except Exception as exc:  # a bug: still, no put of the batch may think it is stored
             batch.error = StateDirError(f"state dir: results not stored: {exc!r}")
+            self._doomed.extend(doomed)
         else:
             batch.added = {item.lease_id for item in entries if self._add(item)}
         finally:
@@ -230,8 +236,25 @@ class Outbox:
             await trio.lowlevel.checkpoint()
         return known
 
-    async def remove(self, lease_ids: Iterable[str]) -> None:
-        """Forget the entries of ``lease_ids`` (the server has them); unknown ids are ignored."""
+    async def remove(self, lease_ids: Iterable[str], *, defer: bool = False) -> None:
+        """Forget the entries of ``lease_ids`` (the server has them); unknown ids are ignored.
+
+        ``defer``: for a caller that knows a put is coming (the claimer, with the jobs of
+        the same answer just started): the entries leave the mirror now and the file in the
+        transaction of the next commit (or at :meth:`close`), which saves a write of their
+        own. Until then a crash brings them back: they are sent again and answered
+        ``duplicate``, as for any removal, which is never fsynced.
+        """
+        if defer and self._store is not None:
+            self._check_open()
+            known = [x for x in dict.fromkeys(lease_ids) if x in self._entries]
+            for lease_id in known:
+                del self._entries[lease_id]
+            self._doomed.extend(known)
+            if known:
+                self._publish()
+            await trio.lowlevel.checkpoint()
+            return
         doomed = await self._write_known(lease_ids, OutboxFile.remove)
         if doomed:
             for lease_id in doomed:
@@ -281,8 +304,18 @@ class Outbox:
         self._closed = True
         if self._store is not None:
             store = self._store
+            doomed, self._doomed = self._doomed, []
+
+            def finish() -> None:
+                try:
+                    if doomed:  # a failure only brings them back (sent again: duplicate)
+                        with contextlib.suppress(StateDirError):
+                            store.remove(doomed)
+                finally:
+                    store.close()
+
             with trio.CancelScope(shield=True):
-                await self._run(store.close)
+                await self._run(finish)
 
     async def __aenter__(self) -> Outbox:
         return self

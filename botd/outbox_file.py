@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -308,10 +308,14 @@ class OutboxFile:
 
         return self._write("store a result", insert)
 
-    def put_many(self, entries: list[OutboxEntry]) -> None:
-        """Insert ``entries`` in one transaction: one commit (and fsync) for all of them."""
+    def put_many(self, entries: list[OutboxEntry], removed: Sequence[str] = ()) -> None:
+        """Insert ``entries`` in one transaction: one commit (and fsync) for all of them.
+        ``removed``: lease ids to delete in the same transaction (removals that waited for
+        this commit, see :meth:`~botd.outbox.Outbox.remove`)."""
 
         def insert(conn: sqlite3.Connection) -> None:
+            if removed:
+                conn.executemany("DELETE FROM outbox WHERE lease_id = ?", [(x,) for x in removed])
             conn.executemany(
                 "INSERT OR IGNORE INTO outbox (lease_id, job_id, ack, created_at, attempts) "
                 "VALUES (?, ?, ?, ?, ?)",

@@ -153,9 +153,11 @@ class ResultReporter:
         for ack in acks:
             self.sending.discard(ack.lease_id)
 
-    async def settle(self, results: Iterable[AckResult]) -> None:
+    async def settle(self, results: Iterable[AckResult], *, defer: bool = False) -> None:
         """Apply the server's answers about leases. Each is final (the module docstring
-        says why), so its entry leaves the outbox; any ack not answered stays pending."""
+        says why), so its entry leaves the outbox; any ack not answered stays pending.
+        ``defer``: jobs were just started, so a commit comes soon: the entries leave the
+        file in it (:meth:`~botd.outbox.Outbox.remove`)."""
         done: list[str] = []
         for result in results:
             self.sending.discard(result.lease_id)
@@ -164,7 +166,7 @@ class ResultReporter:
             done.append(result.lease_id)
         if done:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self.outbox.remove(done)
+                await self.outbox.remove(done, defer=defer)
 
     async def run(self) -> None:
         """Send what no claim carried. This function never returns unless cancelled.

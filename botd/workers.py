@@ -8,7 +8,11 @@ cancel of *its* scope with a reason, so the outcome can be told apart:
 - ``shutdown``: the drain ran out, or a second signal -> ``released`` (no attempt spent);
 - ``lost``: the server says another bot holds the lease -> nothing is recorded.
 
-Every outcome is written durably to the outbox *before* the job counts as finished.
+Every outcome is written durably to the outbox *before* the job counts as finished. While a
+durable outbox commits it, the job is *storing*: its handler is done, so its slot is free for
+the claimer (a claim's round trip overlaps the commit's fsync), but it still counts in
+``in_flight``, its lease is still heartbeated, and a drain waits for it. Its ack reaches the
+server only once committed (the outbox's mirror holds committed entries only).
 
 Prefetch (``BOT_PREFETCH``, :attr:`JobRunner.prefetch`): a claim may bring up to ``prefetch``
 jobs more than the free slots; they wait in ``held`` (FIFO) and start synchronously the moment a
@@ -88,7 +92,9 @@ class JobRunner:
     prefetch: int = 0
     #: Claimed jobs waiting for a slot, by lease id, oldest first.
     held: dict[str, ClaimedJob] = attrs.field(factory=dict)
-    #: Running + held jobs: what the claimer waits on for :attr:`room`.
+    #: Leases of running jobs whose outcome the outbox is committing (their slot is free).
+    storing: set[str] = attrs.field(factory=set)
+    #: Running (less storing) + held jobs: what the claimer waits on for :attr:`room`.
     load: AsyncValue[int] = attrs.field(factory=lambda: AsyncValue(0))
     total_processed: int = 0
     started: int = 0
@@ -96,8 +102,9 @@ class JobRunner:
 
     @property
     def free_slots(self) -> int:
-        """How many more jobs may start now: within ``concurrency`` and what ``limit`` left."""
-        free = self.concurrency - len(self.running)
+        """How many more jobs may start now: within ``concurrency`` (jobs storing their
+        outcome do not count) and what ``limit`` left."""
+        free = self.concurrency - len(self.running) + len(self.storing)
         if self.limit is not None:
             free = min(free, self.limit - self.started)
         return max(0, free)
@@ -175,7 +182,7 @@ class JobRunner:
 
     def _counted(self) -> None:
         self.in_flight.value = len(self.running)
-        self.load.value = len(self.running) + len(self.held)
+        self.load.value = len(self.running) - len(self.storing) + len(self.held)
 
     def _start_held(self) -> None:
         """Start held jobs, oldest first, while a slot is free (no checkpoint in between)."""
@@ -242,6 +249,9 @@ class JobRunner:
             if ack is not None and not self.outbox.durable:
                 await self.outbox.put(job.job_id, ack, size=size)  # in memory: never waits
             elif ack is not None:
+                self.storing.add(job.lease_id)  # its slot is free while the commit runs
+                self._start_held()
+                self._counted()
                 with trio.CancelScope(shield=True), trio.move_on_after(OUTCOME_WRITE_DEADLINE):
                     await self.outbox.put(job.job_id, ack, size=size)
             self.total_processed += 1
@@ -261,6 +271,7 @@ class JobRunner:
                 log.log(level, "job {} {}", job.job_id, outcome)
         finally:
             self.running.pop(job.lease_id, None)
+            self.storing.discard(job.lease_id)
             self._start_held()
             self._counted()
 

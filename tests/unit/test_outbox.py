@@ -297,10 +297,19 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("put"), st.integers(0, 12)),
         st.tuples(st.just("remove"), st.lists(st.integers(0, 14), max_size=4)),
+        st.tuples(st.just("defer"), st.lists(st.integers(0, 14), max_size=4)),
         st.tuples(st.just("reopen"), st.none()),
+        st.tuples(st.just("crash"), st.none()),
     ),
     max_size=30,
 )
+
+
+def _crash(outbox: Outbox) -> None:
+    """As a SIGKILL leaves it: the file closed where it stands, nothing more written."""
+    assert outbox._store is not None
+    outbox._store.close()
+    outbox._closed = True
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -309,19 +318,32 @@ def test_conservation(ops: list[tuple[str, Any]], durable: bool) -> None:
     async def scenario(state: Path | None) -> None:
         outbox = await Outbox.open(state)
         model: dict[str, Ack] = {}
+        # Removed with defer=True and not yet out of the file: a crash brings them back.
+        lingering: dict[str, Ack] = {}
         for op, arg in ops:
             if op == "put":
                 a = ack(arg, "failed" if arg % 3 == 0 else "succeeded")
                 new = await outbox.put(f"job-{arg}", a)
                 assert new == (a.lease_id not in model)
                 model.setdefault(a.lease_id, a)
-            elif op == "remove":
-                await outbox.remove(f"lease-{n}" for n in arg)
+                if new:  # a commit: it deleted what waited for it
+                    lingering.clear()
+            elif op in ("remove", "defer"):
+                await outbox.remove((f"lease-{n}" for n in arg), defer=op == "defer")
                 for n in arg:
-                    model.pop(f"lease-{n}", None)
-            elif state is not None:
+                    gone = model.pop(f"lease-{n}", None)
+                    if gone is not None and op == "defer" and state is not None:
+                        lingering[f"lease-{n}"] = gone
+            elif state is not None and op == "reopen":
                 await outbox.close()
+                lingering.clear()  # a clean close deletes them
                 outbox = await Outbox.open(state)
+            elif state is not None:
+                _crash(outbox)
+                outbox = await Outbox.open(state)
+                assert {e.lease_id: e.ack for e in outbox.pending()} == {**model, **lingering}
+                model = {e.lease_id: e.ack for e in outbox.pending()}  # in the file's order
+                lingering.clear()
             leases = outbox.leases()
             assert len(leases) == len(set(leases))
             assert leases == list(model)
@@ -360,12 +382,12 @@ async def test_a_put_during_a_commit_returns_only_once_its_own_entry_is_committe
     commits: list[list[str]] = []
     in_commit, release = threading.Event(), threading.Event()
 
-    def put_many(entries: list[Any]) -> None:
+    def put_many(entries: list[Any], removed: Any = ()) -> None:
         commits.append([e.lease_id for e in entries])
         if len(commits) == 1:  # hold the first commit until the test lets it go
             in_commit.set()
             release.wait(10)
-        real_put_many(entries)
+        real_put_many(entries, removed)
 
     store.put_many = put_many  # type: ignore[method-assign]
     seen_at_return: dict[str, set[str]] = {}
@@ -435,9 +457,9 @@ async def test_puts_that_finish_in_one_scheduler_turn_share_one_commit(tmp_path:
     commits: list[int] = []
     real_put_many = store.put_many
 
-    def put_many(entries: list[OutboxEntry]) -> None:
+    def put_many(entries: list[OutboxEntry], removed: Any = ()) -> None:
         commits.append(len(entries))
-        real_put_many(entries)
+        real_put_many(entries, removed)
 
     store.put_many = put_many  # type: ignore[method-assign]
     returned: list[str] = []
@@ -452,4 +474,51 @@ async def test_puts_that_finish_in_one_scheduler_turn_share_one_commit(tmp_path:
             nursery.start_soon(put, n)
     assert commits == [32]
     assert sorted(returned) == sorted(outbox.leases())
+    await outbox.close()
+
+
+async def test_a_deferred_removal_leaves_the_file_in_the_next_commit(tmp_path: Path) -> None:
+    """remove(defer=True), as the claimer does with jobs just started: the entries leave the
+    mirror at once and the file in the next put's transaction (one write for both), or at
+    close; a crash before either brings them back to be sent again."""
+    outbox = await Outbox.open(tmp_path)
+    for n in range(3):
+        await outbox.put(f"job-{n}", ack(n))
+    await outbox.remove(["lease-0", "lease-1", "lease-unknown"], defer=True)
+    assert outbox.leases() == ["lease-2"]
+    assert outbox.updated.value == 1
+    assert _on_disk(tmp_path) == {"lease-0", "lease-1", "lease-2"}  # no write of its own
+    await outbox.put("job-3", ack(3))
+    assert _on_disk(tmp_path) == {"lease-2", "lease-3"}  # gone with the put's commit
+    await outbox.remove(["lease-2"], defer=True)
+    _crash(outbox)
+    reopened = await Outbox.open(tmp_path)
+    assert reopened.leases() == ["lease-2", "lease-3"]  # back: it is sent again
+    await reopened.remove(["lease-3"], defer=True)
+    await reopened.close()
+    assert _on_disk(tmp_path) == {"lease-2"}  # a clean close deletes what waited
+
+
+async def test_a_failed_commit_keeps_the_deferred_removals_for_the_next(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path)
+    store = outbox._store
+    assert store is not None
+    await outbox.put("job-0", ack(0))
+    await outbox.remove(["lease-0"], defer=True)
+    real_put_many = store.put_many
+    failing = [True]
+
+    def put_many(entries: list[OutboxEntry], removed: Any = ()) -> None:
+        if failing.pop():
+            raise StateDirError("state dir: disk full (test)")
+        real_put_many(entries, removed)
+
+    store.put_many = put_many  # type: ignore[method-assign]
+    with pytest.raises(StateDirError):
+        await outbox.put("job-1", ack(1))
+    assert outbox.leases() == []
+    assert _on_disk(tmp_path) == {"lease-0"}
+    failing.append(False)
+    await outbox.put("job-2", ack(2))
+    assert _on_disk(tmp_path) == {"lease-2"}
     await outbox.close()
