@@ -62,13 +62,20 @@ class Claimer:
         This function never returns unless cancelled.
         """
         self.reporter.session = session
+        # The waits below are skipped when their condition holds already: each checkpoint
+        # is a turn of the scheduler in which the jobs just started run a step, and a claim
+        # that goes out before they finish overlaps their work (with BOT_PREFETCH, or when
+        # slots free one by one). Every turn of the loop still checkpoints: in a wait, in
+        # the claim, or in the call policy's backoff after a failed one.
         while True:
-            await self.healthy.wait_value(True)
+            if not self.healthy.value:
+                await self.healthy.wait_value(True)
             # A free slot: within the concurrency and, with BOT_ONCE, within the runner's
             # limit (a spent runner never has one again, so no claim goes out any more).
             # With BOT_PREFETCH, room to hold more jobs counts too.
-            await self.runner.load.wait_value(lambda _: self.runner.room > 0)
-            if self.runner.load.value > 0:
+            if self.runner.room <= 0:
+                await self.runner.load.wait_value(lambda _: self.runner.room > 0)
+            if self.runner.load.value > 0 and not self._half_free(self.runner.load.value):
                 # Busy: give a few more slots the chance to free up, so that one round trip
                 # carries a batch instead of one job at a time. An idle bot claims at once.
                 with trio.move_on_after(BATCH_WINDOW_S):
