@@ -168,6 +168,15 @@ class Outbox:
             added = await self._put(entry)
         return added
 
+    def put_nowait(self, job_id: str, ack: Ack, *, size: int = 0) -> bool:
+        """In memory only: store an ack at once, without a checkpoint (the runner's hot
+        path: its job already passed through the scheduler). As :meth:`put` otherwise.
+        Raises RuntimeError on a durable outbox, whose put waits for its commit."""
+        self._check_open()
+        if self._store is not None:
+            raise RuntimeError("put_nowait is for an outbox in memory: await put()")
+        return self._add(OutboxEntry(ack.lease_id, job_id, ack, time.time(), 0, size))
+
     async def _put(self, entry: OutboxEntry) -> bool:
         """Group commit: the puts that arrive while a commit runs share the next one.
 

@@ -247,7 +247,7 @@ class JobRunner:
                 ack, outcome = self._cancelled_ack(running)
             duration = trio.current_time() - running.started_at
             if ack is not None and not self.outbox.durable:
-                await self.outbox.put(job.job_id, ack, size=size)  # in memory: never waits
+                self.outbox.put_nowait(job.job_id, ack, size=size)  # in memory: never waits
             elif ack is not None:
                 self.storing.add(job.lease_id)  # its slot is free while the commit runs
                 self._start_held()

@@ -522,3 +522,22 @@ async def test_a_failed_commit_keeps_the_deferred_removals_for_the_next(tmp_path
     await outbox.put("job-2", ack(2))
     assert _on_disk(tmp_path) == {"lease-2"}
     await outbox.close()
+
+
+async def test_put_nowait_is_for_an_outbox_in_memory(tmp_path: Path) -> None:
+    """The runner's in-memory path stores without a scheduler turn; a durable outbox refuses
+    it (its put must wait for the commit)."""
+    outbox = await Outbox.open(None)
+    assert outbox.put_nowait("job-1", ack(1), size=12)
+    assert not outbox.put_nowait("job-1", ack(1))  # idempotent per lease, as put
+    entry = outbox.get("lease-1")
+    assert entry is not None and entry.size == 12 and entry.job_id == "job-1"
+    assert outbox.updated.value == 1
+    await outbox.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        outbox.put_nowait("job-2", ack(2))
+    durable = await Outbox.open(tmp_path)
+    with pytest.raises(RuntimeError, match="await put"):
+        durable.put_nowait("job-3", ack(3))
+    assert durable.leases() == []
+    await durable.close()
