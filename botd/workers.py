@@ -54,8 +54,6 @@ _EVENTS = {
     LEASE_LOST: Event.JOB_LEASE_LOST,
 }
 
-#: How long the outbox write of one outcome may take once its job was cancelled.
-OUTCOME_WRITE_DEADLINE = 10.0
 #: The failure type of a job that botd itself failed to prepare or run (see the docstring).
 BOT_ERROR = "bot_error"
 
@@ -252,8 +250,9 @@ class JobRunner:
                 self.storing.add(job.lease_id)  # its slot is free while the commit runs
                 self._start_held()
                 self._counted()
-                with trio.CancelScope(shield=True), trio.move_on_after(OUTCOME_WRITE_DEADLINE):
-                    await self.outbox.put(job.job_id, ack, size=size)
+                # Shielded inside (a cancel cannot lose a result being stored); it ends when
+                # its commit does: a thread's SQLite call cannot be abandoned half-way.
+                await self.outbox.put(job.job_id, ack, size=size)
             self.total_processed += 1
             self.on_finished(outcome, duration)
             level = "INFO" if outcome in (SUCCEEDED, RELEASED) else "WARNING"
