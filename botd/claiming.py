@@ -118,9 +118,6 @@ class Claimer:
 
         Synchronous: there is no checkpoint between the answer and the start of its jobs.
         """
-        extra: list[ClaimedJob] = []
-        for job in jobs:
-            if self.draining() or not self.runner.offer(job):
-                extra.append(job)
+        extra = list(jobs) if self.draining() else self.runner.offer_all(jobs)
         if extra:
             self.on_orphans(extra)

@@ -28,7 +28,7 @@ job a broken server handed out that the checks did not foresee) fails that job (
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
@@ -97,6 +97,7 @@ class JobRunner:
     total_processed: int = 0
     started: int = 0
     _nursery: trio.Nursery | None = None
+    _batching: bool = False
 
     @property
     def free_slots(self) -> int:
@@ -156,6 +157,17 @@ class JobRunner:
         self._counted()
         return True
 
+    def offer_all(self, jobs: Iterable[ClaimedJob]) -> list[ClaimedJob]:
+        """:meth:`offer` each job, in order (synchronously); return those that will not run
+        here. ``in_flight`` and ``load`` (and their waiters) are updated once, at the end."""
+        self._batching = True
+        try:
+            refused = [job for job in jobs if not self.offer(job)]
+        finally:
+            self._batching = False
+            self._counted()
+        return refused
+
     def take_held(self) -> list[ClaimedJob]:
         """Remove and return every held job, oldest first (the drain releases them)."""
         jobs = list(self.held.values())
@@ -179,6 +191,8 @@ class JobRunner:
         return True
 
     def _counted(self) -> None:
+        if self._batching:
+            return  # offer_all counts once, at its end
         self.in_flight.value = len(self.running)
         self.load.value = len(self.running) - len(self.storing) + len(self.held)
 

@@ -112,3 +112,37 @@ def test_every_taken_job_ends_in_exactly_one_way(
             assert started == [lease for lease in taken if lease in started]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_offer_all_starts_holds_and_refuses_in_order_and_counts_once() -> None:
+    """A claim's answer goes to the runner in one call: the first jobs start, the next are
+    held, the rest come back; the counts change once (one wake-up of their waiters)."""
+    gate = trio.Event()
+
+    async def handler(claimed: ClaimedJob) -> Any:
+        await gate.wait()
+        return None
+
+    outbox = await Outbox.open(None)
+    runner = JobRunner(handler=handler, outbox=outbox, concurrency=2, job_timeout=30.0, prefetch=1)
+    seen: list[tuple[int, int]] = []
+
+    async def watch() -> None:
+        async for value in runner.load.transitions():
+            seen.append(value)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        nursery.start_soon(watch)
+        await trio.testing.wait_all_tasks_blocked()
+        refused = runner.offer_all([job(n) for n in range(5)])
+        assert [j.lease_id for j in refused] == ["lease-3", "lease-4"]
+        assert list(runner.running) == ["lease-0", "lease-1"]
+        assert list(runner.held) == ["lease-2"]
+        assert (runner.in_flight.value, runner.load.value) == (2, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [(3, 0)]  # one change, not one per job
+        gate.set()
+        await runner.wait_idle()
+        nursery.cancel_scope.cancel()
+    assert sorted(outbox.leases()) == ["lease-0", "lease-1", "lease-2"]
