@@ -134,10 +134,11 @@ async def time_to_ready(*, quick: bool) -> Figure:
         f"{runs} runs of `botd run` (the console script) against a running `botd server`: "
         "from spawning the process until `GET /readyz` on its ops port answers 200 (polled "
         'every 5 ms). Baseline: the wall time of `python -c "import trio, httpx"` in the same '
-        "venv, as many runs, interleaved. Beside it, what no botd code can go below: the "
+        "venv, as many runs, interleaved. Beside it, the floor that the design card sets: the "
         f'wall time of `python -c "{FLOOR_CODE}"`, the libraries of the design card that '
         "`botd run` needs before /readyz answers (the ops endpoint is hypercorn and "
-        "Starlette), measured the same way. The goal is judged in the first venv: "
+        "Starlette), measured the same way (start to exit: it pays the interpreter's "
+        "teardown too). The goal is judged in the first venv: "
         + (
             "a fresh `pip install .` (what a user gets: no extras, bytecode compiled). The "
             "bench venv has celery's `click`, so there `import httpx` also loads httpx's "

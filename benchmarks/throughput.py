@@ -330,7 +330,7 @@ async def throughput(*, quick: bool) -> tuple[Figure, Figure]:
         goals=goals,
     )
     batch100 = await minimal_rate(jobs, 100)
-    requests, rounds = (200, 1) if quick else (3_000, 3)
+    requests, rounds = (200, 1) if quick else (3_000, 5)
     echo, claims = await framework_rates(requests, rounds)
     echo_rate, claim_rate = median(echo), median(claims)
     share = ratio(claim_rate, echo_rate)

@@ -59,6 +59,11 @@ __all__ = ["ResultReporter"]
 ACK_GRACE_S = 0.02
 #: A busy claimer's next claim is due within this long of its last one starting or ending.
 CLAIM_DUE_S = 0.25
+#: ... or within this many of its last full claim's round trips, when that is shorter (but
+#: at least CLAIM_DUE_MIN_S): a claim out much longer than a busy one is a long poll of an
+#: emptied queue, and the acks that could not ride it should not wait for its answer.
+CLAIM_DUE_RTTS = 4
+CLAIM_DUE_MIN_S = 0.05
 #: How often the reporter looks again while every pending ack rides on a claim.
 IDLE_RECHECK_S = 1.0
 #: Acks sent at once by the reporter.
@@ -106,20 +111,30 @@ class ResultReporter:
     session: Session | None = None
     _claim_busy: bool = False  # the last claim answer was a full batch
     _claim_mark: float = -math.inf  # when the last claim started or ended (Trio time)
+    _claim_sent: float | None = None  # when the claim now in flight started
+    _due_window: float = CLAIM_DUE_S  # see claim_due
 
     def claim_started(self) -> list[Ack]:
         """The claimer is sending a claim: return the acks it carries (see :meth:`take`)."""
-        self._claim_mark = trio.current_time()
+        self._claim_mark = self._claim_sent = trio.current_time()
         return self.take()
 
     def claim_ended(self, *, full: bool) -> None:
         """The claim came back (``full``: with as many jobs as it asked for) or failed."""
+        now = trio.current_time()
+        if full and self._claim_sent is not None:
+            rtt = now - self._claim_sent
+            self._due_window = min(CLAIM_DUE_S, max(CLAIM_DUE_MIN_S, CLAIM_DUE_RTTS * rtt))
         self._claim_busy = full
-        self._claim_mark = trio.current_time()
+        self._claim_mark = now
+        self._claim_sent = None
 
     def claim_due(self) -> bool:
-        """True while a claim that will carry the pending acks is about to go or come back."""
-        return self._claim_busy and trio.current_time() - self._claim_mark < CLAIM_DUE_S
+        """True while a claim that will carry the pending acks is about to go or come back:
+        the last answer was a full batch, and the last claim started or ended within
+        CLAIM_DUE_S, or within CLAIM_DUE_RTTS of the last full claim's round trip if that
+        is shorter (never below CLAIM_DUE_MIN_S)."""
+        return self._claim_busy and trio.current_time() - self._claim_mark < self._due_window
 
     def take(self, limit: int = ACKS_PER_CLAIM, *, alone: bool = False) -> list[Ack]:
         """Mark up to ``limit`` pending acks (and about ``ACK_BYTES_PER_CLAIM``; the first

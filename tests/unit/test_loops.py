@@ -498,3 +498,38 @@ def test_a_session_cancelled_anywhere_leaves_every_breaker_able_to_admit(
                 assert breaker.allow(), name
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_claim_out_much_longer_than_a_busy_one_no_longer_holds_the_acks(
+    autojump_clock: Any,
+) -> None:
+    """While the last answer was full, the reporter leaves pending acks to the next claim,
+    but only for CLAIM_DUE_RTTS of the last full claim's round trip (at least
+    CLAIM_DUE_MIN_S, at most CLAIM_DUE_S): a claim out much longer is a long poll of an
+    emptied queue, whose answer will not come soon."""
+    from botd import results
+
+    outbox = await Outbox.open(None)
+    reporter = ResultReporter(client=None, outbox=outbox, calls=CallPolicy("results"))  # type: ignore[arg-type]
+    assert not reporter.claim_due()  # no full answer yet
+    reporter.claim_started()
+    await trio.sleep(0.002)
+    reporter.claim_ended(full=True)  # a busy round trip of 2 ms
+    assert reporter.claim_due()
+    reporter.claim_started()  # the next claim: a long poll, the queue is empty now
+    await trio.sleep(results.CLAIM_DUE_MIN_S - 0.01)
+    assert reporter.claim_due()
+    await trio.sleep(0.02)
+    assert not reporter.claim_due()  # out for longer than 4 x 2 ms, and the floor
+    reporter.claim_ended(full=True)
+    reporter.claim_started()
+    await trio.sleep(results.CLAIM_DUE_MIN_S + 0.2)  # a slow server: a full claim of 0.25 s
+    reporter.claim_ended(full=True)
+    assert reporter.claim_due()
+    await trio.sleep(results.CLAIM_DUE_S - 0.01)
+    assert reporter.claim_due()  # the window is CLAIM_DUE_S at most
+    await trio.sleep(0.02)
+    assert not reporter.claim_due()
+    reporter.claim_ended(full=False)
+    assert not reporter.claim_due()  # the queue was emptied: nothing is due
+    await outbox.close()
