@@ -132,7 +132,9 @@ class BotMetrics:
             "Time from a job's start to its outcome.",
             buckets=JOB_DURATION_BUCKETS,
         )
-        self.jobs_in_flight = gauge("botd_jobs_in_flight", "Jobs running now.")
+        self.jobs_in_flight = gauge(
+            "botd_jobs_in_flight", "Jobs running now, and those whose result is being stored."
+        )
         self.breaker_state = gauge(
             "botd_circuit_breaker_state",
             "1 for each circuit breaker's current state.",
