@@ -46,6 +46,9 @@ __all__ = [
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 1024 * 1024
+#: The most of a too-large body the server reads (and drops) so that its 413 reaches the
+#: client (:func:`read_body`).
+DRAIN_MAX_BYTES = 8 * MAX_BODY_BYTES
 #: A page of ``GET /v1/bots`` or ``GET /v1/jobs``: this many without ``limit``, at most
 #: MAX_PAGE with it (docs/protocol.md, Pages).
 DEFAULT_PAGE = 100
@@ -77,6 +80,8 @@ def error_response(
         json.dumps({"error": detail}, separators=(",", ":")),
         status_code=status,
         media_type="application/json",
+        # A 413's body may be unread: the connection cannot carry another request.
+        headers={"connection": "close"} if status == 413 else None,
     )
 
 
@@ -86,21 +91,28 @@ def json_response(obj: Any, status: int = 200) -> Response:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request's body; 413 payload_too_large past :data:`MAX_BODY_BYTES`."""
+    """The request's body; 413 payload_too_large past :data:`MAX_BODY_BYTES`.
+
+    A body too large but within :data:`DRAIN_MAX_BYTES` is read to its end and dropped
+    before the 413 (which says ``Connection: close``): a connection closed with unread data
+    makes the kernel send a reset, which can destroy the answer before the client, still
+    sending, reads it. A larger one is refused at once.
+    """
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+    declared = int(length) if length is not None and length.isdigit() else 0
+    chunks: list[bytes] = []
+    size = 0
+    if declared <= DRAIN_MAX_BYTES:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > DRAIN_MAX_BYTES:
+                break
+            if size <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+    if size > MAX_BODY_BYTES or declared > MAX_BODY_BYTES:
         raise HttpError(
             413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send less"
         )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HttpError(
-                413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes; send less"
-            )
-        chunks.append(chunk)
     return b"".join(chunks)
 
 

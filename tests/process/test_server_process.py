@@ -309,3 +309,22 @@ def test_port_in_use_and_bad_flags_exit_non_zero(capsys: pytest.CaptureFixture[s
     assert "cannot serve" in capsys.readouterr().err
     assert main(["--lease-ttl", "0"]) == 2
     assert "lease_ttl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [1_100_000, 3_000_000, 12_000_000])
+def test_a_413_reaches_the_client_and_its_connection_is_not_reused(server: str, size: int) -> None:
+    """An oversized body on a keep-alive connection: the client reads the 413 every time
+    (the server drains a body up to 8 MiB first, so no reset destroys the answer), the
+    answer says Connection: close, and the next request goes on a fresh connection (it
+    failed with 'Server disconnected without sending a response' when the closed one was
+    reused)."""
+    body = b'{"kind":"x","payload":"' + b"a" * size + b'"}'
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=server, timeout=20) as client:
+        for _ in range(10):
+            assert client.get("/v1/health").status_code == 200
+            answer = client.post("/v1/jobs", content=body, headers=headers)
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["error"]["code"] == "payload_too_large"
+            assert answer.headers["connection"] == "close"
+        assert client.get("/v1/stats").json()["jobs"]["queued"] == 0  # nothing was stored
