@@ -46,6 +46,11 @@ class _Batch:
     error: StateDirError | None = None
 
 
+def _new_entry(job_id: str, ack: Ack, size: int) -> OutboxEntry:
+    """A new pending entry for ``ack``, created now, not yet attempted."""
+    return OutboxEntry(ack.lease_id, job_id, ack, time.time(), 0, size)
+
+
 class Outbox:
     """Finished jobs' acks, kept until the server has recorded them.
 
@@ -159,7 +164,7 @@ class Outbox:
         else:
             if ack is None:
                 raise TypeError("put(job_id, ack) needs the ack")
-            entry = OutboxEntry(ack.lease_id, entry_or_job_id, ack, time.time(), 0, size)
+            entry = _new_entry(entry_or_job_id, ack, size)
         if self._store is None:  # in memory: nothing to wait for, nothing to cancel
             added = self._add(entry)
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -175,7 +180,7 @@ class Outbox:
         self._check_open()
         if self._store is not None:
             raise RuntimeError("put_nowait is for an outbox in memory: await put()")
-        return self._add(OutboxEntry(ack.lease_id, job_id, ack, time.time(), 0, size))
+        return self._add(_new_entry(job_id, ack, size))
 
     async def _put(self, entry: OutboxEntry) -> bool:
         """Group commit: the puts that arrive while a commit runs share the next one.
@@ -225,6 +230,10 @@ class Outbox:
         finally:
             batch.done.set()
 
+    def _known(self, lease_ids: Iterable[str]) -> list[str]:
+        """Those of ``lease_ids`` held here, each once, in the order given."""
+        return [x for x in dict.fromkeys(lease_ids) if x in self._entries]
+
     def _add(self, entry: OutboxEntry) -> bool:
         if entry.lease_id in self._entries:  # already here, or a concurrent put won the race
             return False
@@ -237,7 +246,7 @@ class Outbox:
     ) -> list[str]:
         """Apply ``write`` to the file for those of ``lease_ids`` held here; return them."""
         self._check_open()
-        known = [x for x in dict.fromkeys(lease_ids) if x in self._entries]
+        known = self._known(lease_ids)
         if known and self._store is not None:
             store = self._store
             await self._run(lambda: write(store, known))
@@ -256,7 +265,7 @@ class Outbox:
         """
         if defer and self._store is not None:
             self._check_open()
-            known = [x for x in dict.fromkeys(lease_ids) if x in self._entries]
+            known = self._known(lease_ids)
             for lease_id in known:
                 del self._entries[lease_id]
             self._doomed.extend(known)

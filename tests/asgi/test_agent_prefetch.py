@@ -17,6 +17,16 @@ async def wait_held(env: Any, n: int, timeout: float = 60) -> None:
             await trio.sleep(0.05)
 
 
+async def busy_with_held(env: Any, held: int, *, sleep: float) -> tuple[str, list[str]]:
+    """A ready bot runs one job of ``sleep`` seconds and holds ``held`` more: their ids."""
+    await env.wait_state(State.READY)
+    [first] = await env.submit(1, payload={"sleep": sleep})
+    await env.wait_state(State.PROCESSING)
+    ids = await env.submit(held)
+    await wait_held(env, held)
+    return first, ids
+
+
 async def test_held_jobs_run_in_order_one_at_a_time(autojump_clock: Any) -> None:
     recorder = Recorder()
     async with bot(prefetch=4, handler=recorder) as env:
@@ -32,11 +42,7 @@ async def test_held_jobs_run_in_order_one_at_a_time(autojump_clock: Any) -> None
 
 async def test_a_held_job_is_heartbeated_and_not_requeued(autojump_clock: Any) -> None:
     async with bot(prefetch=2, lease_ttl=3.0) as env:
-        await env.wait_state(State.READY)
-        [first] = await env.submit(1, payload={"sleep": 30})
-        await env.wait_state(State.PROCESSING)
-        held = await env.submit(2)
-        await wait_held(env, 2)
+        first, held = await busy_with_held(env, 2, sleep=30)
         leases = env.agent.driver.held_leases()
         assert set(env.agent.runner.held) <= set(leases)
         await trio.sleep(20)  # many lease TTLs: only the heartbeat keeps the held ones
@@ -56,11 +62,7 @@ async def test_a_cancelled_held_job_is_acked_cancelled_without_running(
 ) -> None:
     recorder = Recorder()
     async with bot(prefetch=2, handler=recorder) as env:
-        await env.wait_state(State.READY)
-        [first] = await env.submit(1, payload={"sleep": 10})
-        await env.wait_state(State.PROCESSING)
-        held = await env.submit(2)
-        await wait_held(env, 2)
+        first, held = await busy_with_held(env, 2, sleep=10)
         r = await env.http.post(f"/v1/jobs/{held[0]}/cancel")
         assert r.status_code == 200, r.text
         jobs = await env.wait_final([first, *held])
@@ -72,11 +74,7 @@ async def test_a_cancelled_held_job_is_acked_cancelled_without_running(
 async def test_the_drain_releases_held_jobs_and_never_runs_them(autojump_clock: Any) -> None:
     recorder = Recorder()
     async with bot(prefetch=3, handler=recorder) as env:
-        await env.wait_state(State.READY)
-        [first] = await env.submit(1, payload={"sleep": 5})
-        await env.wait_state(State.PROCESSING)
-        held = await env.submit(3)
-        await wait_held(env, 3)
+        first, held = await busy_with_held(env, 3, sleep=5)
         env.agent.request_shutdown()
         await env.wait_state(State.STOPPED)
         assert (await env.job(first))["status"] == "succeeded"
